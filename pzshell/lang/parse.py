@@ -1,0 +1,262 @@
+"""Formula text -> :class:`Node`, through the Lark grammar in ``grammar/metric.lark``."""
+
+from __future__ import annotations
+
+import difflib
+from functools import lru_cache
+from pathlib import Path
+
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import (
+    UnexpectedCharacters,
+    UnexpectedEOF,
+    UnexpectedInput,
+    UnexpectedToken,
+    VisitError,
+)
+
+from ..resources import grammar_path
+from .errors import MetricError
+from .ops import OPS, TERMINALS
+from .tree import MAX_DEPTH, MAX_SIZE, MAX_TEXT, Node, format_number, from_json, load_tree_file
+
+_NAMES = tuple(OPS) + TERMINALS
+
+# What the user can write where Lark says a terminal of this name was expected.
+_EXPECT_WORDS = {
+    "NAME": "a name (W, G, X or an operator)",
+    "NUMBER": "a number",
+    "LPAR": "'('",
+    "RPAR": "')'",
+    "COMMA": "','",
+    "PLUS": "'+'",
+    "MINUS": "'-'",
+    "STAR": "'*'",
+    "SLASH": "'/'",
+    "POW": "'^' or '**'",
+    "$END": "the end of the formula",
+}
+
+
+@lru_cache(maxsize=1)
+def parser() -> Lark:
+    """The LALR parser, built once per process."""
+    return Lark(
+        Path(grammar_path("metric.lark")).read_text(encoding="utf-8"),
+        parser="lalr",
+        propagate_positions=True,
+        maybe_placeholders=False,
+    )
+
+
+def did_you_mean(name: str) -> str:
+    close = [n for n in _NAMES if n.lower() == name.lower()]
+    if not close:
+        close = difflib.get_close_matches(name, _NAMES, n=2, cutoff=0.5)
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+class _Error(Exception):
+    """Raised inside the transformer; carries the column of the offending token."""
+
+    def __init__(self, message: str, column: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.column = column
+
+
+@v_args(meta=True, inline=True)
+class _ToTree(Transformer):
+    def add(self, meta, a, b):
+        return Node("add", (a, b))
+
+    def sub(self, meta, a, b):
+        return Node("sub", (a, b))
+
+    def mul(self, meta, a, b):
+        return Node("mul", (a, b))
+
+    def div(self, meta, a, b):
+        return Node("div", (a, b))
+
+    def neg(self, meta, a):
+        # `-2` is the constant -2; `neg(2)` (call form) stays an operator applied to 2.
+        if a.is_const and not getattr(a, "_called", False):
+            return Node.const(-a.value)
+        return Node("neg", (a,))
+
+    def power(self, meta, base, _pow, exponent: Token):
+        e = float(exponent)
+        if e == 2:
+            return Node("sqr", (base,))
+        if e == 0.5:
+            return Node("sqrt", (base,))
+        raise _Error(
+            f"unsupported exponent {exponent}: the language has squares (x^2) and square "
+            f"roots (x^0.5 or sqrt(x)) only",
+            exponent.column,
+        )
+
+    def number(self, meta, tok: Token):
+        try:
+            return Node(format_number(float(tok)))
+        except (MetricError, ValueError):
+            raise _Error(f"number {tok} is out of range", tok.column) from None
+
+    def name(self, meta, tok: Token):
+        if tok in TERMINALS:
+            return Node(str(tok))
+        if tok in OPS:
+            n = OPS[tok].arity
+            raise _Error(
+                f"'{tok}' is an operator taking {n} argument{'s' * (n > 1)}; "
+                f"write {tok}({', '.join('xy'[:n])})",
+                tok.column,
+            )
+        raise _Error(f"unknown name '{tok}'{did_you_mean(str(tok))}", tok.column)
+
+    def arglist(self, meta, *args):
+        return list(args)
+
+    def call(self, meta, tok: Token, args=None):
+        args = args or []
+        if tok not in OPS:
+            hint = did_you_mean(str(tok))
+            if tok in TERMINALS:
+                raise _Error(f"'{tok}' is a terminal, not a function", tok.column)
+            raise _Error(f"unknown operator '{tok}'{hint}", tok.column)
+        arity = OPS[tok].arity
+        if len(args) != arity:
+            raise _Error(
+                f"'{tok}' takes {arity} argument{'s' * (arity > 1)}, got {len(args)}",
+                tok.column,
+            )
+        node = Node(str(tok), tuple(args))
+        return node
+
+
+def parse(text: str) -> Node:
+    """Parse a formula such as ``abs(W*W)*mms(G)``; raises :class:`MetricError` with a caret."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise MetricError(f"formula is not UTF-8 text (byte {e.start})") from None
+    if len(text) > MAX_TEXT:
+        raise MetricError(
+            f"formula is {len(text)} characters long, more than the limit of {MAX_TEXT}"
+        )
+    if not text.strip():
+        raise MetricError(
+            "empty formula: expected an expression over W, G, X such as W*sqrt(X)",
+            source=text,
+            column=1,
+        )
+    # Nesting is bounded before parsing so that pathological input cannot exhaust the stack.
+    depth = best = 0
+    for i, ch in enumerate(text):
+        if ch == "(":
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise MetricError(
+                    f"formula nests deeper than the limit of {MAX_DEPTH} parentheses",
+                    source=text,
+                    column=i + 1,
+                )
+            best = max(best, depth)
+        elif ch == ")":
+            depth -= 1
+    try:
+        tree = parser().parse(text)
+        node = _ToTree().transform(tree)
+    except UnexpectedInput as e:
+        raise _syntax_error(text, e) from None
+    except VisitError as e:
+        if isinstance(e.orig_exc, _Error):
+            raise MetricError(e.orig_exc.message, source=text, column=e.orig_exc.column) from None
+        raise
+    except RecursionError:
+        raise MetricError(
+            f"formula nests deeper than the limit of {MAX_DEPTH} levels", source=text, column=1
+        ) from None
+    if node.depth > MAX_DEPTH:
+        raise MetricError(
+            f"formula is {node.depth} levels deep, more than the limit of {MAX_DEPTH}",
+            source=text,
+            column=1,
+        )
+    if node.size > MAX_SIZE:
+        raise MetricError(
+            f"formula has {node.size} nodes, more than the limit of {MAX_SIZE}",
+            source=text,
+            column=1,
+        )
+    return node
+
+
+def _syntax_error(text: str, e: UnexpectedInput) -> MetricError:
+    column = getattr(e, "column", None)
+    if isinstance(e, UnexpectedEOF) or (
+        isinstance(e, UnexpectedToken) and e.token.type == "$END"
+    ):
+        column = len(text.rstrip()) + 1
+        expected = _expected(getattr(e, "expected", None) or getattr(e, "accepts", None))
+        opened = text.count("(") - text.count(")")
+        what = "unbalanced parentheses: a '(' is never closed" if opened > 0 else "formula ends early"
+        return MetricError(f"{what}; expected {expected}", source=text, column=column)
+    if isinstance(e, UnexpectedCharacters):
+        ch = text[e.pos_in_stream] if e.pos_in_stream < len(text) else "?"
+        return MetricError(
+            f"unexpected character {ch!r}; expected {_expected(e.allowed)}",
+            source=text,
+            column=e.column,
+        )
+    if isinstance(e, UnexpectedToken):
+        tok = e.token
+        expected = _expected(e.accepts or e.expected)
+        if tok.type == "RPAR" and text[: tok.start_pos].count("(") < text[: tok.end_pos].count(")"):
+            return MetricError(
+                "unbalanced parentheses: this ')' has no matching '('",
+                source=text,
+                column=tok.column,
+            )
+        if "$END" in (e.accepts or e.expected) and tok.type not in ("LPAR",):
+            return MetricError(
+                f"unexpected {tok.value!r} after a complete formula (trailing input); "
+                f"expected {expected}",
+                source=text,
+                column=tok.column,
+            )
+        return MetricError(
+            f"unexpected {tok.value!r}; expected {expected}", source=text, column=tok.column
+        )
+    return MetricError(f"syntax error: {e}", source=text, column=column or 1)
+
+
+def _expected(names) -> str:
+    if not names:
+        return "an expression"
+    words = sorted({_EXPECT_WORDS.get(n, n.lower()) for n in names})
+    operand = {"a name (W, G, X or an operator)", "a number", "'('", "'-'"}
+    if operand <= set(words):
+        words = [w for w in words if w not in operand] + ["an operand (W, G, X, a number, a call or '(')"]
+    return ", ".join(words[:-1]) + (" or " if len(words) > 1 else "") + words[-1]
+
+
+def load_metric(spec: str | Path) -> Node:
+    """A formula, or the path of a Pruner-Zero JSON tree file, or a shipped tree's name."""
+    if isinstance(spec, Path):
+        return load_tree_file(spec)
+    s = spec.strip()
+    if s.startswith("{"):
+        return from_json(s)
+    if s.endswith(".json") or (("/" in s or "\\" in s) and Path(s).exists()):
+        return load_tree_file(s)
+    from .library import shipped_tree_names, shipped_tree
+
+    if s in shipped_tree_names() and s not in TERMINALS:
+        return shipped_tree(s)
+    return parse(spec)
+
+
+__all__ = ["parse", "load_metric", "parser", "did_you_mean", "MetricError"]
