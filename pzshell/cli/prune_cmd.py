@@ -1,0 +1,136 @@
+"""``pzshell prune``: the Pruner-Zero / Wanda command line, plus data and metric flags."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.table import Table
+
+from ..engine.prune import ALIASES, METHODS
+from ..errors import PzError
+from ..jobs import PruneJob, run_prune
+from ..lang import load_metric
+from .common import (
+    add_calib_args,
+    add_eval_args,
+    add_model_args,
+    console,
+    rich_progress,
+    write_json,
+)
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "prune",
+        help="prune a model with a method or any metric formula, then measure perplexity",
+        description="Prune a model layer by layer. The flags of the published Pruner-Zero/Wanda "
+        "`python main.py` work unchanged.",
+    )
+    add_model_args(p)
+    methods = list(METHODS) + list(ALIASES)
+    p.add_argument("--prune_method", "--method", dest="prune_method", default="wanda",
+                   metavar="METHOD", help=f"one of: {', '.join(methods)} (default wanda)")
+    p.add_argument("--sparsity_ratio", type=float, default=0.5, help="fraction to prune, [0, 1)")
+    p.add_argument("--sparsity_type", default="unstructured",
+                   help="unstructured, or N:M such as 2:4, 4:8 (default unstructured)")
+    p.add_argument("--metric", default=None,
+                   help="a metric formula, e.g. 'abs(W*W)*mms(G)' (implies --prune_method metric)")
+    p.add_argument("--json_tree", default=None, help="a Pruner-Zero JSON tree file")
+    p.add_argument("--reconstruct", action="store_true",
+                   help="apply SparseGPT's weight update to the metric's mask")
+    p.add_argument("--use_variant", action="store_true",
+                   help="Wanda's per-row cumulative variant (unstructured only)")
+    p.add_argument("--gradient_path", default=None,
+                   help="gradient statistic file (pzshell grad / Pruner-Zero format); computed "
+                   "from the calibration windows (and saved here) if it does not exist")
+    p.add_argument("--batch_size", type=int, default=8, help="calibration windows per forward")
+    add_calib_args(p)
+    add_eval_args(p)
+    p.add_argument("--save", default=None, help="directory for results.json")
+    p.add_argument("--save_model", default=None, help="directory to save the pruned model (HF)")
+    p.set_defaults(func=run)
+
+
+def job_from_args(args: argparse.Namespace) -> PruneJob:
+    metric = None
+    method = args.prune_method
+    if args.metric and args.json_tree:
+        raise PzError("give either --metric or --json_tree, not both")
+    reconstruct = args.reconstruct
+    if args.metric or args.json_tree:
+        metric = load_metric(Path(args.json_tree) if args.json_tree else args.metric)
+        # An explicit tree replaces the method's own; `sparsegpt` / `ablate_*_seq` with a tree
+        # mean "this tree's mask with SparseGPT's update", as in the reference code.
+        method = ALIASES.get(method, method)
+        if method.endswith("+reconstruct") or method == "sparsegpt":
+            reconstruct = True
+        method = "metric"
+    if not 0 <= args.sparsity_ratio < 1:
+        raise PzError(f"--sparsity_ratio must be in [0, 1), got {args.sparsity_ratio}")
+    if args.nsamples < 1:
+        raise PzError(f"--nsamples must be at least 1, got {args.nsamples}")
+    return PruneJob(
+        model=args.model, method=method, sparsity_ratio=args.sparsity_ratio,
+        sparsity_type=args.sparsity_type, metric=metric, reconstruct=reconstruct,
+        use_variant=args.use_variant, nsamples=args.nsamples, seed=args.seed, calib=args.calib,
+        seqlen=args.seqlen, eval=args.eval, eval_seqlen=args.eval_seqlen,
+        eval_windows=args.eval_windows, gradient_path=args.gradient_path, device=args.device,
+        batch_size=args.batch_size,
+    )  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    job = job_from_args(args)
+    # validate the method / sparsity before the (slow) model load
+    from ..engine.prune import PruneConfig
+
+    PruneConfig(method=job.method, sparsity_ratio=job.sparsity_ratio,
+                sparsity_type=job.sparsity_type, metric=job.metric,
+                reconstruct=job.reconstruct, use_variant=job.use_variant)  # fmt: skip
+    console.print(f"[bold]pzshell prune[/] model={job.model} method={job.method} "
+                  f"sparsity={job.sparsity_ratio} {job.sparsity_type}")  # fmt: skip
+    with rich_progress() as progress:
+        lm, res = run_prune(job, progress)
+    print_summary(res)
+    if args.save:
+        out = Path(args.save) / "results.json"
+        write_json(out, res)
+        console.print(f"results written to {out}")
+    if args.save_model:
+        lm.model.save_pretrained(args.save_model)
+        lm.tokenizer.save_pretrained(args.save_model)
+        console.print(f"pruned model saved to {args.save_model}")
+    return 0
+
+
+def print_summary(res: dict) -> None:
+    t = Table(title="pzshell prune", show_header=False, title_justify="left")
+    t.add_column("key", style="bold")
+    t.add_column("value")
+    rows = [
+        ("model", f"{res['model']}  ({res['model_source']})"),
+        ("method", res["method"] + (f"  metric {res['metric']}" if res.get("metric") else "")),
+        ("sparsity", f"{res['sparsity_ratio']} {res['sparsity_type']}  "
+                     f"(achieved {res['actual_sparsity']:.4f} of block linear weights)"),
+        ("calibration", f"{res['nsamples']} x {res['seqlen']} tokens of {res['calib_data']}, "
+                        f"seed {res['seed']}" if res["calib_data"] else "none needed"),
+        ("prune time", f"{res['prune_seconds']:.1f} s" +
+         (f" (+ gradients {res['grad_seconds']:.1f} s)" if res["grad_seconds"] else "")),
+    ]  # fmt: skip
+    if "ppl" in res:
+        rows.append((
+            "perplexity",
+            f"[bold green]{res['ppl']:.3f}[/] on {res['eval_data']}: {res['eval_windows']} "
+            f"windows x {res['eval_seqlen']} = {res['eval_tokens']} tokens",
+        ))  # fmt: skip
+    rows.append(("peak RSS", f"{res['peak_rss_mb']:.0f} MiB"))
+    for k, v in rows:
+        t.add_row(k, v)
+    console.print(t)
+    by_block: dict[int, list[float]] = {}
+    for r in res["layers"]:
+        by_block.setdefault(r["block"], []).append(r["sparsity"])
+    spark = " ".join(f"{sum(v) / len(v):.2f}" for _, v in sorted(by_block.items()))
+    console.print(f"per-block sparsity: {spark}")

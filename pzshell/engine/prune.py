@@ -1,0 +1,249 @@
+"""The layer-sequential pruning driver and the registry of pruning methods.
+
+For each decoder block in order: (1) one pass over the calibration inputs with hooks collects the
+statistics the method needs (``X`` column mean squares, the Hessian for SparseGPT), (2) every
+linear gets scores -> mask -> [SparseGPT update], (3) a second pass through the *pruned* block
+produces the next block's inputs. Methods that need no activation statistics (magnitude, or a
+metric over ``W``/``G`` only) skip the passes entirely: their masks do not depend on them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import PzError
+from ..lang import Node, evaluate, load_metric
+from ..lang.errors import DegenerateMetric
+from ..models.arch import decoder_blocks, find_linears
+from .calib import capture_block_inputs, run_block, run_block_collecting
+from .events import ProgressFn, emit
+from .masks import SparsityError, make_mask, parse_sparsity_type
+from .sparsegpt import sparsegpt_prune
+
+
+@dataclass(frozen=True)
+class Method:
+    """A pruning method: a metric tree and its comparison group, or SparseGPT's own rule."""
+
+    name: str
+    formula: str | None  # None: SparseGPT's adaptive OBS mask
+    group: str = "row"  # unstructured comparison group: "row" or "layer"
+    reconstruct: bool = False  # apply SparseGPT's weight update
+    doc: str = ""
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("magnitude", "W", group="layer", doc="|w|, compared over the whole layer"),
+        Method("wanda", "W*sqrt(X)", doc="|w| * ||x_j||, compared per output row"),
+        Method("sparsegpt", None, reconstruct=True, doc="OBS mask + weight reconstruction"),
+        Method("pruner-zero", "pruner_zero", doc="Pruner-Zero's published tree abs(W*W)*mms(G)"),
+        Method("metric", None, doc="any formula (--metric) or JSON tree (--json_tree)"),
+    )
+}
+# Names used by the published Pruner-Zero / Wanda command lines.
+ALIASES = {
+    "pruner_zero": "pruner-zero",
+    "prunerzero": "pruner-zero",
+    "mag": "magnitude",
+    "ablate_mag_seq": "magnitude+reconstruct",
+    "ablate_wanda_seq": "wanda+reconstruct",
+    "ablate_prunerzero_seq": "pruner-zero+reconstruct",
+}
+
+
+class PruneError(PzError):
+    pass
+
+
+@dataclass
+class PruneConfig:
+    method: str = "wanda"
+    sparsity_ratio: float = 0.5
+    sparsity_type: str = "unstructured"
+    metric: Node | None = None  # for method "metric" (or to override a method's tree)
+    reconstruct: bool = False
+    use_variant: bool = False
+    batch_size: int = 8
+
+    def __post_init__(self):
+        if not 0 <= self.sparsity_ratio < 1:
+            raise PruneError(f"sparsity ratio must be in [0, 1), got {self.sparsity_ratio}")
+        self.n, self.m = parse_sparsity_type(self.sparsity_type)
+        name = ALIASES.get(self.method, self.method)
+        if name.endswith("+reconstruct"):
+            name = name[: -len("+reconstruct")]
+            self.reconstruct = True
+        if name not in METHODS:
+            raise PruneError(
+                f"unknown pruning method '{self.method}'; choose from {', '.join(METHODS)}"
+            )
+        self.method = name
+        spec = METHODS[name]
+        if name == "metric" and self.metric is None:
+            raise PruneError("method 'metric' needs a formula (--metric) or a tree (--json_tree)")
+        if self.metric is None and spec.formula is not None:
+            self.metric = load_metric(spec.formula)
+        if self.n and self.m and self.use_variant:
+            raise PruneError("--use_variant applies to unstructured sparsity only")
+
+    @property
+    def spec(self) -> Method:
+        return METHODS[self.method]
+
+    @property
+    def uses_sparsegpt(self) -> bool:
+        return self.method == "sparsegpt" or self.reconstruct
+
+    @property
+    def terminals(self) -> frozenset[str]:
+        return self.metric.terminals if self.metric is not None else frozenset()
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.uses_sparsegpt or "X" in self.terminals
+
+    @property
+    def needs_gradients(self) -> bool:
+        return "G" in self.terminals
+
+
+@dataclass
+class LayerResult:
+    block: int
+    linear: str
+    shape: tuple[int, int]
+    pruned: int
+    sparsity: float
+
+
+@dataclass
+class PruneResult:
+    layers: list[LayerResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def sparsity(self) -> float:
+        total = sum(r.shape[0] * r.shape[1] for r in self.layers)
+        return sum(r.pruned for r in self.layers) / max(total, 1)
+
+
+def grad_key(name: str, block: int) -> str:
+    """Key of a linear's gradient statistic in the Pruner-Zero file format."""
+    return f"{name}_layer_{block}"
+
+
+def _expected_fraction(cfg: PruneConfig, shape: tuple[int, int]) -> float | None:
+    if cfg.n:
+        return cfg.n / cfg.m
+    if cfg.use_variant:
+        return None  # bisection reaches the ratio only approximately
+    if cfg.method == "sparsegpt":  # adaptive mask per block of 128 columns
+        return None
+    if cfg.spec.group == "layer":
+        return int(shape[0] * shape[1] * cfg.sparsity_ratio) / (shape[0] * shape[1])
+    return int(shape[1] * cfg.sparsity_ratio) / shape[1]
+
+
+def prune_linear(
+    cfg: PruneConfig,
+    weight: torch.Tensor,
+    *,
+    X: torch.Tensor | None = None,
+    G: torch.Tensor | None = None,
+    H: torch.Tensor | None = None,
+    where: str = "",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pure: the pruned weight (same dtype) and its mask for one linear layer."""
+    mask = None
+    if cfg.metric is not None:
+        try:
+            scores = evaluate(cfg.metric, weight, G=G, X=X)
+        except DegenerateMetric as e:
+            raise DegenerateMetric(f"{e.message} (at {where})") from None
+        mask = make_mask(
+            scores, cfg.sparsity_ratio, cfg.n, cfg.m, group=cfg.spec.group, variant=cfg.use_variant
+        )
+    if cfg.uses_sparsegpt:
+        if H is None:
+            raise PruneError(f"SparseGPT update needs the Hessian of {where}")
+        new, mask = sparsegpt_prune(
+            weight, H, cfg.sparsity_ratio, cfg.n, cfg.m, mask=mask, blocksize=128, percdamp=0.01
+        )
+        return new.to(weight.dtype), mask
+    new = weight.clone()
+    new[mask] = 0
+    return new, mask
+
+
+@torch.no_grad()
+def prune_model(
+    model: torch.nn.Module,
+    cfg: PruneConfig,
+    calib_ids: torch.Tensor | None = None,
+    gradients: dict[str, torch.Tensor] | None = None,
+    progress: ProgressFn | None = None,
+) -> PruneResult:
+    """Prune ``model`` in place; returns per-layer sparsity and time."""
+    t0 = time.perf_counter()
+    blocks = decoder_blocks(model)
+    if cfg.needs_gradients and gradients is None:
+        raise PruneError(
+            f"metric {cfg.metric} uses G: compute it with `pzshell grad` and pass --gradient_path"
+        )
+    chunks = None
+    if cfg.needs_calibration:
+        if calib_ids is None:
+            raise PruneError(f"method '{cfg.method}' needs calibration data")
+        emit(progress, "calibrate", 0, len(blocks), "capturing block inputs")
+        chunks = capture_block_inputs(model, calib_ids, cfg.batch_size)
+        emit(progress, "calibrate", len(blocks), len(blocks), f"{calib_ids.shape[0]} windows")
+    result = PruneResult()
+    for i, block in enumerate(blocks):
+        linears = find_linears(block)
+        stats = {}
+        if chunks is not None:
+            stats = run_block_collecting(block, linears, chunks, want_h=cfg.uses_sparsegpt)
+        for name, lin in linears.items():
+            where = f"block {i} {name}"
+            G = None
+            if cfg.needs_gradients:
+                key = grad_key(name, i)
+                if key not in gradients:
+                    raise PruneError(f"gradient file has no entry '{key}' for {where}")
+                G = gradients[key]
+                if tuple(G.shape) != tuple(lin.weight.shape):
+                    raise PruneError(
+                        f"gradient '{key}' has shape {tuple(G.shape)} but the model's weight "
+                        f"has shape {tuple(lin.weight.shape)}: the file was made for another model"
+                    )
+            st = stats.get(name)
+            new, mask = prune_linear(
+                cfg,
+                lin.weight.data,
+                X=st.X if st is not None and "X" in cfg.terminals else None,
+                G=G,
+                H=st.hessian() if st is not None and cfg.uses_sparsegpt else None,
+                where=where,
+            )
+            lin.weight.data.copy_(new)
+            pruned = int(mask.sum())
+            shape = tuple(lin.weight.shape)
+            frac = pruned / (shape[0] * shape[1])
+            want = _expected_fraction(cfg, shape)
+            if want is not None and abs(frac - want) > 1e-6:
+                raise SparsityError(
+                    f"{where}: pruned {frac:.6f} of the weights but {want:.6f} was requested "
+                    f"(internal error, please report)"
+                )
+            result.layers.append(LayerResult(i, name, shape, pruned, frac))
+        del stats
+        if chunks is not None and i + 1 < len(blocks):
+            chunks = run_block(block, chunks)
+        emit(progress, "prune", i + 1, len(blocks), f"block {i}")
+    result.seconds = time.perf_counter() - t0
+    return result

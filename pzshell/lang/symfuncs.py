@@ -1,0 +1,155 @@
+"""sympy forms of the metric language's operators, with their protected semantics.
+
+The registry in :mod:`pzshell.lang.ops` builds sympy expressions through this module (as ``S``),
+so sympy is imported only when someone asks for algebra.
+
+Whole-tensor and row/column operators cannot be written with scalar sympy functions, so they are
+custom :class:`sympy.Function` subclasses. Following sympytorch / PySR, ``eval`` folds only
+explicit numbers (and only where the value does not depend on the tensor's shape); identities
+such as ``mms(mms(x)) = mms(x)`` live in the rewrite rules of :mod:`pzshell.lang.algebra`, not
+here, so that each one is named, documented and tested.
+
+The terminals are ``nonnegative=True`` symbols: ``W = |w|``, ``G`` is a root of a sum of
+squares and ``X`` a mean of squares.
+"""
+
+from __future__ import annotations
+
+import sympy
+from sympy import Abs, Function, Min, Rational, Symbol, exp, log, nan, sqrt, tanh
+
+__all__ = [
+    "Abs", "Coln", "Fro", "G", "Mms", "Rown", "SYMBOLS", "W", "X", "Zsn", "pexp", "plog", "sqrt",
+    "tanh",
+]  # fmt: skip
+
+W = Symbol("W", nonnegative=True)
+G = Symbol("G", nonnegative=True)
+X = Symbol("X", nonnegative=True)
+SYMBOLS: dict[str, Symbol] = {"W": W, "G": G, "X": X}
+
+LOG_EPS = Rational(1, 1000)
+"""``log`` adds 0.001 before taking the logarithm (protected log of the reference code)."""
+EXP_CAP = 100
+"""``exp`` clamps its argument at 100 (protected exp of the reference code)."""
+
+
+def plog(x: sympy.Expr) -> sympy.Expr:
+    """Protected log: ``log(|x| + 1/1000)``."""
+    return log(Abs(x) + LOG_EPS)
+
+
+def pexp(x: sympy.Expr) -> sympy.Expr:
+    """Protected exp: ``exp(min(x, 100))``."""
+    return exp(Min(x, EXP_CAP))
+
+
+class Mms(Function):
+    """Min-max scaling over the whole tensor, ``(x - min) / (max - min)``: values in [0, 1].
+
+    A constant tensor has ``max == min``, so ``mms`` of a number is ``0/0 = nan`` (as in torch).
+    """
+
+    nargs = 1
+
+    @classmethod
+    def eval(cls, x):
+        if x.is_Number:
+            return nan
+        return None
+
+    def _eval_is_real(self):
+        return True
+
+    def _eval_is_nonnegative(self):
+        return True
+
+
+class Zsn(Function):
+    """z-score over the whole tensor, ``(x - mean) / std`` (unbiased std, as ``torch.std``).
+
+    A constant tensor has ``std == 0``, so ``zsn`` of a number is ``0/0 = nan``.
+    """
+
+    nargs = 1
+
+    @classmethod
+    def eval(cls, x):
+        if x.is_Number:
+            return nan
+        return None
+
+    def _eval_is_real(self):
+        return True
+
+
+class Fro(Function):
+    """Frobenius norm of the whole (broadcast) operand: one non-negative *scalar* per layer.
+
+    It is treated as positive: a zero norm makes ``div`` produce inf/NaN, which the engine
+    rejects as degenerate before any mask is made. ``Fro(0)`` folds to 0; the norm of any other
+    number depends on the tensor's shape (``|c| * sqrt(out * in)``) and stays symbolic, with the
+    sign dropped (``Fro(-c) = Fro(c)``).
+    """
+
+    nargs = 1
+
+    @classmethod
+    def eval(cls, x):
+        if x.is_Number:
+            if x.is_zero:
+                return sympy.S.Zero
+            if x.is_negative:
+                return cls(-x)
+        return None
+
+    def _eval_is_real(self):
+        return True
+
+    def _eval_is_positive(self):
+        return True
+
+    def _eval_is_nonnegative(self):
+        return True
+
+
+class Rown(Function):
+    """``x / sum_j |x_ij|``: each entry over the absolute sum of its row (extended operator).
+
+    Depends on the row length for a number, so only ``Rown(0) = 0/0 = nan`` folds.
+    """
+
+    nargs = 1
+
+    @classmethod
+    def eval(cls, x):
+        if x.is_Number and x.is_zero:
+            return nan
+        return None
+
+    def _eval_is_real(self):
+        return True
+
+    def _eval_is_nonnegative(self):
+        return self.args[0].is_nonnegative
+
+
+class Coln(Function):
+    """``x / sum_i |x_ij|``: each entry over the absolute sum of its column (extended operator).
+
+    Only ``Coln(0) = 0/0 = nan`` folds.
+    """
+
+    nargs = 1
+
+    @classmethod
+    def eval(cls, x):
+        if x.is_Number and x.is_zero:
+            return nan
+        return None
+
+    def _eval_is_real(self):
+        return True
+
+    def _eval_is_nonnegative(self):
+        return self.args[0].is_nonnegative
