@@ -219,6 +219,12 @@ def _load_path_or_hub(spec: str, dtype: torch.dtype, dev: torch.device) -> Loade
                 path.parent, gguf_file=path.name, **kwargs
             )
             source = f"GGUF file {path}"
+        elif path.is_dir() and (path / "pzshell_structure.json").is_file():
+            # structurally pruned (pzshell structured): per-block shapes no stock config holds
+            from ..engine.structured_io import load_structured
+
+            model, tok = load_structured(path, dtype=dtype)
+            source = f"structurally pruned model {path}"
         elif path.is_dir():
             if not (path / "config.json").exists():
                 raise ModelError(f"{path} is a directory but has no config.json (not a HF model)")

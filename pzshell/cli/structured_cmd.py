@@ -1,0 +1,281 @@
+"""``pzshell structured``: GQA-aware structured pruning (KV groups, MLP channels, whole blocks)
+with global or layer-wise allocation and optional LoRA / full recovery fine-tuning."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from rich.table import Table
+
+from ..engine.structured import BUILTIN_IMPORTANCE, LAYER_IMPORTANCE, STRATEGIES
+from ..structured_job import FINETUNE_METHODS, StructuredJob, run_structured, write_run_dir
+from .common import add_eval_args, add_model_args, console, rich_progress
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "structured",
+        help="structured pruning: remove KV-head groups, MLP channels and empty blocks",
+        description="Remove whole units so the model really shrinks: attention KV groups (one "
+        "key/value head with its query heads, so the q:kv ratio holds), MLP channels, and "
+        "blocks left empty. Global allocation ranks every unit by importance per parameter; "
+        "layer-wise allocation gives each block a budget from its importance.",
+    )
+    add_model_args(p)
+    p.add_argument(
+        "--pruning_ratio",
+        type=float,
+        default=0.25,
+        help="fraction of the block linear parameters to remove, in (0, 1) (default 0.25)",
+    )
+    p.add_argument(
+        "--importance_method",
+        default="taylor",
+        metavar="METHOD",
+        help=f"{', '.join(BUILTIN_IMPORTANCE)}, or any metric formula / JSON tree "
+        "file / shipped tree name of the metric language, summed over each unit "
+        "(default taylor)",
+    )
+    p.add_argument(
+        "--pruning_strategy",
+        default="global",
+        choices=STRATEGIES,
+        help="global: importance/cost knapsack over all units (default); inverse: "
+        "layer-wise, important blocks pruned less; uniform: layer-wise, same ratio",
+    )
+    p.add_argument(
+        "--pruning_distribution",
+        default=None,
+        metavar="A:M",
+        help="layer-wise only: share of the removed parameters taken from attention "
+        "and MLP, e.g. 2:8 (default), 0:10, 10:0",
+    )
+    p.add_argument(
+        "--freeze_top_n_layers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="never prune the N most important blocks (default 0)",
+    )
+    p.add_argument(
+        "--layer_importance",
+        default="cosine",
+        choices=LAYER_IMPORTANCE,
+        help="block importance: mean 1-cos (cosine, default) or angular distance "
+        "between a block's input and output on the calibration data",
+    )
+    p.add_argument(
+        "--remove_empty_layers",
+        action="store_true",
+        help="remove blocks whose attention and MLP were both pruned away",
+    )
+    p.add_argument(
+        "--num_samples",
+        "--nsamples",
+        dest="num_samples",
+        type=int,
+        default=32,
+        help="calibration windows (default 32)",
+    )
+    p.add_argument(
+        "--calib",
+        default="builtin",
+        help="calibration text: a file path, wikitext2, c4 (hub), or builtin (default)",
+    )
+    p.add_argument(
+        "--seqlen",
+        type=int,
+        default=None,
+        help="calibration window length (default min(512, max positions))",
+    )
+    p.add_argument(
+        "--batch_size",
+        type=int,
+        default=8,
+        help="windows per forward when no gradients are needed (default 8)",
+    )
+    g = p.add_argument_group("recovery fine-tuning")
+    g.add_argument("--finetune", action="store_true", help="fine-tune after pruning")
+    g.add_argument(
+        "--finetune_method",
+        default="lora",
+        choices=FINETUNE_METHODS,
+        help="lora (merged into the weights, default) or full",
+    )
+    g.add_argument("--lora_r", type=int, default=8, help="LoRA rank (default 8)")
+    g.add_argument("--lora_alpha", type=float, default=16.0, help="LoRA alpha (default 16)")
+    g.add_argument(
+        "--finetune_samples",
+        type=int,
+        default=64,
+        help="training windows from the calibration text (default 64)",
+    )
+    g.add_argument(
+        "--finetune_lr",
+        type=float,
+        default=None,
+        help="learning rate (default 1e-4 LoRA, 1e-5 full)",
+    )
+    g.add_argument("--finetune_epochs", type=int, default=1, help="epochs (default 1)")
+    g.add_argument(
+        "--finetune_seqlen",
+        type=int,
+        default=None,
+        help="training window length (default: --seqlen)",
+    )
+    g.add_argument("--finetune_batch_size", type=int, default=1, help="windows per step")
+    g = p.add_argument_group("evaluation and outputs")
+    g.add_argument(
+        "--test_after_prune",
+        action="store_true",
+        help="measure perplexity and forward tokens/s before and after pruning (and "
+        "after fine-tuning)",
+    )
+    add_eval_args(p)
+    g.add_argument(
+        "--speed_windows",
+        type=int,
+        default=2,
+        help="eval windows timed for tokens/s (default 2; 0 skips)",
+    )
+    g.add_argument(
+        "--save",
+        default=None,
+        metavar="DIR",
+        help="run directory: settings.json, units.csv, blocks.json, kept.png, "
+        "structured.log, results.json",
+    )
+    g.add_argument(
+        "--save_model",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="DIR",
+        help="save the pruned model (reload with --model DIR); without DIR: <--save>/model",
+    )
+    p.set_defaults(func=run)
+
+
+def job_from_args(args: argparse.Namespace) -> StructuredJob:
+    return StructuredJob(
+        model=args.model, pruning_ratio=args.pruning_ratio,
+        importance_method=args.importance_method, num_samples=args.num_samples,
+        calib=args.calib, seqlen=args.seqlen, seed=args.seed,
+        pruning_strategy=args.pruning_strategy, pruning_distribution=args.pruning_distribution,
+        freeze_top_n_layers=args.freeze_top_n_layers, layer_importance=args.layer_importance,
+        remove_empty_layers=args.remove_empty_layers, finetune=args.finetune,
+        finetune_method=args.finetune_method, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
+        finetune_samples=args.finetune_samples, finetune_lr=args.finetune_lr,
+        finetune_epochs=args.finetune_epochs, finetune_seqlen=args.finetune_seqlen,
+        finetune_batch_size=args.finetune_batch_size, test_after_prune=args.test_after_prune,
+        eval=args.eval, eval_seqlen=args.eval_seqlen, eval_windows=args.eval_windows,
+        speed_windows=args.speed_windows, device=args.device, batch_size=args.batch_size,
+    )  # fmt: skip
+
+
+def _model_dir(args) -> Path | None:
+    from ..errors import PzError
+
+    if args.save_model is None:
+        return None
+    if args.save_model is True:
+        if not args.save:
+            raise PzError("--save_model without a directory needs --save DIR (saves to DIR/model)")
+        return Path(args.save) / "model"
+    return Path(args.save_model)
+
+
+def run(args: argparse.Namespace) -> int:
+    job = job_from_args(args)
+    job.validate()  # before the (slow) model load
+    model_dir = _model_dir(args)
+    logger = logging.getLogger("pzshell.structured")
+    logger.setLevel(logging.INFO)
+    handlers: list[logging.Handler] = []
+    if args.save:
+        Path(args.save).mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(Path(args.save) / "structured.log", mode="w", encoding="utf-8")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handlers.append(fh)
+    for h in handlers:
+        logger.addHandler(h)
+    try:
+        dist = f" {job.pruning_distribution or '2:8'}" if job.pruning_strategy != "global" else ""
+        console.print(
+            f"[bold]pzshell structured[/] model={job.model} ratio={job.pruning_ratio} "
+            f"importance={job.importance_method} strategy={job.pruning_strategy}{dist}"
+        )
+        with rich_progress() as progress:
+            out = run_structured(job, progress)
+        if args.save:
+            files = write_run_dir(out, job, args.save, model_dir=model_dir)
+            console.print(
+                f"run directory: {args.save} ({', '.join(p.name for p in files.values())})"
+            )
+        elif model_dir is not None:
+            from ..engine.structured_io import save_structured
+
+            save_structured(out.lm.model, out.lm.tokenizer, model_dir,
+                            removed_blocks=out.surgery.removed_blocks,
+                            source_blocks=out.surgery.source_blocks)  # fmt: skip
+        if model_dir is not None:
+            console.print(f"pruned model saved to {model_dir} (reload: --model {model_dir})")
+        print_summary(out.results, out.blocks)
+    finally:
+        for h in handlers:
+            logger.removeHandler(h)
+            h.close()
+    return 0
+
+
+def print_summary(res: dict, blocks: list[dict]) -> None:
+    t = Table(title="pzshell structured", show_header=False, title_justify="left")
+    t.add_column("key", style="bold")
+    t.add_column("value")
+    dist = res["pruning_distribution"]
+    rows = [
+        ("model", f"{res['model']}  ({res['model_source']})"),
+        ("importance", res["importance"]),
+        ("allocation", res["pruning_strategy"]
+         + (f"  attention:mlp {dist[0]:.2f}:{dist[1]:.2f}" if dist else "")
+         + (f"  frozen {res['frozen_blocks']}" if res["frozen_blocks"] else "")),
+        ("calibration", f"{res['nsamples']} x {res['seqlen']} tokens of {res['calib_data']}, "
+                        f"seed {res['seed']}"),
+        ("block params", f"{res['params_before']:,} -> {res['params_after']:,}  ("
+                         f"{res['achieved_ratio']:.2%} removed, asked {res['pruning_ratio']:.0%})"),
+        ("model params", f"{res['model_params_before']:,} -> {res['model_params_after']:,}"),
+        ("by kind", "  ".join(f"{k}: {v['units_removed']}/{v['units']} units, "
+                              f"{v['params_removed']:,} params"
+                              for k, v in res["by_kind"].items())),
+        ("blocks", f"{res['num_blocks_after']} left"
+                   + (f", removed {res['removed_blocks']}" if res["removed_blocks"] else "")),
+    ]  # fmt: skip
+    if "ppl_before" in res:
+        where = (f"{res['eval_data']}: {res['eval_windows']} x {res['eval_seqlen']} = "
+                 f"{res['eval_tokens']} tokens")  # fmt: skip
+        ppl = f"{res['ppl_before']:.3f} -> [bold green]{res['ppl_after']:.3f}[/]"
+        if "ppl_after_finetune" in res:
+            ppl += f" -> [bold green]{res['ppl_after_finetune']:.3f}[/] (fine-tuned)"
+        rows.append(("perplexity", f"{ppl}  on {where}"))
+    if "tokens_per_s_before" in res:
+        sp = f"{res['tokens_per_s_before']:.0f} -> {res['tokens_per_s_after']:.0f}"
+        if "tokens_per_s_after_finetune" in res:
+            sp += f" -> {res['tokens_per_s_after_finetune']:.0f}"
+        rows.append(("tokens/s", sp + " (forward)"))
+    if "finetune" in res:
+        f = res["finetune"]
+        rows.append(("fine-tuning", f"{f['method']}: {f['steps']} steps, loss "
+                                    f"{f['loss_first']:.3f} -> {f['loss_last']:.3f}, "
+                                    f"{f['seconds']:.0f} s"))  # fmt: skip
+    rows.append(("time", f"statistics {res['stats_seconds']:.1f} s, surgery "
+                         f"{res['prune_seconds']:.1f} s"))  # fmt: skip
+    for k, v in rows:
+        t.add_row(k, v)
+    console.print(t)
+    kept = " ".join(
+        "--" if b.get("removed") else f"{b['kv_groups_kept']}/{b['intermediate_kept']}"
+        for b in blocks
+    )
+    console.print(f"per block kv groups/channels kept: {kept}")
