@@ -12,6 +12,7 @@ import importlib
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import PzError
 
@@ -58,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except PzError as e:
-        err_console.print(f"[bold red]error:[/] {e}", markup=True, soft_wrap=True)
+        # escape: the message quotes user input, which may look like rich markup ("[/x]")
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")

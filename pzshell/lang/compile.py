@@ -32,8 +32,12 @@ def evaluate(
     X: torch.Tensor | None = None,
     *,
     check: bool = True,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Scores of shape ``W.shape`` (fp32): a weight with a smaller score is pruned first.
+
+    ``dtype`` exists for tests and analysis (float64 separates fp32 rounding from real ties);
+    the engine always scores in fp32, as the reference code does.
 
     ``W`` may be the signed weight; the terminal ``W`` is always its absolute value. Raises
     :class:`DegenerateMetric` (when ``check``) if the scores are NaN/inf or constant, and
@@ -42,11 +46,11 @@ def evaluate(
     shape = W.shape
     if W.dim() != 2:
         raise MetricError(f"W must be a matrix (out, in), got shape {tuple(shape)}")
-    leaves: dict[str, torch.Tensor] = {"W": W.detach().float().abs()}
+    leaves: dict[str, torch.Tensor] = {"W": W.detach().to(dtype).abs()}
     for name, t, want in (("G", G, shape), ("X", X, (1, shape[1]))):
         if t is None:
             continue
-        t = t.detach().float().to(W.device)
+        t = t.detach().to(device=W.device, dtype=dtype)
         if name == "X":
             t = t.reshape(1, -1)
         if tuple(t.shape) != tuple(want):
@@ -68,9 +72,7 @@ def evaluate(
             return leaves[n.data]
         if n.is_const:
             if n.data not in consts:
-                consts[n.data] = torch.tensor(n.value, dtype=torch.float32, device=W.device).expand(
-                    shape
-                )
+                consts[n.data] = torch.tensor(n.value, dtype=dtype, device=W.device).expand(shape)
             return consts[n.data]
         args = [ev(c) for c in n.children]
         if len(args) == 2:

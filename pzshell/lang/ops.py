@@ -40,6 +40,9 @@ class Op:
     extended: bool = False  # beyond the published Pruner-Zero operator set
     nonneg: Callable[..., bool] = field(default=lambda *args: False)
     """Given the children's non-negativity flags, is the result provably >= 0?"""
+    whole: tuple[int, ...] = ()
+    """Operands whose value is used through a whole-tensor statistic that changes when a
+    ``(1, in)`` operand is broadcast to ``(out, in)`` (unbiased std, column sums, the norm)."""
 
 
 def _broadcast(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,7 +97,7 @@ _OPS: tuple[Op, ...] = (
     Op("div", 2, _div, lambda S, x, y: x / S.Fro(y),
        lambda a, b: rf"\frac{{{a}}}{{\lVert {b} \rVert_2}}",
        "x / ||y||_2: divides by the Frobenius norm of the whole (broadcast) second operand",
-       infix="/", nonneg=lambda a, b: a),
+       infix="/", nonneg=lambda a, b: a, whole=(1,)),
     Op("sqr", 1, _sqr, lambda S, x: x**2, _sq, "x^2",
        nonneg=_ANY),
     Op("pow", 1, _sqr, lambda S, x: x**2, _sq,
@@ -114,12 +117,12 @@ _OPS: tuple[Op, ...] = (
     Op("mms", 1, _mms, lambda S, x: S.Mms(x), lambda a: _fn("mms", a),
        "min-max scale over the whole tensor: (x - min) / (max - min)", nonneg=_ANY),
     Op("zsn", 1, _zsn, lambda S, x: S.Zsn(x), lambda a: _fn("zsn", a),
-       "z-score over the whole tensor: (x - mean) / std"),
+       "z-score over the whole tensor: (x - mean) / std", whole=(0,)),
     Op("rown", 1, _rown, lambda S, x: S.Rown(x), lambda a: _fn("rown", a),
        "x / sum_j |x_ij| (each entry over its row's absolute sum)", extended=True, nonneg=_ALL),
     Op("coln", 1, _coln, lambda S, x: S.Coln(x), lambda a: _fn("coln", a),
        "x / sum_i |x_ij| (each entry over its column's absolute sum)", extended=True,
-       nonneg=_ALL),
+       nonneg=_ALL, whole=(0,)),
 )  # fmt: skip
 
 OPS: dict[str, Op] = {op.name: op for op in _OPS}

@@ -142,6 +142,14 @@ def parse(text: str) -> Node:
             text = text.decode("utf-8")
         except UnicodeDecodeError as e:
             raise MetricError(f"formula is not UTF-8 text (byte {e.start})") from None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # undecodable command-line bytes arrive as lone surrogates
+        raise MetricError(
+            "formula is not UTF-8 text (an undecodable byte)",
+            source=text.encode("utf-8", "replace").decode("utf-8"),
+            column=e.start + 1,
+        ) from None
     if len(text) > MAX_TEXT:
         raise MetricError(
             f"formula is {len(text)} characters long, more than the limit of {MAX_TEXT}"
@@ -196,13 +204,13 @@ def parse(text: str) -> Node:
 
 def _syntax_error(text: str, e: UnexpectedInput) -> MetricError:
     column = getattr(e, "column", None)
-    if isinstance(e, UnexpectedEOF) or (
-        isinstance(e, UnexpectedToken) and e.token.type == "$END"
-    ):
+    if isinstance(e, UnexpectedEOF) or (isinstance(e, UnexpectedToken) and e.token.type == "$END"):
         column = len(text.rstrip()) + 1
         expected = _expected(getattr(e, "expected", None) or getattr(e, "accepts", None))
         opened = text.count("(") - text.count(")")
-        what = "unbalanced parentheses: a '(' is never closed" if opened > 0 else "formula ends early"
+        what = (
+            "unbalanced parentheses: a '(' is never closed" if opened > 0 else "formula ends early"
+        )
         return MetricError(f"{what}; expected {expected}", source=text, column=column)
     if isinstance(e, UnexpectedCharacters):
         ch = text[e.pos_in_stream] if e.pos_in_stream < len(text) else "?"
@@ -239,7 +247,9 @@ def _expected(names) -> str:
     words = sorted({_EXPECT_WORDS.get(n, n.lower()) for n in names})
     operand = {"a name (W, G, X or an operator)", "a number", "'('", "'-'"}
     if operand <= set(words):
-        words = [w for w in words if w not in operand] + ["an operand (W, G, X, a number, a call or '(')"]
+        words = [w for w in words if w not in operand] + [
+            "an operand (W, G, X, a number, a call or '(')"
+        ]
     return ", ".join(words[:-1]) + (" or " if len(words) > 1 else "") + words[-1]
 
 
@@ -252,7 +262,7 @@ def load_metric(spec: str | Path) -> Node:
         return from_json(s)
     if s.endswith(".json") or (("/" in s or "\\" in s) and Path(s).exists()):
         return load_tree_file(s)
-    from .library import shipped_tree_names, shipped_tree
+    from .library import shipped_tree, shipped_tree_names
 
     if s in shipped_tree_names() and s not in TERMINALS:
         return shipped_tree(s)

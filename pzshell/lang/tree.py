@@ -80,6 +80,16 @@ class Node:
             c.uses_extended for c in self.children
         )
 
+    @cached_property
+    def has_constants(self) -> bool:
+        return self.is_const or any(c.has_constants for c in self.children)
+
+    @property
+    def needs_pzshell(self) -> bool:
+        """True when the reference ``GPTree.load_tree`` cannot read this tree: it knows only the
+        published operators and the leaves W, G, X (a numeric label raises ``Unknown label``)."""
+        return self.uses_extended or self.has_constants
+
     def walk(self):
         """Yield ``(path, node)`` for every node, pre-order; paths look like ``left.right``."""
         stack: list[tuple[str, Node]] = [("", self)]
@@ -94,7 +104,6 @@ class Node:
 
     def __repr__(self) -> str:
         return f"Node({to_infix(self)!r})"
-
 
 
 def format_number(value: float) -> str:
@@ -163,9 +172,14 @@ def to_latex(node: Node) -> str:
         return node.data
     op = OPS[node.data]
     args = []
-    for c in node.children:
+    for i, c in enumerate(node.children):
         s = to_latex(c)
-        if op.infix in ("*", "-") and c.is_op and OPS[c.data].infix in ("+", "-"):
+        sum_child = c.is_op and OPS[c.data].infix in ("+", "-")
+        signed = (c.is_const and c.value < 0) or c.data == "neg"
+        # a sum under a product, a negation or a subtrahend, and a signed operand after an
+        # infix operator or under a negation, need parentheses
+        after = op.infix == "*" or node.data == "neg" or (op.infix == "-" and i == 1)
+        if (sum_child and after) or (signed and (after or (op.infix == "+" and i == 1))):
             s = rf"\left({s}\right)"
         args.append(s)
     return op.latex(*args)
@@ -179,8 +193,9 @@ def to_latex(node: Node) -> str:
 def to_json_obj(node: Node, *, mark_extended: bool = True) -> dict[str, Any]:
     """The Pruner-Zero dict form: ``{"data": name, "left": ..., "right": ...}``.
 
-    Trees using pzshell's extended operators get a root key ``"pzshell"`` saying so; the
-    original loader ignores unknown keys, but would reject the operator names anyway.
+    Trees the original code cannot read (pzshell's extended operators, numeric constants) get a
+    root key ``"pzshell"`` saying so; the original loader ignores unknown keys, but would reject
+    those labels anyway.
     """
 
     def conv(n: Node) -> dict[str, Any]:
@@ -190,11 +205,17 @@ def to_json_obj(node: Node, *, mark_extended: bool = True) -> dict[str, Any]:
         return out
 
     obj = conv(node)
-    if mark_extended and node.uses_extended:
-        obj[EXTENDED_MARK] = {
+    if mark_extended and node.needs_pzshell:
+        mark: dict[str, Any] = {
             "requires": "pzshell",
-            "extended_ops": sorted({n.data for _, n in node.walk() if n.is_op and OPS[n.data].extended}),
+            "extended_ops": sorted(
+                {n.data for _, n in node.walk() if n.is_op and OPS[n.data].extended}
+            ),
         }
+        if node.has_constants:
+            # the reference loader accepts only W, G, X and operator names as labels
+            mark["constants"] = sorted({n.data for _, n in node.walk() if n.is_const}, key=float)
+        obj[EXTENDED_MARK] = mark
     return obj
 
 
@@ -261,8 +282,9 @@ def from_json_obj(obj: Any, *, origin: str | None = None) -> Node:
 
     node = build(obj, "", 1)
     if node.size > MAX_SIZE:
-        raise MetricError(f"tree has {node.size} nodes, more than the limit of {MAX_SIZE}",
-                          origin=origin)
+        raise MetricError(
+            f"tree has {node.size} nodes, more than the limit of {MAX_SIZE}", origin=origin
+        )
     return node
 
 
@@ -285,8 +307,9 @@ def from_json(text: str | bytes, *, origin: str | None = None) -> Node:
             origin=origin,
         ) from None
     except RecursionError:
-        raise MetricError(f"JSON nested deeper than the limit of {MAX_DEPTH} levels",
-                          origin=origin) from None
+        raise MetricError(
+            f"JSON nested deeper than the limit of {MAX_DEPTH} levels", origin=origin
+        ) from None
     return from_json_obj(obj, origin=origin)
 
 
