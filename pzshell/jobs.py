@@ -9,18 +9,22 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from .data import calibration_windows, eval_windows, load_text
 from .engine.events import ProgressFn
-from .errors import PzError
 from .engine.gradients import compute_gradients, load_gradients, save_gradients
 from .engine.prune import PruneConfig, prune_model
+from .errors import PzError
 from .evaluate.perplexity import perplexity
 from .lang import Node, to_infix
 from .models import LoadedModel, count_block_params, load_model
 from .util import peak_rss_mb
+
+if TYPE_CHECKING:
+    from .evaljobs import FinetuneSpec, ZeroShotSpec
 
 
 @dataclass
@@ -42,6 +46,9 @@ class PruneJob:
     gradient_path: str | None = None
     device: str | None = "auto"
     batch_size: int = 8
+    # after pruning (pzshell.evaljobs): zero-shot accuracy, recovery fine-tuning
+    zero_shot: ZeroShotSpec | None = None
+    finetune: FinetuneSpec | None = None
 
 
 def resolve_seqlen(lm: LoadedModel, seqlen: int | None) -> int:
@@ -50,9 +57,7 @@ def resolve_seqlen(lm: LoadedModel, seqlen: int | None) -> int:
     if seqlen < 2:
         raise PzError(f"window length must be at least 2, got {seqlen}")
     if seqlen > lm.max_positions:
-        raise PzError(
-            f"window length {seqlen} exceeds the model's {lm.max_positions} positions"
-        )
+        raise PzError(f"window length {seqlen} exceeds the model's {lm.max_positions} positions")
     return seqlen
 
 
@@ -89,6 +94,10 @@ def run_prune(
         use_variant=job.use_variant,
         batch_size=job.batch_size,
     )
+    from .evaljobs import finetune_stage, zero_shot_stage
+    from .evaluate.zeroshot import prepare_tasks
+
+    prepared = prepare_tasks(job.zero_shot.tasks) if job.zero_shot else None  # fail fast
     t_load = time.perf_counter()
     lm = lm or load_model(job.model, device=job.device)
     load_seconds = time.perf_counter() - t_load
@@ -114,7 +123,8 @@ def run_prune(
     results = {
         "model": job.model,
         "model_source": lm.source,
-        "method": cfg.method + ("+reconstruct" if cfg.reconstruct and cfg.method != "sparsegpt" else ""),
+        "method": cfg.method
+        + ("+reconstruct" if cfg.reconstruct and cfg.method != "sparsegpt" else ""),
         "metric": to_infix(cfg.metric) if cfg.metric is not None else None,
         "sparsity_ratio": job.sparsity_ratio,
         "sparsity_type": job.sparsity_type,
@@ -136,6 +146,19 @@ def run_prune(
         results.update(
             evaluate_ppl(lm, job.eval, job.eval_seqlen or seqlen, job.eval_windows, progress)
         )
+    if prepared is not None:
+        results.update(zero_shot_stage(lm, prepared, job.zero_shot, progress))
+    if job.finetune is not None:
+        results.update(
+            finetune_stage(
+                lm, job.finetune, default_data=job.calib, default_seqlen=seqlen,
+                eval_source=job.eval, eval_seqlen=job.eval_seqlen or seqlen,
+                eval_windows=job.eval_windows, progress=progress,
+            )
+        )  # fmt: skip
+        if prepared is not None:
+            suffix = "_after_finetune"
+            results.update(zero_shot_stage(lm, prepared, job.zero_shot, progress, suffix=suffix))
     results["peak_rss_mb"] = peak_rss_mb()
     results["torch_threads"] = torch.get_num_threads()
     return lm, results

@@ -16,8 +16,10 @@ def _data_dir(name: str) -> Path:
     checkout = _PKG.parent / name
     if checkout.is_dir():
         return checkout
-    raise FileNotFoundError(f"pzshell data directory '{name}' not found (looked in {installed} "
-                            f"and {checkout}); the installation is incomplete")
+    raise FileNotFoundError(
+        f"pzshell data directory '{name}' not found (looked in {installed} "
+        f"and {checkout}); the installation is incomplete"
+    )
 
 
 def grammar_path(name: str = "metric.lark") -> Path:

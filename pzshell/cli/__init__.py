@@ -18,7 +18,10 @@ from ..errors import PzError
 
 # Subcommand modules, in the order `pzshell --help` lists them. A module that is not there yet
 # (work in progress in another change) is skipped.
-_COMMANDS = ("parse_cmd", "prune_cmd", "grad_cmd", "eval_cmd", "structured_cmd")
+_COMMANDS = (
+    "parse_cmd", "prune_cmd", "grad_cmd", "eval_cmd", "finetune_cmd", "report_cmd",
+    "structured_cmd",
+)  # fmt: skip
 
 err_console = Console(stderr=True, highlight=False)
 

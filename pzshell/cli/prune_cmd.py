@@ -19,6 +19,8 @@ from .common import (
     rich_progress,
     write_json,
 )
+from .eval_cmd import add_zero_shot_args, print_zero_shot, zero_shot_spec
+from .finetune_cmd import add_finetune_args, finetune_spec, print_finetune, save_model
 
 
 def register(sub) -> None:
@@ -30,24 +32,47 @@ def register(sub) -> None:
     )
     add_model_args(p)
     methods = list(METHODS) + list(ALIASES)
-    p.add_argument("--prune_method", "--method", dest="prune_method", default="wanda",
-                   metavar="METHOD", help=f"one of: {', '.join(methods)} (default wanda)")
+    p.add_argument(
+        "--prune_method",
+        "--method",
+        dest="prune_method",
+        default="wanda",
+        metavar="METHOD",
+        help=f"one of: {', '.join(methods)} (default wanda)",
+    )
     p.add_argument("--sparsity_ratio", type=float, default=0.5, help="fraction to prune, [0, 1)")
-    p.add_argument("--sparsity_type", default="unstructured",
-                   help="unstructured, or N:M such as 2:4, 4:8 (default unstructured)")
-    p.add_argument("--metric", default=None,
-                   help="a metric formula, e.g. 'abs(W*W)*mms(G)' (implies --prune_method metric)")
+    p.add_argument(
+        "--sparsity_type",
+        default="unstructured",
+        help="unstructured, or N:M such as 2:4, 4:8 (default unstructured)",
+    )
+    p.add_argument(
+        "--metric",
+        default=None,
+        help="a metric formula, e.g. 'abs(W*W)*mms(G)' (implies --prune_method metric)",
+    )
     p.add_argument("--json_tree", default=None, help="a Pruner-Zero JSON tree file")
-    p.add_argument("--reconstruct", action="store_true",
-                   help="apply SparseGPT's weight update to the metric's mask")
-    p.add_argument("--use_variant", action="store_true",
-                   help="Wanda's per-row cumulative variant (unstructured only)")
-    p.add_argument("--gradient_path", default=None,
-                   help="gradient statistic file (pzshell grad / Pruner-Zero format); computed "
-                   "from the calibration windows (and saved here) if it does not exist")
+    p.add_argument(
+        "--reconstruct",
+        action="store_true",
+        help="apply SparseGPT's weight update to the metric's mask",
+    )
+    p.add_argument(
+        "--use_variant",
+        action="store_true",
+        help="Wanda's per-row cumulative variant (unstructured only)",
+    )
+    p.add_argument(
+        "--gradient_path",
+        default=None,
+        help="gradient statistic file (pzshell grad / Pruner-Zero format); computed "
+        "from the calibration windows (and saved here) if it does not exist",
+    )
     p.add_argument("--batch_size", type=int, default=8, help="calibration windows per forward")
     add_calib_args(p)
     add_eval_args(p)
+    add_zero_shot_args(p, with_switch=True)
+    add_finetune_args(p, with_switch=True)
     p.add_argument("--save", default=None, help="directory for results.json")
     p.add_argument("--save_model", default=None, help="directory to save the pruned model (HF)")
     p.set_defaults(func=run)
@@ -77,7 +102,8 @@ def job_from_args(args: argparse.Namespace) -> PruneJob:
         use_variant=args.use_variant, nsamples=args.nsamples, seed=args.seed, calib=args.calib,
         seqlen=args.seqlen, eval=args.eval, eval_seqlen=args.eval_seqlen,
         eval_windows=args.eval_windows, gradient_path=args.gradient_path, device=args.device,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size, zero_shot=zero_shot_spec(args),
+        finetune=finetune_spec(args) if args.finetune else None,
     )  # fmt: skip
 
 
@@ -94,13 +120,14 @@ def run(args: argparse.Namespace) -> int:
     with rich_progress() as progress:
         lm, res = run_prune(job, progress)
     print_summary(res)
+    print_finetune(res)
+    print_zero_shot(res)
     if args.save:
         out = Path(args.save) / "results.json"
         write_json(out, res)
         console.print(f"results written to {out}")
     if args.save_model:
-        lm.model.save_pretrained(args.save_model)
-        lm.tokenizer.save_pretrained(args.save_model)
+        save_model(lm, args.save_model, res)  # + pzshell_prune.json: how it was made
         console.print(f"pruned model saved to {args.save_model}")
     return 0
 

@@ -62,8 +62,7 @@ def load_text(source: str, *, role: str = "eval") -> Text:
     path = Path(source).expanduser()
     if not path.exists():
         raise DataError(
-            f"data source '{source}' is not a file, nor one of "
-            f"{', '.join((BUILTIN, *HUB_SOURCES))}"
+            f"data source '{source}' is not a file, nor one of {', '.join((BUILTIN, *HUB_SOURCES))}"
         )
     if path.is_dir():
         raise DataError(f"data source '{source}' is a directory; give a text file")
@@ -162,6 +161,12 @@ def eval_windows(
 
 
 __all__ = [
-    "BUILTIN", "HUB_SOURCES", "DataError", "Text", "calibration_windows", "eval_windows",
-    "load_text", "tokenize",
+    "BUILTIN",
+    "HUB_SOURCES",
+    "DataError",
+    "Text",
+    "calibration_windows",
+    "eval_windows",
+    "load_text",
+    "tokenize",
 ]

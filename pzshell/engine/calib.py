@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -60,10 +61,8 @@ def capture_block_inputs(model: nn.Module, ids: torch.Tensor, batch_size: int = 
     try:
         for start in range(0, ids.shape[0], batch_size):
             batch = ids[start : start + batch_size].to(dev)
-            try:
+            with contextlib.suppress(_Stop):
                 model(input_ids=batch, use_cache=False)
-            except _Stop:
-                pass
             chunks.append(current.pop("chunk"))
     finally:
         handle.remove()

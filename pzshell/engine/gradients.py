@@ -29,7 +29,9 @@ def compute_gradients(
     progress: ProgressFn | None = None,
 ) -> dict[str, torch.Tensor]:
     layers = block_linears(model)
-    params = {grad_key(n, i): lin.weight for i, lin_map in enumerate(layers) for n, lin in lin_map.items()}
+    params = {
+        grad_key(n, i): lin.weight for i, lin_map in enumerate(layers) for n, lin in lin_map.items()
+    }
     saved = {p: p.requires_grad for p in model.parameters()}
     for p in model.parameters():
         p.requires_grad_(False)
@@ -63,7 +65,9 @@ def save_gradients(grads: dict[str, torch.Tensor], path: str | Path) -> None:
         torch.save(grads, f)
 
 
-def load_gradients(path: str | Path, model: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
+def load_gradients(
+    path: str | Path, model: torch.nn.Module | None = None
+) -> dict[str, torch.Tensor]:
     """Load a gradient file (ours or the original code's); check it against ``model``."""
     path = Path(path)
     if not path.exists():

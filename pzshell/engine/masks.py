@@ -31,24 +31,33 @@ def parse_sparsity_type(text: str) -> tuple[int, int]:
     return n, m
 
 
+def smallest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Mask of the ``k`` smallest entries of every row of a 2-D tensor.
+
+    Equal to taking the first ``k`` indices of a *stable* sort (ties go to the lower index, as
+    in the reference code), but found by selection (``kthvalue``), which is several times
+    faster than sorting on a CPU.
+    """
+    rows, cols = scores.shape
+    if k <= 0:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    if k >= cols:
+        return torch.ones_like(scores, dtype=torch.bool)
+    thr = torch.kthvalue(scores, k, dim=1, keepdim=True).values
+    less = scores < thr
+    need = k - less.sum(dim=1, keepdim=True)  # how many ties at the threshold to take
+    ties = scores == thr
+    return less | (ties & (ties.cumsum(dim=1) <= need))
+
+
 def row_mask(scores: torch.Tensor, ratio: float) -> torch.Tensor:
     """Prune the ``int(ratio * in)`` smallest scores of every row (stable order on ties)."""
-    k = int(scores.shape[1] * ratio)
-    mask = torch.zeros_like(scores, dtype=torch.bool)
-    if k > 0:
-        idx = torch.sort(scores, dim=-1, stable=True)[1][:, :k]
-        mask.scatter_(1, idx, True)
-    return mask
+    return smallest_k(scores, int(scores.shape[1] * ratio))
 
 
 def layer_mask(scores: torch.Tensor, ratio: float) -> torch.Tensor:
     """Prune the ``int(ratio * numel)`` smallest scores of the whole matrix (magnitude's group)."""
-    k = int(scores.numel() * ratio)
-    mask = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
-    if k > 0:
-        idx = torch.sort(scores.flatten(), stable=True)[1][:k]
-        mask[idx] = True
-    return mask.view_as(scores)
+    return smallest_k(scores.reshape(1, -1), int(scores.numel() * ratio)).view_as(scores)
 
 
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:

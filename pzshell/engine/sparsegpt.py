@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from .masks import smallest_k
+
 
 def sparsegpt_prune(
     W: torch.Tensor,
@@ -52,11 +54,7 @@ def sparsegpt_prune(
             mask1 = mask[:, i1:i2].to(torch.bool)
         elif prune_n == 0:
             tmp = W1**2 / hdiag.reshape(1, -1) ** 2
-            k = int(tmp.numel() * sparsity)
-            mask1 = torch.zeros_like(W1, dtype=torch.bool)
-            if k > 0:
-                idx = torch.sort(tmp.flatten(), stable=True)[1][:k]
-                mask1.view(-1)[idx] = True
+            mask1 = smallest_k(tmp.reshape(1, -1), int(tmp.numel() * sparsity)).view_as(tmp)
         else:
             mask1 = torch.zeros_like(W1, dtype=torch.bool)
 

@@ -11,7 +11,15 @@ from .arch import (
 from .load import LoadedModel, ModelError, build_tiny, load_model, pick_device
 
 __all__ = [
-    "ArchitectureError", "LoadedModel", "ModelError", "block_linears", "build_tiny",
-    "count_block_params", "decoder_blocks", "find_linears", "load_model", "pick_device",
+    "ArchitectureError",
+    "LoadedModel",
+    "ModelError",
+    "block_linears",
+    "build_tiny",
+    "count_block_params",
+    "decoder_blocks",
+    "find_linears",
+    "load_model",
+    "pick_device",
     "sparsity_report",
 ]

