@@ -149,6 +149,7 @@ def _train_loop(
     finally:
         model.train(was_training)
     k = min(len(losses), max(1, steps_per_epoch))
+    q = max(1, len(losses) // 4)
     return {
         "steps": step,
         "epochs": epochs,
@@ -163,6 +164,9 @@ def _train_loop(
         # mean over the first / last epoch's worth of steps: less noisy than single steps
         "loss_first_epoch": sum(losses[:k]) / k,
         "loss_last_epoch": sum(losses[-k:]) / k,
+        # mean over the first / last quarter of all steps (meaningful for a single epoch too)
+        "loss_start": sum(losses[:q]) / q,
+        "loss_end": sum(losses[-q:]) / q,
         "losses": losses,
     }
 
