@@ -205,11 +205,17 @@ def run_trees(args: argparse.Namespace) -> int:
         return 2 if failed else 0
     table = Table(title="metric trees", title_justify="left")
     cols = ["name", "formula", "canonical key", "extended ops"] + (["source"] if args.dir else [])
+    widest = max(len(r["name"]) for r in rows)
     for col in cols:
-        table.add_column(col, no_wrap=col != "formula")
+        if col == "name":
+            table.add_column(col, min_width=widest, overflow="fold")
+        elif col in ("formula", "source"):
+            table.add_column(col, overflow="fold")
+        else:
+            table.add_column(col, no_wrap=True)
     for r in rows:
         if "error" in r:
-            cells = [r["name"], Text(r["error"], "red"), "", ""]
+            cells = [r["name"], Text("cannot load (see below)", "red"), "", ""]
         else:
             cells = [
                 r["name"],
@@ -218,5 +224,9 @@ def run_trees(args: argparse.Namespace) -> int:
                 Text("yes (needs pzshell)", "yellow") if r["extended"] else "no",
             ]
         table.add_row(*cells, *([r["source"]] if args.dir else []))
-    Console(highlight=False).print(table)
+    console = Console(highlight=False)
+    console.print(table)
+    for r in rows:
+        if "error" in r:
+            console.print(Text(f"{r['source']}: {r['error']}", "red"), soft_wrap=True)
     return 2 if failed else 0

@@ -621,9 +621,11 @@ def _strip_once(e) -> tuple[Any, int]:
         coeff, factors = e.as_coeff_mul()
         if coeff.is_negative:
             return sympy.Mul(-coeff, *factors), -1
-        rest = [f for f in factors if not (_uniform(f) and f.is_positive)]
+        rest = [f for f in factors if not (_uniform(f) and (f.is_positive or f.is_negative))]
         if coeff != 1 or len(rest) < len(factors):
-            return sympy.Mul(*rest), 1  # positive per-layer scalar factors
+            # per-layer scalar factors: positive ones drop, negative ones flip the order
+            flips = sum(1 for f in factors if _uniform(f) and f.is_negative)
+            return sympy.Mul(*rest), -1 if flips % 2 else 1
         return _normalise_exponents(e), 1
     return e, 1
 
@@ -638,6 +640,9 @@ def _normalise_exponents(e):
     powers = []
     for f in e.args:
         base, p = f.args if f.is_Pow else (f, sympy.S.One)
+        if isinstance(f, sympy.exp):  # exp(c*y) = exp(y)^c
+            p, rest = f.args[0].as_coeff_Mul()
+            base = sympy.exp(rest)
         if not (p.is_Number and p.is_positive):
             return e
         if not base.is_nonnegative:
@@ -672,6 +677,32 @@ def _signed(expr, sign: int):
     return expr if sign > 0 else sympy.Mul(-1, expr, evaluate=False)
 
 
+def canonical_signs(e):
+    """Rebuild ``e`` with one sign convention for the sums inside products, even powers and
+    ``Abs``: sympy keeps ``-(G - W)*X`` and ``(W - G)*X`` as different trees (and the sign
+    simplification inside ``sympy.Abs`` produces the first), so without this two spellings of
+    one function could get two keys. Each sum factor of a product takes the sign that sympy's
+    ``could_extract_minus_sign`` rule prefers, and the product's coefficient absorbs the rest."""
+    import sympy
+
+    S = _symfuncs()
+    if e.is_Atom or not e.args:
+        return e
+    args = [canonical_signs(a) for a in e.args]
+    if e.is_Mul:
+        flip = False
+        for i, a in enumerate(args):
+            if a.is_Add and a.could_extract_minus_sign():
+                args[i] = -a
+                flip = not flip
+        return sympy.Mul(sympy.S.NegativeOne, *args) if flip else sympy.Mul(*args)
+    if isinstance(e, sympy.Abs):
+        return S.Abs(args[0])
+    if e.is_Pow and args[1].is_integer and args[1].is_even:
+        return S.sq(args[0]) ** (args[1] / 2)
+    return e.func(*args)
+
+
 def _structural(s: Node, reason: str) -> CanonicalForm:
     text = to_infix(s)
     return CanonicalForm(_hash("tree", text), None, text, fallback=reason)
@@ -703,7 +734,7 @@ def canonical(node: Node) -> CanonicalForm:
     try:
         import sympy
 
-        expr = _signed(*rank_form(to_sympy(s)))
+        expr = _signed(*rank_form(canonical_signs(to_sympy(s))))
         return CanonicalForm(_hash("sympy", sympy.srepr(expr)), expr, sympy.sstr(expr))
     except (RecursionError, MemoryError) as e:  # pragma: no cover - guarded by the size limit
         return _structural(s, f"sympy gave up: {type(e).__name__}")

@@ -20,7 +20,7 @@ from sympy import Function, Min, Rational, Symbol, exp, log, nan, sqrt, tanh
 
 __all__ = [
     "Abs", "Cap", "Coln", "Fro", "Full", "G", "Mms", "Rown", "SYMBOLS", "W", "X", "Zsn", "pexp",
-    "plog", "sqrt", "tanh",
+    "plog", "sq", "sqrt", "tanh",
 ]  # fmt: skip
 
 W = Symbol("W", nonnegative=True)
@@ -46,15 +46,25 @@ def Abs(x: sympy.Expr) -> sympy.Expr:  # noqa: N802 (the sympy name)
     return _evaluated(sympy.Abs(x))
 
 
+def sq(x: sympy.Expr) -> sympy.Expr:
+    """``x**2`` with the sign of ``x`` chosen canonically (``(G - W)**2``, never ``(W - G)**2``
+    for one and ``(G - W)**2`` for the other), as sympy leaves even powers' bases alone."""
+    return _even_base(x) ** 2
+
+
+def _even_base(x: sympy.Expr) -> sympy.Expr:
+    return -x if x.could_extract_minus_sign() else x
+
+
 def _evaluated(e: sympy.Basic) -> sympy.Basic:
     if not e.args or e.is_Atom:
         return e
     args = [_evaluated(a) for a in e.args]
     if isinstance(e, sympy.Abs):
-        (a,) = args
-        if a.could_extract_minus_sign():
-            a = -a
+        a = _even_base(args[0])
         return a if a.is_nonnegative else sympy.Abs(a, evaluate=False)
+    if e.is_Pow and args[1].is_integer and args[1].is_even:
+        return _even_base(args[0]) ** args[1]
     return e.func(*args)
 
 
