@@ -51,7 +51,7 @@ def add_zero_shot_args(p: argparse.ArgumentParser, *, with_switch: bool) -> None
         help="evaluate only the first N items of each task (quick checks; default all)",
     )
     g.add_argument(
-        "--zero_shot_batch_size", type=int, default=1, help="lm-eval batch size (default 1)"
+        "--zero_shot_batch_size", type=int, default=4, help="lm-eval batch size (default 4)"
     )
 
 

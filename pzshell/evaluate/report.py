@@ -206,7 +206,8 @@ def _zero_shot_entries(runs: list[Run]) -> list[tuple[str, dict]]:
         for suffix, tag in (("", ""), ("_after_finetune", " + finetune")):
             zs = r.get(f"zero_shot{suffix}")
             if zs and zs.get("tasks"):
-                out.append((f"{r.name}: {r.label}{tag}", zs))
+                name = r.label if r.name == r.label else f"{r.name}: {r.label}"
+                out.append((name + tag, zs))
     return out
 
 

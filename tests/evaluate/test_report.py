@@ -1,0 +1,118 @@
+"""Comparison reports from saved runs: table content, plots, and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pzshell.cli import main
+from pzshell.evaluate.report import ReportError, find_runs, markdown_table, write_report
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _layers(blocks: int, sparsity: float) -> list[dict]:
+    return [
+        {
+            "block": b,
+            "linear": n,
+            "shape": [8, 8],
+            "pruned": int(64 * sparsity),
+            "sparsity": sparsity,
+        }
+        for b in range(blocks)
+        for n in ("q_proj", "down_proj")
+    ]
+
+
+def _run(tmp_path, name: str, **fields) -> None:
+    base = {
+        "model": "smollm2", "model_source": "test", "method": "wanda", "metric": "W * sqrt(X)",
+        "sparsity_ratio": 0.5, "sparsity_type": "unstructured", "actual_sparsity": 0.5,
+        "nsamples": 32, "seqlen": 512, "seed": 0, "calib_data": "/data/wikitext-2/valid.txt",
+        "eval_data": "/data/wikitext-2-raw/wiki.test.raw", "eval_seqlen": 1024,
+        "eval_windows": 8, "eval_tokens": 8192, "ppl": 40.0, "layers": _layers(3, 0.5),
+    }  # fmt: skip
+    base.update(fields)
+    d = tmp_path / "runs" / name
+    d.mkdir(parents=True)
+    (d / "results.json").write_text(json.dumps(base))
+
+
+def _zs(acc: float) -> dict:
+    return {"tasks": {"pzshell_mc": {"acc": acc, "acc_stderr": 0.05, "acc_norm": acc - 0.1,
+                                     "acc_norm_stderr": 0.05, "n": 64, "n_total": 64}},
+            "mean_acc": acc, "limit": None, "lm_eval_version": "0.4.13"}  # fmt: skip
+
+
+@pytest.fixture
+def runs_dir(tmp_path):
+    _run(tmp_path, "dense", method="dense", metric=None, sparsity_ratio=0.0, actual_sparsity=0.0,
+         ppl=29.2, layers=_layers(3, 0.0), zero_shot=_zs(0.77), zero_shot_mean=0.77,
+         nsamples=0, calib_data=None)  # fmt: skip
+    _run(
+        tmp_path,
+        "wanda50",
+        ppl=45.1,
+        ppl_after_finetune=38.2,
+        zero_shot=_zs(0.6),
+        zero_shot_mean=0.6,
+        zero_shot_after_finetune=_zs(0.65),
+        zero_shot_mean_after_finetune=0.65,
+        sparsity_before_finetune=0.5,
+        sparsity_after_finetune=0.5,
+        finetune={"method": "lora", "r": 8, "samples": 16, "seqlen": 256, "steps": 16},
+    )
+    _run(tmp_path, "wanda60", sparsity_ratio=0.6, actual_sparsity=0.6, ppl=80.0,
+         layers=_layers(3, 0.6))  # fmt: skip
+    _run(tmp_path, "pz50", method="pruner-zero", metric="abs(W * W) * mms(G)", ppl=52.3)
+    _run(tmp_path, "nm24", sparsity_type="2:4", ppl=70.5)
+    (tmp_path / "runs" / "nested" / "deeper").mkdir(parents=True)
+    (tmp_path / "runs" / "nested" / "notes.txt").write_text("not a run")
+    _run(tmp_path, "nested/deeper/mag50", method="magnitude", metric="W", ppl=300.0)
+    return tmp_path / "runs"
+
+
+def test_report_files_and_table(runs_dir, tmp_path):
+    out = tmp_path / "report"
+    rep = write_report([runs_dir], out)
+    assert len(rep["runs"]) == 6  # found recursively
+    md = (out / "report.md").read_text()
+    # header and one row per run, with the figures and their provenance
+    assert "| run | model | method | metric | sparsity | type |" in md
+    assert "| wanda50 | smollm2 | wanda | W * sqrt(X) | 0.50 | unstructured | 0.5000 | 45.100 " \
+           "| 38.200 | 0.6000 | 0.6500 | wiki.test.raw: 8x1024=8192 | valid.txt: 32x512 " \
+           "| LoRA r8, 16x256, 16 steps | 0 |" in md  # fmt: skip
+    assert "| dense | smollm2 | dense | - | 0.00 |" in md
+    assert "| 2:4 |" in md and "| mag50 |" in md
+    assert "## Zero-shot accuracy per task" in md and "0.6500 ± 0.0500 (n=64)" in md
+    names = sorted(p.name for p in rep["plots"])
+    assert names == ["block_sparsity.png", "ppl_smollm2_wiki-test-raw.png", "zero_shot.png"]
+    for p in rep["plots"]:
+        assert p.read_bytes()[:8] == PNG and p.stat().st_size > 10_000
+        assert f"]({p.name})" in md
+
+
+def test_report_table_orders_dense_first(runs_dir):
+    lines = markdown_table(find_runs([runs_dir])).splitlines()
+    assert lines[2].startswith("| dense |")
+
+
+def test_report_errors(tmp_path):
+    with pytest.raises(ReportError, match="no such"):
+        find_runs([tmp_path / "missing"])
+    with pytest.raises(ReportError, match="no results.json"):
+        find_runs([tmp_path])
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "results.json").write_text("{not json")
+    with pytest.raises(ReportError, match="not a readable"):
+        find_runs([tmp_path])
+
+
+def test_cli_report(runs_dir, tmp_path, capsys):
+    assert main(["report", str(runs_dir), "--out", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr()
+    assert "6 run(s)" in out.err and (tmp_path / "r" / "report.md").exists()
+    assert main(["report", str(tmp_path / "nothing-here")]) == 2
