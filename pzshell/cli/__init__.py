@@ -20,7 +20,7 @@ from ..errors import PzError
 # (work in progress in another change) is skipped.
 _COMMANDS = (
     "parse_cmd", "prune_cmd", "grad_cmd", "eval_cmd", "finetune_cmd", "report_cmd",
-    "structured_cmd",
+    "structured_cmd", "search_cmd",
 )  # fmt: skip
 
 err_console = Console(stderr=True, highlight=False)

@@ -1,0 +1,554 @@
+"""The genetic-programming search over pruning metrics.
+
+Batch steady-state: each batch of ``batch`` new children (distinct pruning rules never seen
+before) is evaluated asynchronously — a worker that finishes takes the next candidate at once —
+and results are integrated *in candidate order* when the batch completes, followed by
+(mu + lambda) survival. The trajectory therefore depends only on the seed and the settings,
+never on the backend, the number of workers or their timing, which is what makes
+``--resume`` reproduce an uninterrupted run exactly and lets the Ray and process backends
+agree with the in-process one.
+
+Every evaluated candidate is appended to ``candidates.jsonl`` the moment it is known; the RNG
+and population are saved after every batch. On resume, the last saved state is restored and
+the interrupted batch is regenerated deterministically; its candidates already in the log are
+not evaluated again.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..errors import PzError
+from ..lang import Node, load_metric, to_infix, to_json_obj
+from ..lang.algebra import canonical, simplify
+from ..lang.ops import EXTENDED, PUBLISHED, UNARY
+from ..lang.random_trees import ramped_half_and_half
+from ..lang.tree import MetricError, from_json_obj, save_tree_file
+from .backends import InProcessBackend, ProcessBackend, RayBackend, Task
+from .cache import FitnessCache
+from .events import CandidateDone, SearchFinished, SearchMessage, SearchProgress, SearchStarted
+from .fitness import WORST, FitnessSettings
+from .gp import crossover, mutate, tournament
+from .runlog import SETTINGS_NAME, STATE_NAME, RunLog
+
+KNOWN_SEEDS = ("W", "W*sqrt(X)", "abs(W*W)*mms(G)", "W*G")
+
+
+class SearchError(PzError):
+    pass
+
+
+@dataclass
+class SearchSettings:
+    fitness: FitnessSettings = field(default_factory=FitnessSettings)
+    population: int = 16
+    budget: int = 64  # evaluations (distinct pruning rules)
+    batch: int = 8
+    tournament: int = 3
+    p_crossover: float = 0.7
+    p_mutation: float = 0.3
+    max_depth: int = 6
+    max_size: int = 31
+    init_depth: int = 4
+    ops: str = "published"  # or "extended"
+    p_const: float = 0.0
+    promote_quantile: float = 0.5  # cheap stage: only the better half pays for the full stage
+    seed: int = 0
+    seed_known: bool = True
+    seed_formulas: tuple[str, ...] = ()
+    final_top: int = 3
+    time_limit: float | None = None  # seconds
+
+    def validate(self) -> None:
+        if self.population < 2:
+            raise SearchError(f"population must be at least 2, got {self.population}")
+        if self.budget < self.population:
+            raise SearchError(
+                f"budget ({self.budget} evaluations) must be at least the population "
+                f"({self.population})"
+            )
+        if self.batch < 1:
+            raise SearchError(f"batch must be at least 1, got {self.batch}")
+        if self.tournament < 1:
+            raise SearchError(f"tournament size must be at least 1, got {self.tournament}")
+        for name in ("p_crossover", "p_mutation"):
+            v = getattr(self, name)
+            if not 0 <= v <= 1:
+                raise SearchError(f"{name.replace('_', '-')} must be in [0, 1], got {v}")
+        if self.ops not in ("published", "extended"):
+            raise SearchError(f"--ops must be 'published' or 'extended', got '{self.ops}'")
+        if self.max_depth < 2:
+            raise SearchError(f"max depth must be at least 2, got {self.max_depth}")
+        for f in self.seed_formulas:
+            try:
+                tree = load_metric(f)
+            except MetricError as e:
+                raise SearchError(f"seed formula {f!r}: {e}") from None
+            bad = {n.data for _, n in tree.walk() if n.is_op and n.data not in self.op_names}
+            if bad:
+                raise SearchError(
+                    f"seed formula {f!r} uses {', '.join(sorted(bad))}, outside the "
+                    f"'{self.ops}' operator set (use --ops extended)"
+                )
+
+    @property
+    def op_names(self) -> tuple[str, ...]:
+        return PUBLISHED + EXTENDED if self.ops == "extended" else PUBLISHED
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["seed_formulas"] = list(self.seed_formulas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SearchSettings:
+        d = dict(d)
+        d["fitness"] = FitnessSettings(**d["fitness"])
+        d["seed_formulas"] = tuple(d.get("seed_formulas", ()))
+        return cls(**d)
+
+    def identity(self) -> dict:
+        """What a resumed run must share with the original (the trajectory depends on it)."""
+        d = self.to_dict()
+        for k in ("budget", "time_limit", "final_top"):
+            d.pop(k)
+        return d
+
+
+def sort_key(rec: dict) -> tuple:
+    """Full-stage candidates beat cheap-stage rejects, which beat degenerate ones; then by
+    fitness, then smaller formulas, then earlier candidates."""
+    stage_rank = {"full": 0, "cheap": 1}.get(rec["stage"], 2)
+    value = rec["fitness"] if stage_rank == 0 else (rec.get("cheap") or WORST)
+    return (stage_rank, value if value is not None else WORST, rec["size"], rec["id"])
+
+
+class Search:
+    """A resumable GP search. Drive it with :meth:`run`; control it from another thread with
+    :meth:`pause`, :meth:`resume`, :meth:`stop` and :meth:`inject`."""
+
+    def __init__(
+        self,
+        settings: SearchSettings,
+        out_dir: str | Path,
+        *,
+        backend: str = "in-process",
+        workers: int = 1,
+        ray_address: str | None = None,
+        device: str | None = "cpu",
+        threads: int | None = None,
+        cache: FitnessCache | None = None,
+        on_event: Callable[[object], None] | None = None,
+        resume: bool = False,
+    ):
+        settings.validate()
+        self.s = settings
+        self.log = RunLog(out_dir)
+        self.out_dir = Path(out_dir)
+        self.on_event = on_event or (lambda ev: None)
+        self._pause = threading.Event()
+        self._stop = threading.Event()
+        self._inject: list[Node] = []
+        self._lock = threading.Lock()
+        self.backend_name, self.workers, self.ray_address = backend, workers, ray_address
+        self.device, self.threads = device, threads
+        self.cache = cache
+        saved = self.log.read_json(SETTINGS_NAME)
+        if resume:
+            if saved is None:
+                raise SearchError(f"{out_dir} is not a search directory (no {SETTINGS_NAME})")
+            old = SearchSettings.from_dict(saved["settings"])
+            if old.identity() != settings.identity():
+                diff = _diff(settings.identity(), old.identity())
+                raise SearchError(
+                    f"cannot resume {out_dir}: it was run with other settings ({', '.join(diff)} "
+                    f"differ); resume with the same settings or start a new --out directory"
+                )
+        elif saved is not None and (self.out_dir / "candidates.jsonl").exists():
+            raise SearchError(
+                f"{out_dir} already holds a search; use --resume {out_dir} or another --out"
+            )
+        self.log.write_json(SETTINGS_NAME, {"settings": settings.to_dict()})
+        self.context = ""
+
+    # ---- control (thread-safe) ------------------------------------------------------------------
+    def pause(self) -> None:
+        self._pause.set()
+
+    def resume(self) -> None:
+        self._pause.clear()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._pause.clear()
+
+    def inject(self, formula: str | Node) -> Node:
+        tree = formula if isinstance(formula, Node) else load_metric(formula)
+        with self._lock:
+            self._inject.append(tree)
+        return tree
+
+    @property
+    def paused(self) -> bool:
+        return self._pause.is_set()
+
+    # ---- helpers --------------------------------------------------------------------------------
+    def _make_backend(self):
+        f = self.s.fitness
+        if self.backend_name == "ray":
+            return RayBackend(f, self.workers, self.ray_address, device=self.device,
+                              threads=self.threads)  # fmt: skip
+        if self.backend_name == "processes" and self.workers > 1:
+            return ProcessBackend(f, self.workers, device=self.device, threads=self.threads)
+        return InProcessBackend(f, device=self.device, threads=self.threads)
+
+    def _fits(self, t: Node) -> bool:
+        return t.depth <= self.s.max_depth and t.size <= self.s.max_size and bool(t.terminals)
+
+    def _child(self, rng: random.Random, pop: list[dict]) -> tuple[Node, str, list[int]]:
+        s = self.s
+        r = rng.random()
+        a = tournament(rng, pop, s.tournament, sort_key)
+        if r < s.p_crossover:
+            b = tournament(rng, pop, s.tournament, sort_key)
+            child = crossover(rng, a["_tree"], b["_tree"])
+            return child, "crossover", [a["id"], b["id"]]
+        child = mutate(rng, a["_tree"], s.max_depth, s.op_names, s.p_const)
+        return child, "mutation", [a["id"]]
+
+    # ---- the run --------------------------------------------------------------------------------
+    def run(self) -> SearchFinished:
+        s = self.s
+        records, warnings = self.log.read()
+        for w in warnings:
+            self.on_event(SearchMessage(w, "warning"))
+        records = [r for r in records if r.get("stage") != "final"]
+        logged = {r["canonical"]: r for r in records}
+        state = self.log.read_json(STATE_NAME)
+        done_batches = state["batch"] if state else 0
+        # candidates of batches completed before the last saved state; those of an interrupted
+        # batch stay in `logged` only, to be reused when the batch is regenerated
+        records = [r for r in records if r.get("batch", 0) < done_batches]
+        backend = self._make_backend()
+        ev = getattr(backend, "ev", None)
+        self.context = f"{s.fitness.digest()}"
+        if ev is not None:
+            self.context += f"-{ev.lm.fingerprint()}-{ev.text_digest}"
+        cache = self.cache
+        t_start = time.perf_counter()
+        self.on_event(SearchStarted(str(self.out_dir), s.budget, len(records)))
+
+        if state is None:
+            rng = random.Random(s.seed)
+            pop: list[dict] = []
+            batch_no = 0
+            init = self._initial_trees(rng)
+        else:
+            rng = random.Random()
+            rng.setstate(_to_state(state["rng"]))
+            by_id = {r["id"]: r for r in records}
+            pop = [self._rehydrate(by_id[i]) for i in state["population"] if i in by_id]
+            batch_no = state["batch"]
+            init = []
+        evaluated = state["evaluations"] if state else 0
+        hits = state["cache_hits"] if state else 0
+        next_id = state["next_id"] if state else 0
+        history: list[dict] = [self._rehydrate(r) for r in records]
+        seen_keys = {r["canonical"] for r in records}
+        stopped = False
+        try:
+            while evaluated < s.budget:
+                if self._stop.is_set():
+                    stopped = True
+                    break
+                if s.time_limit and time.perf_counter() - t_start > s.time_limit:
+                    stopped = True
+                    self.on_event(SearchMessage("time limit reached"))
+                    break
+                while self._pause.is_set() and not self._stop.is_set():
+                    time.sleep(0.1)
+                want = min(s.batch if pop else s.population, s.budget - evaluated)
+                batch, rng_hits, next_id = self._make_batch(rng, pop, init, want, seen_keys,
+                                                            next_id, batch_no)  # fmt: skip
+                init = []
+                hits += rng_hits
+                threshold = self._threshold(history)
+                todo = []
+                results: dict[int, dict] = {}
+                for cand in batch:
+                    key = cand["canonical"]
+                    if key in logged:  # evaluated before an interruption: reuse, don't repeat
+                        results[cand["id"]] = logged[key]
+                        continue
+                    hit = cache.get(self.context, key) if cache is not None else None
+                    if hit is not None:
+                        rec = dict(cand, **hit, worker="cache", seconds=0.0, cached=True)
+                        results[cand["id"]] = rec
+                        hits += 1
+                        self._record(rec)
+                        continue
+                    todo.append(Task(cand["id"], cand["_tree"], threshold))
+                by_id = {c["id"]: c for c in batch}
+                for res in backend.map_unordered(todo):
+                    cand = by_id[res["cid"]]
+                    rec = dict(cand, cheap=res["cheap"], full=res["full"], fitness=res["fitness"],
+                               stage=res["stage"], reason=res["reason"],
+                               seconds=round(res["seconds"], 3), worker=res["worker"],
+                               cached=False, threshold=threshold)  # fmt: skip
+                    results[cand["id"]] = rec
+                    self._record(rec)
+                    if cache is not None and rec["stage"] in ("full", "degenerate"):
+                        cache.put(self.context, rec["canonical"], _cacheable(rec))
+                    self._progress(
+                        history + list(results.values()),
+                        evaluated + len([r for r in results.values() if not r.get("cached")]),
+                        hits,
+                        t_start,
+                    )
+                    if self._stop.is_set():
+                        break
+                if self._stop.is_set() and len(results) < len(batch):
+                    stopped = True
+                    break  # the batch is incomplete: state stays at its start, resume redoes it
+                new = [self._rehydrate(results[c["id"]]) for c in batch]
+                evaluated += sum(1 for r in new if not r.get("cached"))
+                history.extend(new)
+                for r in new:
+                    logged[r["canonical"]] = r
+                pop = self._survive(pop + new)
+                batch_no += 1
+                self.log.write_json(STATE_NAME, {
+                    "batch": batch_no, "rng": _from_state(rng.getstate()),
+                    "population": [p["id"] for p in pop], "evaluations": evaluated,
+                    "cache_hits": hits, "next_id": next_id,
+                })  # fmt: skip
+                self._progress(history, evaluated, hits, t_start)
+            finals = [] if stopped else self._finals(backend, history)
+        finally:
+            backend.close()
+        return self._finish(history, finals, evaluated, stopped)
+
+    def _initial_trees(self, rng: random.Random) -> list[tuple[Node, str]]:
+        s = self.s
+        trees: list[tuple[Node, str]] = []
+        if s.seed_known:
+            trees += [(load_metric(f), "known") for f in KNOWN_SEEDS]
+        trees += [(load_metric(f), "seed") for f in s.seed_formulas]
+        trees = [
+            (t, o) for t, o in trees if all(n.data in s.op_names for _, n in t.walk() if n.is_op)
+        ]
+        n_random = max(0, s.population - len(trees))
+        extra = ramped_half_and_half(rng, n_random * 3, s.init_depth, s.op_names,
+                                     p_const=s.p_const)  # fmt: skip
+        trees += [(t, "init") for t in extra]
+        return trees
+
+    def _make_batch(self, rng, pop, init, want, seen_keys, next_id, batch_no):
+        """``want`` candidates with pruning rules not seen before (duplicates are cache hits)."""
+        out: list[dict] = []
+        hits = 0
+        with self._lock:
+            injected, self._inject = self._inject, []
+        queue = [(t, "injected", []) for t in injected] + [(t, o, []) for t, o in init]
+        tries = 0
+        while len(out) < want and tries < 50 * max(want, 1):
+            tries += 1
+            if queue:
+                tree, origin, parents = queue.pop(0)
+            elif pop:
+                tree, origin, parents = self._child(rng, pop)
+            else:
+                break
+            tree = simplify(tree)
+            if origin not in ("known", "seed", "injected") and not self._fits(tree):
+                continue
+            key = canonical(tree).key
+            if key in seen_keys:
+                if origin in ("crossover", "mutation"):
+                    hits += 1
+                continue
+            seen_keys.add(key)
+            out.append({
+                "id": next_id, "batch": batch_no, "formula": to_infix(tree), "canonical": key,
+                "size": tree.size, "depth": tree.depth, "origin": origin, "parents": parents,
+                "tree": to_json_obj(tree), "_tree": tree,
+            })  # fmt: skip
+            next_id += 1
+        return out, hits, next_id
+
+    def _threshold(self, history: list[dict]) -> float | None:
+        """Cheap-stage gate: the ``promote_quantile`` of cheap values seen so far."""
+        if not self.s.fitness.cheap_windows:
+            return None
+        vals = sorted(r["cheap"] for r in history if r.get("cheap") is not None
+                      and math.isfinite(r["cheap"]))  # fmt: skip
+        if len(vals) < self.s.population // 2:
+            return None  # too little information yet: everyone gets the full stage
+        return vals[min(len(vals) - 1, int(self.s.promote_quantile * len(vals)))]
+
+    def _survive(self, pool: list[dict]) -> list[dict]:
+        best: dict[str, dict] = {}
+        for r in pool:
+            if r["canonical"] not in best or sort_key(r) < sort_key(best[r["canonical"]]):
+                best[r["canonical"]] = r
+        return sorted(best.values(), key=sort_key)[: self.s.population]
+
+    def _record(self, rec: dict) -> None:
+        out = {k: v for k, v in rec.items() if not k.startswith("_")}
+        out["fitness"] = _json_num(out.get("fitness"))
+        self.log.append(out)
+        self.on_event(CandidateDone(out))
+
+    @staticmethod
+    def _rehydrate(rec: dict) -> dict:
+        r = dict(rec)
+        r["fitness"] = WORST if rec.get("fitness") is None else rec["fitness"]
+        r["_tree"] = from_json_obj(rec["tree"])
+        return r
+
+    def hall_of_fame(self, history: list[dict]) -> list[tuple[int, float, str]]:
+        """Pareto front of fitness vs formula size (best fitness for each size, dominated ones
+        dropped)."""
+        ok = sorted(
+            (r for r in history if r["stage"] == "full"), key=lambda r: (r["size"], r["fitness"])
+        )
+        front, best = [], WORST
+        for r in ok:
+            if r["fitness"] < best:
+                front.append((r["size"], r["fitness"], r["formula"]))
+                best = r["fitness"]
+        return front
+
+    def _progress(self, history, evaluated, hits, t_start) -> None:
+        ok = [r for r in history if r["stage"] == "full"]
+        best = min(ok, key=sort_key) if ok else None
+        minutes = max((time.perf_counter() - t_start) / 60, 1e-9)
+        self.on_event(SearchProgress(
+            evaluated, self.s.budget, hits, evaluated / minutes if evaluated else 0.0,
+            best["fitness"] if best else WORST, best["formula"] if best else "-",
+            self.hall_of_fame(history), self.paused,
+        ))  # fmt: skip
+
+    def _finals(self, backend, history: list[dict]) -> list[dict]:
+        ranked = sorted((r for r in history if r["stage"] == "full"), key=sort_key)
+        top = ranked[: self.s.final_top]
+        if not top:
+            return []
+        self.on_event(
+            SearchMessage(f"re-running the top {len(top)} with a full layer-sequential prune")
+        )
+        finals = []
+        by_id = {r["id"]: r for r in top}
+        for res in backend.map_unordered(
+            [Task(r["id"], r["_tree"], None, final=True) for r in top]
+        ):
+            r = by_id[res["cid"]]
+            rec = {"id": r["id"], "formula": r["formula"], "canonical": r["canonical"],
+                   "fitness": _json_num(res["final"]), "fast_fitness": r["fitness"],
+                   "stage": "final", "reason": res["reason"], "seconds": round(res["seconds"], 3),
+                   "worker": res["worker"], "size": r["size"], "tree": r["tree"]}  # fmt: skip
+            self.log.append(rec)
+            self.on_event(CandidateDone(rec))
+            finals.append(rec)
+        return sorted(
+            finals, key=lambda f: (f["fitness"] if f["fitness"] is not None else WORST, f["id"])
+        )
+
+    def _finish(self, history, finals, evaluated, stopped) -> SearchFinished:
+        ranked = sorted((r for r in history if r["stage"] == "full"), key=sort_key)
+        best = finals[0] if finals else (ranked[0] if ranked else None)
+        out = self.out_dir
+        if best is not None:
+            save_tree_file(from_json_obj(best["tree"]), out / "best.json")
+        self.log.write_json("hall_of_fame.json", [
+            {"size": s, "fitness": f, "formula": t} for s, f, t in self.hall_of_fame(history)
+        ])  # fmt: skip
+        summary = self._multifidelity(history)
+        summary.update(evaluations=evaluated, stopped=stopped, finals=finals,
+                       best=best["formula"] if best else None)  # fmt: skip
+        self.log.write_json("summary.json", summary)
+        try:
+            from .plot import plot_history
+
+            plot_history(history, out / "fitness.png", title=self._plot_title())
+        except Exception as e:  # a plot must never cost the results
+            self.on_event(SearchMessage(f"could not draw the plot: {e}", "warning"))
+        fin = SearchFinished(str(out), best["formula"] if best else "-",
+                             (best["fitness"] if best and best["fitness"] is not None else WORST),
+                             evaluated, stopped, finals)  # fmt: skip
+        self.on_event(fin)
+        return fin
+
+    def _plot_title(self) -> str:
+        f = self.s.fitness
+        return (
+            f"{f.model}, {f.sparsity_ratio:.0%} {f.sparsity_type}, held-out "
+            f"{f.heldout_windows}x{f.heldout_seqlen} tokens of {f.calib}, seed {self.s.seed}"
+        )
+
+    @staticmethod
+    def _multifidelity(history: list[dict]) -> dict:
+        both = [(r["cheap"], r["full"]) for r in history
+                if r.get("cheap") is not None and r.get("full") is not None
+                and math.isfinite(r["cheap"]) and math.isfinite(r["full"])]  # fmt: skip
+        rho = spearman([a for a, _ in both], [b for _, b in both]) if len(both) >= 3 else None
+        return {"cheap_full_pairs": len(both), "cheap_full_spearman": rho}
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    def ranks(v):
+        order = sorted(range(len(v)), key=lambda i: v[i])
+        r = [0.0] * len(v)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                r[order[k]] = (i + j) / 2
+            i = j + 1
+        return r
+
+    ra, rb = ranks(a), ranks(b)
+    n = len(a)
+    ma, mb = sum(ra) / n, sum(rb) / n
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
+    va = math.sqrt(sum((x - ma) ** 2 for x in ra))
+    vb = math.sqrt(sum((y - mb) ** 2 for y in rb))
+    return cov / (va * vb) if va and vb else 0.0
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {vb!r} then, {va!r} now")
+    return out
+
+
+def _json_num(x):
+    return None if x is None or not math.isfinite(x) else x
+
+
+def _cacheable(rec: dict) -> dict:
+    return {k: rec[k] for k in ("cheap", "full", "fitness", "stage", "reason")}
+
+
+def _from_state(state) -> list:
+    return [state[0], list(state[1]), state[2]]
+
+
+def _to_state(obj) -> tuple:
+    return (obj[0], tuple(obj[1]), obj[2])
+
+
+__all__ = ["Search", "SearchError", "SearchSettings", "sort_key", "spearman", "UNARY"]

@@ -1,0 +1,74 @@
+"""Genetic operators on metric trees: pure functions of trees and an explicit RNG."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from ..lang.ops import OPS, TERMINALS
+from ..lang.random_trees import random_tree
+from ..lang.tree import Node
+
+
+def subtrees(node: Node) -> list[tuple[tuple[int, ...], Node]]:
+    """Every subtree with its path (child indices from the root), pre-order."""
+    out: list[tuple[tuple[int, ...], Node]] = []
+
+    def go(n: Node, path: tuple[int, ...]) -> None:
+        out.append((path, n))
+        for i, c in enumerate(n.children):
+            go(c, (*path, i))
+
+    go(node, ())
+    return out
+
+
+def replace_at(node: Node, path: tuple[int, ...], new: Node) -> Node:
+    if not path:
+        return new
+    i = path[0]
+    kids = list(node.children)
+    kids[i] = replace_at(kids[i], path[1:], new)
+    return Node(node.data, tuple(kids))
+
+
+def crossover(rng: random.Random, a: Node, b: Node) -> Node:
+    """Subtree crossover: a random subtree of ``a`` replaced by a random subtree of ``b``."""
+    path, _ = rng.choice(subtrees(a))
+    _, donor = rng.choice(subtrees(b))
+    return replace_at(a, path, donor)
+
+
+def subtree_mutation(
+    rng: random.Random, a: Node, max_depth: int, ops: Sequence[str], p_const: float = 0.0
+) -> Node:
+    """Replace a random subtree by a fresh random ("grow") tree of depth <= 3."""
+    path, _ = rng.choice(subtrees(a))
+    room = max(1, min(3, max_depth - len(path)))
+    return replace_at(a, path, random_tree(rng, room, "grow", ops, TERMINALS, p_const, min_depth=1))
+
+
+def point_mutation(rng: random.Random, a: Node, ops: Sequence[str]) -> Node:
+    """Change one node to another of the same arity (operator) or another leaf."""
+    path, n = rng.choice(subtrees(a))
+    if n.is_op:
+        same = [o for o in ops if OPS[o].arity == OPS[n.data].arity and o != n.data]
+        if not same:
+            return a
+        return replace_at(a, path, Node(rng.choice(same), n.children))
+    others = [t for t in TERMINALS if t != n.data]
+    return replace_at(a, path, Node(rng.choice(others)))
+
+
+def mutate(
+    rng: random.Random, a: Node, max_depth: int, ops: Sequence[str], p_const: float = 0.0
+) -> Node:
+    if rng.random() < 0.5:
+        return subtree_mutation(rng, a, max_depth, ops, p_const)
+    return point_mutation(rng, a, ops)
+
+
+def tournament(rng: random.Random, pool: Sequence, k: int, key) -> object:
+    """The best (smallest ``key``) of ``k`` members drawn with replacement."""
+    picks = [pool[rng.randrange(len(pool))] for _ in range(max(1, k))]
+    return min(picks, key=key)
