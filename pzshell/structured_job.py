@@ -167,9 +167,10 @@ def run_structured(
     *,
     lm: LoadedModel | None = None,
     stats: S.CalibStats | None = None,
+    dense: dict | None = None,
 ) -> StructuredOutcome:
-    """Run the whole job; ``lm`` / ``stats`` may be given to reuse a loaded model or statistics
-    of the same dense model (the benchmark shares them between configurations)."""
+    """Run the whole job; ``lm`` / ``stats`` / ``dense`` (perplexity and tokens/s of the dense
+    model) may be given to reuse them: the benchmark shares them between configurations."""
     imp = job.validate()
     t0 = time.perf_counter()
     lm = lm or load_model(job.model, device=job.device)
@@ -190,7 +191,8 @@ def run_structured(
             "eval_windows": int(windows.shape[0]), "eval_tokens": int(windows.numel()),
         }  # fmt: skip
     log.info("model %s (%s), %d blocks", lm.name, lm.source, len(parts))
-    dense = measure(lm, windows, job.speed_windows, progress, "dense")
+    if dense is None:
+        dense = measure(lm, windows, job.speed_windows, progress, "dense")
     stats_seconds = 0.0
     if stats is None:
         calib_ids = calibration_windows(lm.tokenizer, calib_text, job.num_samples, seqlen, job.seed)

@@ -12,6 +12,7 @@ directory has a structure file.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 from pathlib import Path
@@ -100,7 +101,8 @@ def load_structured(directory: str | Path, *, dtype: torch.dtype | None = None):
         dtype = getattr(config, "dtype", None) or torch.float32
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    with _skip_init():  # every value is overwritten by the state dict below
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     reshape_to_structure(model, doc["blocks"])
     sd = _read_state_dict(d)
     missing, unexpected = model.load_state_dict(sd, strict=False)
@@ -121,6 +123,14 @@ def load_structured(directory: str | Path, *, dtype: torch.dtype | None = None):
     except (OSError, ValueError):
         tok = None
     return model, tok
+
+
+def _skip_init():
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # older transformers: initialize (slower, same result)
+        return contextlib.nullcontext()
+    return no_init_weights()
 
 
 def _tied_keys(model: nn.Module) -> list[str]:
