@@ -121,21 +121,22 @@ def N(data: str, *children: Node) -> Node:  # noqa: N802 (reads like a construct
 _ZERO = Node("0")
 
 
-@rule("fold_constants", (), "op(c1[, c2]) -> c", "bitwise")
+@rule("fold_constants", (), "op(c1[, c2]) -> c", "rounding")
 def _fold_constants(n: Node) -> Node | None:
     """An elementwise operator on constants is computed once with the operator's own torch
-    function in fp32 and stored as the shortest decimal that reads back as the same fp32 value,
-    so evaluation is bit-identical. Whole-tensor operators (div, mms, zsn, rown, coln) are not
-    folded: on a constant tensor their value depends on its shape (``div(1, 2)`` is
-    ``1 / (2 sqrt(out*in))``) or is NaN (``mms(2)``), and non-finite results are left alone so the
-    degenerate-metric check still sees them."""
+    function in fp32 (on a vector, like the metric's constant tensors) and stored as the
+    shortest decimal that reads back as the same fp32 value: on the CPU evaluation is then
+    bit-identical; another device's libm may differ by an ulp for log/exp/tanh. Whole-tensor
+    operators (div, mms, zsn, rown, coln) are not folded: on a constant tensor their value
+    depends on its shape (``div(1, 2)`` is ``1 / (2 sqrt(out*in))``) or is NaN (``mms(2)``), and
+    non-finite results are left alone so the degenerate-metric check still sees them."""
     if n.data in ("div", "mms", "zsn", "rown", "coln"):
         return None
     if not all(c.is_const for c in n.children):
         return None
-    args = [torch.tensor(c.value, dtype=torch.float32) for c in n.children]
+    args = [torch.full((64,), c.value, dtype=torch.float32) for c in n.children]
     with torch.no_grad():
-        value = float(OPS[n.data].torch_fn(*args))
+        value = float(OPS[n.data].torch_fn(*args)[0])
     if not np.isfinite(value):
         return None
     return Node(_fp32_text(value))
@@ -622,6 +623,8 @@ def _strip_once(e) -> tuple[Any, int]:
         if coeff.is_negative:
             return sympy.Mul(-coeff, *factors), -1
         rest = [f for f in factors if not (_uniform(f) and (f.is_positive or f.is_negative))]
+        if not coeff.is_positive:  # zoo (a zero norm) or nan: leave the degenerate metric be
+            return e, 1
         if coeff != 1 or len(rest) < len(factors):
             # per-layer scalar factors: positive ones drop, negative ones flip the order
             flips = sum(1 for f in factors if _uniform(f) and f.is_negative)

@@ -197,3 +197,24 @@ def test_simplify_is_a_fixpoint_and_never_grows(t):
     assert simplify(s) == s
     assert _measure(s) <= _measure(t)
     assert row_shaped(s) == row_shaped(t)
+
+
+def test_folded_constants_evaluate_bit_identically_on_cpu():
+    W, G, X = make_inputs(2)
+    for text in ("W * log(0.1)", "G + exp(2) * tanh(-1)", "X * sqrt(3) - 0.1 * 3", "W * pow(1.1)"):
+        t = parse(text)
+        s = simplify(t)
+        assert s.size < t.size
+        assert torch.equal(scores(s, W, G, X), scores(t, W, G, X)), text
+
+
+def test_every_operator_has_a_sympy_form():
+    from pzshell.lang.algebra import to_sympy
+
+    for name, op in OPS.items():
+        args = (parse("W - G"), parse("X"))[: op.arity]
+        expr = to_sympy(parse(f"{name}({', '.join(to_infix(a) for a in args)})"))
+        assert expr.free_symbols, name
+    assert "Full" in str(to_sympy(parse("zsn(X + 0)"))) and "Full" not in str(
+        to_sympy(parse("zsn(X)"))
+    )
