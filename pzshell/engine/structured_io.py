@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import PzError
 from .structured import KIND_NAMES, Plan, StructuredError, reshape_to_structure, structure_of
 
 STRUCTURE_FILE = "pzshell_structure.json"
@@ -53,6 +54,39 @@ def save_structured(
         "blocks": structure_of(model),
     }
     (d / STRUCTURE_FILE).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    return d
+
+
+def has_custom_structure(model: nn.Module) -> bool:
+    """True when some block's shapes differ from what the model's config describes (so
+    ``save_pretrained`` alone would not reload)."""
+    cfg = model.config
+    try:
+        blocks = structure_of(model)
+    except PzError:  # not a LLaMA-family model: never structurally pruned by us
+        return False
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    want = {
+        "q_heads": cfg.num_attention_heads,
+        "kv_heads": getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads,
+        "head_dim": hd,
+        "intermediate_size": cfg.intermediate_size,
+    }
+    return any(any(b[k] != v for k, v in want.items()) or len(b) > 4 for b in blocks)
+
+
+def save_model(model: nn.Module, tokenizer, directory: str | Path) -> Path:
+    """Save any model so that ``load_model(directory)`` gives it back: with the structure file
+    when it was structurally pruned, plain ``save_pretrained`` otherwise."""
+    if has_custom_structure(model):
+        return save_structured(model, tokenizer, directory)
+    d = Path(directory)
+    model.save_pretrained(d)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(d)
+    stale = d / STRUCTURE_FILE
+    if stale.exists():  # the directory held a pruned model before
+        stale.unlink()
     return d
 
 
@@ -212,6 +246,8 @@ def kind_summary(plan: Plan) -> dict:
 __all__ = [
     "FORMAT",
     "STRUCTURE_FILE",
+    "has_custom_structure",
+    "save_model",
     "is_structured_dir",
     "kind_summary",
     "load_structured",

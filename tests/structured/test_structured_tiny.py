@@ -414,3 +414,16 @@ def test_build_tiny_variants_prune(ids):
             assert p.q_heads == ratio * p.kv_heads
         assert S.prunable_params(S.model_parts(lm.model)) == plan.params_after
         assert torch.isfinite(logits(lm.model, ids)).all()
+
+
+def test_save_model_picks_the_format(tiny, stats, ids, tmp_path):
+    from pzshell.engine.structured_io import has_custom_structure, save_model
+
+    assert not has_custom_structure(tiny.model)
+    save_model(tiny.model, tiny.tokenizer, tmp_path / "m")
+    assert not (tmp_path / "m" / STRUCTURE_FILE).exists()
+    S.apply_plan(tiny.model, plan_for(tiny.model, stats, 0.3, "wanda"))
+    assert has_custom_structure(tiny.model)
+    save_model(tiny.model, tiny.tokenizer, tmp_path / "m")  # same directory, now pruned
+    lm = load_model(str(tmp_path / "m"), device="cpu")
+    assert torch.equal(logits(lm.model, ids), logits(tiny.model, ids))
