@@ -176,8 +176,10 @@ def run_structured(
     lm = lm or load_model(job.model, device=job.device)
     load_seconds = time.perf_counter() - t0
     parts = S.model_parts(lm.model)  # fails early, clearly, on non-GQA models
-    if job.freeze_top_n_layers >= len(parts):
-        S.frozen_blocks([0.0] * len(parts), job.freeze_top_n_layers)  # raises the clear error
+    S.check_feasible(
+        parts, job.pruning_ratio, job.pruning_strategy, job.pruning_distribution,
+        job.freeze_top_n_layers,
+    )  # fmt: skip
     seqlen = resolve_seqlen(lm, job.seqlen or min(DEFAULT_SEQLEN, lm.max_positions))
     calib_text = load_text(job.calib, role="calib")
     windows = None

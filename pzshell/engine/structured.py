@@ -812,6 +812,45 @@ def allocate_layerwise(
     return kept
 
 
+def check_feasible(
+    parts: list[BlockParts],
+    ratio: float,
+    strategy: str = "global",
+    distribution: str | tuple[float, float] | None = None,
+    freeze_top_n: int = 0,
+) -> None:
+    """Fail early (before any statistics are computed) when no choice of frozen blocks could
+    meet the budget: the allocation itself checks again, exactly."""
+    check_ratio(ratio)
+    total = prunable_params(parts)
+    n_active = len(parts) - freeze_top_n
+    if n_active < 1:
+        frozen_blocks([0.0] * len(parts), freeze_top_n)  # raises the clear error
+    kinds = [(ATTN, 1.0), (MLP, 1.0)]
+    if strategy != "global":
+        dist = distribution if isinstance(distribution, tuple) else None
+        dist = dist or parse_distribution(distribution if distribution is not None else "2:8")
+        kinds = list(zip((ATTN, MLP), dist, strict=True))
+    need_total = 0.0
+    for kind, share in kinds:
+        caps = sorted((p.n_units(kind) * p.unit_cost(kind) for p in parts), reverse=True)
+        best = sum(caps[:n_active])
+        need = ratio * total * share if strategy != "global" else 0.0
+        need_total += best
+        if need > best:
+            raise StructuredError(
+                f"the distribution gives {KIND_NAMES[kind]} {share:.0%} of the {ratio:.0%} to "
+                f"remove ({need / total:.1%} of the block parameters) but the unfrozen "
+                f"{KIND_NAMES[kind]} holds only {best / total:.1%}; lower the ratio or change "
+                f"--pruning_distribution"
+            )
+    if strategy == "global" and ratio * total > need_total:
+        raise StructuredError(
+            f"cannot remove {ratio:.0%} of the block parameters: the unfrozen blocks hold only "
+            f"{need_total / total:.1%}"
+        )
+
+
 def make_plan(
     parts: list[BlockParts],
     importance: list[tuple[torch.Tensor, torch.Tensor]],
@@ -1083,6 +1122,7 @@ __all__ = [
     "attention_group_scores",
     "block_parts",
     "block_weights",
+    "check_feasible",
     "check_ratio",
     "collect_stats",
     "frozen_blocks",
