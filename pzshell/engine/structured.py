@@ -63,6 +63,13 @@ class EmptyAttention(nn.Module):
         self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        cache = kwargs.get("past_key_values", kwargs.get("past_key_value"))
+        if cache is not None and hasattr(cache, "update"):
+            # keep the KV cache's length right for this layer (the model reads its length from
+            # layer 0): zero heads, one column per new token
+            b, t = hidden_states.shape[:2]
+            empty = hidden_states.new_zeros(b, 0, t, 1)
+            cache.update(empty, empty, self.layer_idx)
         out = torch.zeros_like(hidden_states)
         if self.bias is not None:
             out = out + self.bias
@@ -374,8 +381,8 @@ def collect_stats(
         for p, flag in saved.items():
             p.requires_grad_(flag)
             p.grad = None
-    stats.grad_mean = {k: v / n for k, v in g_sum.items()}
-    stats.grad_sq_mean = {k: v / n for k, v in g_sq.items()}
+    stats.grad_mean = {k: v.div_(n) for k, v in g_sum.items()}
+    stats.grad_sq_mean = {k: v.div_(n) for k, v in g_sq.items()}
     if activations:
         stats.x_sq = {k: (v / max(n_tok[k], 1)).reshape(1, -1) for k, v in sq.items()}
     cnt = torch.tensor([max(c, 1) for c in dist_count], dtype=torch.float64)

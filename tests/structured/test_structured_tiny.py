@@ -427,3 +427,12 @@ def test_save_model_picks_the_format(tiny, stats, ids, tmp_path):
     save_model(tiny.model, tiny.tokenizer, tmp_path / "m")  # same directory, now pruned
     lm = load_model(str(tmp_path / "m"), device="cpu")
     assert torch.equal(logits(lm.model, ids), logits(tiny.model, ids))
+
+
+def test_generate_with_kv_cache_and_empty_first_attention(tiny):
+    """The model reads the KV cache length from layer 0; an empty attention there keeps it."""
+    S.apply_plan(tiny.model, plan_with(tiny.model, {0: []}, {}))
+    ids = torch.randint(0, 257, (1, 6), generator=torch.Generator().manual_seed(0))
+    cached = tiny.model.generate(ids, max_new_tokens=6, do_sample=False, use_cache=True)
+    plain = tiny.model.generate(ids, max_new_tokens=6, do_sample=False, use_cache=False)
+    assert torch.equal(cached, plain)
