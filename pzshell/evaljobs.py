@@ -63,6 +63,7 @@ class FinetuneSpec:
     data: str | None = None
     seed: int = 0
     preserve_sparsity: bool = True
+    mask_aware: bool = True  # LoRA: train the masked update (what the masked merge keeps)
 
     def __post_init__(self):
         if self.method not in ("lora", "full"):
@@ -116,7 +117,7 @@ def finetune_stage(
     )  # fmt: skip
     if spec.method == "lora":
         rep = lora_finetune(lm.model, lm.tokenizer, ids, r=spec.r, alpha=spec.alpha,
-                            dropout=spec.dropout, **common)  # fmt: skip
+                            dropout=spec.dropout, mask_aware=spec.mask_aware, **common)  # fmt: skip
     else:
         rep = full_finetune(lm.model, lm.tokenizer, ids, **common)
     if zeros_before is not None:

@@ -56,6 +56,9 @@ def add_finetune_args(p: argparse.ArgumentParser, *, with_switch: bool) -> None:
     g.add_argument("--lora_r", type=int, default=8, help="LoRA rank (default 8)")
     g.add_argument("--lora_alpha", type=float, default=16, help="LoRA alpha (default 16)")
     g.add_argument("--lora_dropout", type=float, default=0.0, help="LoRA dropout (default 0)")
+    g.add_argument("--lora_mask_aware", action=argparse.BooleanOptionalAction, default=True,
+                   help="train the masked LoRA update, exactly the model the masked merge "
+                   "keeps (default); the negation: plain LoRA, masked at the merge")  # fmt: skip
     g.add_argument("--finetune_samples", type=int, default=64,
                    help="training windows (default 64)")  # fmt: skip
     g.add_argument("--finetune_seqlen", type=int, default=None,
@@ -74,7 +77,7 @@ def finetune_spec(args: argparse.Namespace) -> FinetuneSpec:
         method=args.finetune_method, r=args.lora_r, alpha=args.lora_alpha,
         dropout=args.lora_dropout, samples=args.finetune_samples, seqlen=args.finetune_seqlen,
         lr=args.finetune_lr, epochs=args.finetune_epochs, batch_size=args.finetune_batch_size,
-        data=args.finetune_data, seed=getattr(args, "seed", 0),
+        data=args.finetune_data, seed=getattr(args, "seed", 0), mask_aware=args.lora_mask_aware,
     )  # fmt: skip
 
 
@@ -122,7 +125,9 @@ def print_finetune(res: dict) -> None:
     t = Table(title="recovery fine-tuning", show_header=False, title_justify="left")
     t.add_column("key", style="bold")
     t.add_column("value")
-    how = f"LoRA r={ft['r']} alpha={ft['alpha']}" if ft["method"] == "lora" else "full"
+    how = "full"
+    if ft["method"] == "lora":
+        how = f"LoRA r={ft['r']} alpha={ft['alpha']}" + (", mask-aware" if ft["mask_aware"] else "")
     t.add_row("method", f"{how}, lr {ft['lr']}, {ft['epochs']} epoch(s), {ft['steps']} steps")
     t.add_row("data", f"{ft['samples']} x {ft['seqlen']} tokens of {ft['data']}")
     t.add_row("loss", f"{ft['loss_start']:.3f} -> {ft['loss_end']:.3f} "

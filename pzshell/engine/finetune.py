@@ -22,6 +22,7 @@ import time
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import PzError
@@ -75,6 +76,32 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
     modules = dict(model.named_modules())
     for path, mask in masks.items():
         modules[path].weight.data.masked_fill_(mask, 0)
+
+
+def _make_mask_aware(lora_layer: nn.Module, pruned: torch.Tensor) -> None:
+    """Train the update the model will keep: ``W + (B @ A) * scaling`` with the pruned entries
+    of the update zeroed, instead of peft's dense low-rank update.
+
+    After training, ``merge_and_unload`` adds the dense ``B @ A`` and the mask is re-applied,
+    which leaves exactly ``W + mask(B @ A)``: the function trained here. Without this the merge
+    drops the pruned part of an update that was trained as a whole. With no dropout the update
+    is folded into one matmul with the frozen weight; with dropout it is a second product.
+    """
+    keep = (~pruned).to(torch.float32)
+    base = lora_layer.get_base_layer()
+    (name,) = list(lora_layer.lora_A.keys())  # the one adapter lora_finetune creates
+    lora_a, lora_b = lora_layer.lora_A[name], lora_layer.lora_B[name]
+    drop, scale = lora_layer.lora_dropout[name], lora_layer.scaling[name]
+    keep = keep.to(lora_a.weight.device)
+
+    def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        delta = (lora_b.weight @ lora_a.weight) * scale * keep
+        if isinstance(drop, nn.Identity):
+            return F.linear(x, base.weight + delta.to(base.weight.dtype), base.bias)
+        out = base(x)
+        return out + F.linear(drop(x).to(delta.dtype), delta).to(out.dtype)
+
+    lora_layer.forward = forward
 
 
 def block_sparsity(model: nn.Module) -> float:
@@ -187,12 +214,16 @@ def lora_finetune(
     progress: ProgressFn | None = None,
     seed: int = 0,
     max_grad_norm: float | None = 1.0,
+    mask_aware: bool = True,
 ) -> dict:
     """LoRA on the block linears, merged back into ``model`` (in place); returns a report.
 
     ``target_modules``: short names of block linears (default: all of them, e.g. ``q_proj`` ...
     ``down_proj``). With ``preserve_sparsity`` the pre-training zero masks are re-applied after
-    the merge; ``sparsity_after_merge`` reports how dense the plain merge was.
+    the merge; ``sparsity_after_merge`` reports how dense the plain merge was. ``mask_aware``
+    (with ``preserve_sparsity``) trains the masked update itself, so the masked merge is
+    exactly the model that was trained (see :func:`_make_mask_aware`); ``False`` trains plain
+    LoRA and masks only at the merge.
     ``tokenizer`` is accepted for a uniform signature (the windows are already token ids).
     """
     del tokenizer
@@ -226,6 +257,10 @@ def lora_finetune(
         warnings.simplefilter("ignore", FutureWarning)
         peft_model = get_peft_model(model, config)
     try:
+        if masks is not None and mask_aware:
+            modules = dict(model.named_modules())
+            for path in paths:
+                _make_mask_aware(modules[path], masks[path])
         params = [p for p in peft_model.parameters() if p.requires_grad]
         trainable = sum(p.numel() for p in params)
         report = _train_loop(
@@ -255,6 +290,7 @@ def lora_finetune(
         adapted_linears=len(paths),
         trainable_params=trainable,
         preserve_sparsity=preserve_sparsity,
+        mask_aware=bool(masks is not None and mask_aware),
         sparsity_before=sparsity_before,
         sparsity_after_merge=sparsity_after_merge,
         sparsity_after=block_sparsity(model),

@@ -98,3 +98,35 @@ def test_bad_inputs(pruned_tiny):
         lora_finetune(pruned_tiny.model, None, torch.zeros(5, dtype=torch.long))
     with pytest.raises(FinetuneError, match="epochs"):
         full_finetune(pruned_tiny.model, None, _windows(2), epochs=0)
+
+
+def test_mask_aware_lora_trains_exactly_the_merged_masked_model(pruned_tiny):
+    """The function trained (mask-aware LoRA) equals the model left after merge + mask."""
+    from peft import LoraConfig, get_peft_model
+
+    from pzshell.engine.finetune import _make_mask_aware, apply_masks, record_masks
+
+    model = pruned_tiny.model
+    masks = record_masks(model)
+    ids = _windows(2)
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=list(masks))
+    peft_model = get_peft_model(model, cfg)
+    modules = dict(model.named_modules())
+    g = torch.Generator().manual_seed(0)
+    for path in masks:
+        lora = modules[path]
+        lora.lora_B["default"].weight.data = torch.randn(
+            lora.lora_B["default"].weight.shape, generator=g
+        )  # peft starts B at zero; a nonzero update makes the check meaningful
+        _make_mask_aware(lora, masks[path])
+    with torch.no_grad():
+        trained = peft_model(input_ids=ids).logits
+    merged = peft_model.merge_and_unload()
+    with torch.no_grad():
+        dense_merge = merged(input_ids=ids).logits
+    apply_masks(merged, masks)
+    with torch.no_grad():
+        masked_merge = merged(input_ids=ids).logits
+    assert torch.allclose(trained, masked_merge, atol=1e-4)
+    assert not torch.allclose(trained, dense_merge, atol=1e-2)
+    assert block_sparsity(merged) == 0.5
