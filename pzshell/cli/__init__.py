@@ -20,7 +20,7 @@ from ..errors import PzError
 # (work in progress in another change) is skipped.
 _COMMANDS = (
     "parse_cmd", "prune_cmd", "grad_cmd", "eval_cmd", "finetune_cmd", "report_cmd",
-    "structured_cmd", "search_cmd",
+    "structured_cmd", "search_cmd", "tui_cmd",
 )  # fmt: skip
 
 err_console = Console(stderr=True, highlight=False)
@@ -36,7 +36,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="pzshell",
-        description="Prune LLMs with symbolic pruning metrics (Pruner-Zero compatible).",
+        description="Prune LLMs with symbolic pruning metrics (Pruner-Zero compatible). With no "
+        "command (or only options, e.g. `pzshell --model tiny`) it opens the terminal app.",
     )
     from .. import __version__
 
@@ -53,9 +54,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _default_to_tui(argv: list[str]) -> list[str]:
+    """``pzshell`` alone, or with only option flags (``pzshell --model tiny``), opens the app:
+    the command becomes ``pzshell tui ...``. ``--help`` and ``--version`` keep their meaning."""
+    if not argv:
+        return ["tui"]
+    if argv[0].startswith("-") and not {"-h", "--help", "--version"} & set(argv):
+        return ["tui", *argv]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(_default_to_tui(argv))
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -1,0 +1,220 @@
+"""What the app keeps between sessions, as JSON in the user data directory.
+
+``$PZSHELL_HOME`` (default ``$XDG_DATA_HOME/pzshell``, i.e. ``~/.local/share/pzshell``) holds
+``results.json`` (every finished run), ``state.json`` (the settings and the last search),
+``trees/`` (the user's saved metric trees), ``searches/`` (search run directories) and
+``worker.log`` (what the worker process printed). Plain data, no Textual: tested on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+from ..worker.protocol import RunSettings
+
+
+def data_home() -> Path:
+    env = os.environ.get("PZSHELL_HOME")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(xdg) / "pzshell"
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write ``obj`` so that a crash leaves either the old or the new file, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path, default):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return default
+
+
+@dataclass
+class SearchKnobs:
+    """The search settings the app exposes (the rest keep the library's defaults)."""
+
+    population: int = 8
+    budget: int = 24
+    batch: int = 4
+    ops: str = "published"
+    nsamples: int = 8
+    grad_samples: int = 4
+    seqlen: int = 128
+    heldout_windows: int = 2
+    heldout_seqlen: int = 128
+    cheap_windows: int = 1
+    cheap_seqlen: int = 64
+    final_top: int = 1
+
+
+@dataclass
+class AppSettings:
+    run: RunSettings = field(default_factory=RunSettings)
+    search: SearchKnobs = field(default_factory=SearchKnobs)
+    auto_reference: bool = True  # queue dense and Wanda rows for new settings
+
+    def to_dict(self) -> dict:
+        return {"run": asdict(self.run), "search": asdict(self.search),
+                "auto_reference": self.auto_reference}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AppSettings:
+        def pick(kind, data):
+            names = {f.name for f in fields(kind)}
+            return kind(**{k: v for k, v in (data or {}).items() if k in names})
+
+        try:
+            return cls(
+                run=pick(RunSettings, d.get("run")),
+                search=pick(SearchKnobs, d.get("search")),
+                auto_reference=bool(d.get("auto_reference", True)),
+            )
+        except TypeError:
+            return cls()
+
+    def search_settings(self):
+        """The library's SearchSettings for a new search at the current settings."""
+        from ..search import FitnessSettings, SearchSettings
+
+        r, k = self.run, self.search
+        fit = FitnessSettings(
+            model=r.model, sparsity_ratio=r.sparsity_ratio, sparsity_type=r.sparsity_type,
+            calib=r.calib, nsamples=k.nsamples, grad_samples=k.grad_samples, seqlen=k.seqlen,
+            heldout_windows=k.heldout_windows, heldout_seqlen=k.heldout_seqlen,
+            cheap_windows=k.cheap_windows, cheap_seqlen=k.cheap_seqlen, seed=r.seed,
+        )  # fmt: skip
+        return SearchSettings(
+            fitness=fit, population=k.population, budget=k.budget, batch=k.batch, ops=k.ops,
+            seed=r.seed, final_top=k.final_top,
+        )  # fmt: skip
+
+
+class Store:
+    """The app's persistent state: results, settings, the last search, user trees."""
+
+    def __init__(self, home: Path | None = None):
+        self.home = Path(home) if home else data_home()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.trees_dir.mkdir(exist_ok=True)
+        self.results: list[dict] = read_json(self.results_path, [])
+        if not isinstance(self.results, list):
+            self.results = []
+        self.state: dict = read_json(self.state_path, {})
+        if not isinstance(self.state, dict):
+            self.state = {}
+
+    # ---- paths ---------------------------------------------------------------------------------
+    @property
+    def results_path(self) -> Path:
+        return self.home / "results.json"
+
+    @property
+    def state_path(self) -> Path:
+        return self.home / "state.json"
+
+    @property
+    def trees_dir(self) -> Path:
+        return self.home / "trees"
+
+    @property
+    def searches_dir(self) -> Path:
+        return self.home / "searches"
+
+    @property
+    def worker_log(self) -> Path:
+        return self.home / "worker.log"
+
+    # ---- results -------------------------------------------------------------------------------
+    def add_result(self, row: dict) -> dict:
+        row = dict(row)
+        row.setdefault("id", f"r{int(time.time() * 1000)}-{len(self.results)}")
+        row.setdefault("finished_at", time.strftime("%Y-%m-%d %H:%M:%S"))
+        self.results.append(row)
+        write_json_atomic(self.results_path, self.results)
+        return row
+
+    def remove_result(self, row_id: str) -> None:
+        self.results = [r for r in self.results if r.get("id") != row_id]
+        write_json_atomic(self.results_path, self.results)
+
+    def has_reference(self, kind: str, settings: RunSettings) -> bool:
+        for r in self.results:
+            if r.get("kind") != kind or r.get("ppl") is None:
+                continue
+            if tuple(r.get("reference_key") or ()) != tuple(_jsonable(settings.reference_key())):
+                continue
+            if kind == "dense" or (
+                r.get("sparsity_ratio") == settings.sparsity_ratio
+                and r.get("sparsity_type") == settings.sparsity_type
+            ):
+                return True
+        return False
+
+    # ---- settings and search -------------------------------------------------------------------
+    def load_settings(self) -> AppSettings:
+        return AppSettings.from_dict(self.state.get("settings") or {})
+
+    def save_settings(self, settings: AppSettings) -> None:
+        self.state["settings"] = settings.to_dict()
+        self._save_state()
+
+    @property
+    def last_search(self) -> dict | None:
+        return self.state.get("last_search")
+
+    def set_last_search(self, out_dir: str, status: str) -> None:
+        self.state["last_search"] = {"dir": out_dir, "status": status}
+        self._save_state()
+
+    def _save_state(self) -> None:
+        write_json_atomic(self.state_path, self.state)
+
+
+def result_row(kind: str, formula: str | None, settings: RunSettings, res: dict, **extra) -> dict:
+    """The results-table row for a finished run (what results.json keeps)."""
+    dense = kind == "dense"
+    return {
+        "kind": kind,
+        "formula": formula,
+        "model": settings.model,
+        "sparsity_ratio": 0.0 if dense else settings.sparsity_ratio,
+        "sparsity_type": "dense" if dense else settings.sparsity_type,
+        "ppl": res.get("ppl"),
+        "seconds": round(float(res.get("prune_seconds", 0.0)) + float(res.get("grad_seconds", 0.0)), 2),
+        "eval_data": res.get("eval_data"),
+        "eval_windows": res.get("eval_windows"),
+        "eval_seqlen": res.get("eval_seqlen"),
+        "eval_tokens": res.get("eval_tokens"),
+        "nsamples": res.get("nsamples"),
+        "seqlen": res.get("seqlen"),
+        "device": res.get("device"),
+        "actual_sparsity": res.get("actual_sparsity"),
+        "reference_key": _jsonable(settings.reference_key()),
+        **extra,
+    }
+
+
+def _jsonable(t: tuple) -> list:
+    return json.loads(json.dumps(list(t)))
+
+
+def with_run(settings: AppSettings, **changes) -> AppSettings:
+    return replace(settings, run=replace(settings.run, **changes))

@@ -1,0 +1,173 @@
+"""The metric editor: type a formula, see at once whether it parses (caret at the error
+column), its tree, and — a moment later, from a thread — the simplified form, the canonical
+rank key and whether it is the same pruning rule as a known metric."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.reactive import reactive
+from textual.widget import Widget
+from textual.widgets import Input, Static, Tree
+from textual.worker import get_current_worker
+
+from ...lang import MetricError, Node, parse
+from ..messages import MetricAnalysed
+
+
+def analyse(text: str) -> MetricAnalysed:
+    """Simplify, canonicalise and compare ``text`` with the shipped trees (sympy: may take a
+    second for a large formula, so the editor calls it from a thread)."""
+    from ...lang import to_infix
+    from ...lang.algebra import canonical, equivalent_known, simplify
+
+    try:
+        node = parse(text)
+        canon = canonical(node)
+        return MetricAnalysed(text, to_infix(simplify(node)), canon.key, canon.text,
+                              equivalent_known(node))  # fmt: skip
+    except Exception as e:  # never let an analysis bug reach the user as a crash
+        return MetricAnalysed(text, error=f"{type(e).__name__}: {e}")
+
+
+def caret_text(err: MetricError) -> Text:
+    """The error message with the formula and a caret under the offending column."""
+    out = Text()
+    out.append("✗ ", "bold red")
+    out.append(err.message, "red")
+    if err.source is not None and err.column is not None:
+        line = err.source.replace("\n", " ")
+        out.append(f"  (column {err.column})\n", "red")
+        col = max(1, min(err.column, len(line) + 1))
+        start = max(0, col - 60) if len(line) > 70 else 0
+        out.append("  " + line[start : start + 70] + "\n", "bold")
+        out.append("  " + " " * (col - 1 - start) + "^", "bold red")
+    return out
+
+
+class MetricEditor(Vertical):
+    """Formula input + live analysis + tree."""
+
+    DEFAULT_CSS = """
+    MetricEditor { height: 1fr; }
+    MetricEditor #formula { margin: 0 0; }
+    MetricEditor #parse-status { height: auto; max-height: 3; padding: 0 1; }
+    MetricEditor #analysis { height: auto; padding: 0 1; }
+    MetricEditor #editor-bottom { height: 1fr; }
+    MetricEditor #metric-tree { width: 1fr; height: 1fr; min-height: 3; border: round $panel; }
+    """
+
+    formula: reactive[str] = reactive("", init=False)
+
+    def __init__(self, value: str = "", *, side: Widget | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self._initial = value
+        self._side = side
+        self.node: Node | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Input(self._initial, placeholder="a metric, e.g. abs(W*W)*mms(G)", id="formula")
+        yield Static("", id="parse-status")
+        yield Static("", id="analysis")
+        tree: Tree[str] = Tree("metric", id="metric-tree")
+        tree.show_root = False
+        tree.border_title = "tree"
+        with Horizontal(id="editor-bottom"):
+            yield tree
+            if self._side is not None:
+                yield self._side
+
+    def on_mount(self) -> None:
+        self.set_formula(self._initial)
+
+    # ---- API -----------------------------------------------------------------------------------
+    @property
+    def text(self) -> str:
+        return self.query_one("#formula", Input).value
+
+    def set_formula(self, text: str) -> None:
+        inp = self.query_one("#formula", Input)
+        if inp.value != text:
+            inp.value = text  # fires Input.Changed -> _changed
+        else:
+            self._update(text)
+        inp.cursor_position = len(text)
+
+    # ---- live analysis -------------------------------------------------------------------------
+    @on(Input.Changed, "#formula")
+    def _changed(self, event: Input.Changed) -> None:
+        self._update(event.value)
+
+    def _update(self, text: str) -> None:
+        status = self.query_one("#parse-status", Static)
+        analysis = self.query_one("#analysis", Static)
+        self.formula = text
+        if not text.strip():
+            self.node = None
+            status.update(Text("type a metric over W, G and X; F1 for help", "dim"))
+            analysis.update("")
+            self._show_tree(None)
+            return
+        try:
+            node = parse(text)
+        except MetricError as e:
+            self.node = None
+            status.update(caret_text(e))
+            analysis.update("")
+            self.set_class(True, "-error")
+            return
+        self.set_class(False, "-error")
+        self.node = node
+        head = Text()
+        head.append("✓ parses", "bold green")
+        head.append(f"   size {node.size}, depth {node.depth}, uses {', '.join(sorted(node.terminals)) or 'constants only'}", "dim")
+        if node.uses_extended:
+            head.append("   extended operators (pzshell only)", "yellow")
+        status.update(head)
+        analysis.update(Text("simplifying …", "dim"))
+        self._show_tree(node)
+        self._analyse(text)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="analysis")
+    def _analyse(self, text: str) -> None:
+        result = analyse(text)
+        if not get_current_worker().is_cancelled:
+            self.post_message(result)
+
+    @on(MetricAnalysed)
+    def _analysed(self, msg: MetricAnalysed) -> None:
+        if msg.text != self.text:
+            return  # stale: the user typed on
+        out = Text()
+        if msg.error:
+            out.append(f"analysis failed: {msg.error}", "yellow")
+        else:
+            out.append("simplified  ", "bold cyan")
+            out.append(f"{msg.simplified}\n")
+            out.append("canonical   ", "bold cyan")
+            out.append(f"{msg.canonical_key}  ", "magenta")
+            out.append(f"{msg.canonical_text}")
+            if msg.equivalent_to:
+                out.append("\n≡ ", "bold green")
+                out.append(f"same pruning rule as {msg.equivalent_to}", "green")
+        self.query_one("#analysis", Static).update(out)
+
+    def _show_tree(self, node: Node | None) -> None:
+        tree = self.query_one("#metric-tree", Tree)
+        tree.clear()
+        if node is None:
+            return
+
+        def add(parent, n: Node) -> None:
+            label = Text(n.data, "bold" if n.is_op else ("green" if n.is_terminal else "yellow"))
+            if not n.children:
+                parent.add_leaf(label)
+                return
+            branch = parent.add(label, expand=True)
+            for c in n.children:
+                add(branch, c)
+
+        add(tree.root, node)
+        tree.root.expand()
