@@ -133,7 +133,7 @@ def register(sub) -> None:
         help="measure perplexity and forward tokens/s before and after pruning (and "
         "after fine-tuning)",
     )
-    add_eval_args(p)
+    add_eval_args(g)
     g.add_argument(
         "--speed_windows",
         type=int,
