@@ -17,7 +17,7 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.screen import ModalScreen
-from textual.widgets import Footer, Header, TabbedContent, TabPane
+from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from ..worker import (
@@ -83,6 +83,7 @@ class PzShellApp(App):
         self.device = "starting …"
         self.quick_deaths = 0
         self.closing = False
+        self.last_metric_row: dict | None = None
         self._formula = formula if formula is not None else self.store.state.get("formula", "")
 
     # ---- layout --------------------------------------------------------------------------------
@@ -93,6 +94,9 @@ class PzShellApp(App):
                 yield MetricEditor(self._formula, side=RunQueueView(id="runs"), id="editor")
             with TabPane("Results [dim]F4[/]", id="results"):
                 yield ResultsTable(id="results-table")
+                yield Static(Text(f"s sort · r reverse · enter open in editor · del remove · "
+                                  f"kept in {self.store.results_path}", "dim"),
+                             id="results-hint")  # fmt: skip
             with TabPane("Evolve [dim]F5[/]", id="evolve"):
                 yield EvolvePanel(id="evolve-panel")
             with TabPane("Library [dim]F6[/]", id="library"):
@@ -115,9 +119,7 @@ class PzShellApp(App):
         self.sub_title = f"{r.model} · {r.label()} · worker: {self.device}"
 
     def check_action(self, action: str, parameters: tuple) -> bool | None:
-        if isinstance(self.screen, ModalScreen) and action in self._GLOBAL_ACTIONS:
-            return False
-        return True
+        return not (isinstance(self.screen, ModalScreen) and action in self._GLOBAL_ACTIONS)
 
     # ---- the worker: events in, restarts -------------------------------------------------------
     @work(thread=True, exclusive=True, exit_on_error=False, group="pump", name="pump")
@@ -290,15 +292,10 @@ class PzShellApp(App):
         row = self.store.add_result(result_row(run.kind, run.formula, run.settings, msg.results))
         self.query_one(ResultsTable).add_result(row)
         ppl = row.get("ppl")
-        text = Text()
-        text.append("✓ ", "bold green")
-        text.append(run.title, "bold")
-        text.append(f"  {run.settings.label()}  ")
-        if ppl is not None:
-            text.append(f"ppl {ppl:.2f}", "bold green")
-            text.append(f"  ({row['eval_windows']}×{row['eval_seqlen']} tokens of "
-                        f"{row['eval_data']}, {row['seconds']:.1f} s)", "dim")  # fmt: skip
-        self._show_last(text)
+        if not run.reference:
+            self.last_metric_row = row
+        if self.last_metric_row is not None:
+            self._show_last(self._summary(self.last_metric_row))
         if not run.reference:
             self.notify(f"{run.title}: perplexity {ppl:.2f}" if ppl is not None else
                         f"{run.title}: done", title="run finished", timeout=6)  # fmt: skip
@@ -316,6 +313,26 @@ class PzShellApp(App):
             self.notify(msg.error, title=f"run of {title} failed", severity="error", timeout=10)
         self._refresh_runs()
         self.dispatch()
+
+    def _summary(self, row: dict) -> Text:
+        """The last result with the reference rows for the same settings, for comparison."""
+        text = Text()
+        text.append("✓ ", "bold green")
+        text.append(row.get("formula") or "", "bold")
+        ppl = row.get("ppl")
+        text.append(f"  {row['sparsity_ratio']:.0%} {row['sparsity_type']}\n  ")
+        text.append(f"ppl {ppl:.2f}" if ppl is not None else "no perplexity", "bold green")
+        for ref in ("dense", "wanda"):
+            match = [r for r in self.store.results if r.get("kind") == ref
+                     and r.get("reference_key") == row.get("reference_key")
+                     and (ref == "dense" or (r.get("sparsity_ratio"), r.get("sparsity_type"))
+                          == (row.get("sparsity_ratio"), row.get("sparsity_type")))]  # fmt: skip
+            if match and match[-1].get("ppl") is not None:
+                text.append(f" · {ref} {match[-1]['ppl']:.2f}", "cyan")
+        if row.get("eval_windows"):
+            text.append(f"\n  {row['eval_windows']}×{row['eval_seqlen']} tokens of "
+                        f"{row.get('eval_data')}, {row['seconds']:.1f} s", "dim")  # fmt: skip
+        return text
 
     def _refresh_runs(self) -> None:
         self.query_one(RunQueueView).show(list(self.queue))
@@ -409,7 +426,11 @@ class PzShellApp(App):
 
     def on_search_started(self, msg: m.SearchStarted) -> None:
         self.search_dir = msg.out_dir
-        resumed = f", {msg.resumed_evaluations} evaluations from before" if msg.resumed_evaluations else ""
+        resumed = (
+            f", {msg.resumed_evaluations} evaluations from before"
+            if msg.resumed_evaluations
+            else ""
+        )
         self._set_search_state("running", Text(f"running: budget {msg.budget}{resumed}; "
                                                "waiting for the first candidate …"))  # fmt: skip
 

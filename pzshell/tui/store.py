@@ -198,7 +198,9 @@ def result_row(kind: str, formula: str | None, settings: RunSettings, res: dict,
         "sparsity_ratio": 0.0 if dense else settings.sparsity_ratio,
         "sparsity_type": "dense" if dense else settings.sparsity_type,
         "ppl": res.get("ppl"),
-        "seconds": round(float(res.get("prune_seconds", 0.0)) + float(res.get("grad_seconds", 0.0)), 2),
+        "seconds": round(
+            float(res.get("prune_seconds", 0.0)) + float(res.get("grad_seconds", 0.0)), 2
+        ),
         "eval_data": res.get("eval_data"),
         "eval_windows": res.get("eval_windows"),
         "eval_seqlen": res.get("eval_seqlen"),

@@ -6,9 +6,12 @@ seconds, so a reader thread can notice that the process died (see :meth:`death_r
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import queue
 import signal
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from .process import worker_main
@@ -25,6 +28,12 @@ class WorkerClient:
         self.jobs = None
         self.events = None
         self.generation = 0
+        # Start multiprocessing's resource tracker now, while sys.stderr is still the real
+        # one: a UI (Textual) replaces it with an object without a file descriptor, and the
+        # tracker's later start would fail with "bad value(s) in fds_to_keep".
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -34,7 +43,8 @@ class WorkerClient:
             target=worker_main, args=(self.jobs, self.events, self.log_path),
             name="pzshell-worker", daemon=True,
         )  # fmt: skip
-        self.proc.start()
+        with _real_std_streams():
+            self.proc.start()
         self.generation += 1
 
     def restart(self) -> None:
@@ -46,10 +56,8 @@ class WorkerClient:
         if self.proc is None:
             return
         if self.proc.is_alive():
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 self.jobs.put(Shutdown())
-            except (OSError, ValueError):
-                pass
             self.proc.join(timeout)
         self.kill()
 
@@ -92,6 +100,18 @@ class WorkerClient:
         """Why the process ended, in words (for the app's message)."""
         code = self.proc.exitcode if self.proc is not None else None
         return describe_exit(code)
+
+
+@contextmanager
+def _real_std_streams():
+    """The process's own stdout/stderr while a child starts (see ``__init__``)."""
+    saved = sys.stdout, sys.stderr
+    try:
+        if sys.__stderr__ is not None and sys.__stdout__ is not None:
+            sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
 
 
 def describe_exit(code: int | None) -> str:

@@ -162,9 +162,11 @@ class Worker:
         progress(Progress("load", 1, 1, s.model))
         if job.kind == "dense":
             seqlen = resolve_seqlen(lm, s.seqlen)
-            res = {"model": s.model, "method": "dense", "metric": None, "sparsity_ratio": 0.0,
-                   "sparsity_type": "dense", "prune_seconds": 0.0, "seqlen": seqlen,
-                   "nsamples": 0, "device": str(lm.device), "load_seconds": load_seconds}  # fmt: skip
+            res = {
+                "model": s.model, "method": "dense", "metric": None, "sparsity_ratio": 0.0,
+                "sparsity_type": "dense", "prune_seconds": 0.0, "seqlen": seqlen, "nsamples": 0,
+                "device": str(lm.device), "load_seconds": load_seconds,
+            }  # fmt: skip
             res.update(evaluate_ppl(lm, s.eval, s.eval_seqlen or seqlen, s.eval_windows, progress))
             return res
         pj = PruneJob(

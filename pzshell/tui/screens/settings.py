@@ -104,10 +104,14 @@ class SettingsScreen(ModalScreen[AppSettings | None]):
         width: 96%; max-width: 90; height: 96%; border: thick $primary; background: $surface;
     }
     SettingsScreen VerticalScroll { height: 1fr; padding: 0 1; }
-    SettingsScreen .row { height: 1; margin: 0 0 1 0; }
+    SettingsScreen .row { height: 1; }
     SettingsScreen .row Label { width: 24; padding: 0 1 0 0; }
     SettingsScreen .row Input, SettingsScreen .row Select { width: 24; }
-    SettingsScreen .row .hint { width: 1fr; color: $text-muted; padding: 0 0 0 1; }
+    SettingsScreen .row Switch { height: 1; border: none; padding: 0; width: 6; }
+    SettingsScreen .row .hint {
+        width: 1fr; color: $text-muted; padding: 0 0 0 1; text-wrap: nowrap;
+        text-overflow: ellipsis;
+    }
     SettingsScreen .section { text-style: bold; color: $accent; margin: 0 0 1 0; }
     SettingsScreen #settings-errors { color: $error; height: auto; padding: 0 1; }
     SettingsScreen #settings-buttons { height: 1; align-horizontal: right; padding: 0 1; }
@@ -147,8 +151,7 @@ class SettingsScreen(ModalScreen[AppSettings | None]):
                 yield Static("App", classes="section")
                 with Horizontal(classes="row"):
                     yield Label("reference rows")
-                    yield Switch(self.settings.auto_reference, id="auto-reference",
-                                 compact=True)  # fmt: skip
+                    yield Switch(self.settings.auto_reference, id="auto-reference")
                     yield Static("queue (dense) and (wanda) for new settings", classes="hint")
             yield Static("", id="settings-errors")
             with Horizontal(id="settings-buttons"):

@@ -22,14 +22,14 @@ def _ppl(x) -> str:
 class FormulaTable(DataTable):
     """A table whose rows carry a formula; selecting a row opens it in the editor."""
 
-    def __init__(self, columns: tuple[str, ...], **kwargs):
+    def __init__(self, columns: tuple[tuple[str, int | None], ...], **kwargs):
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
         self._columns = columns
         self.formulas: dict[str, str] = {}
 
     def on_mount(self) -> None:
-        for c in self._columns:
-            self.add_column(c, key=c)
+        for c, width in self._columns:
+            self.add_column(c, key=c, width=width)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()
@@ -51,10 +51,10 @@ class EvolvePanel(Vertical):
     """
     BINDINGS = [
         Binding("s", "app.search_start", "Start"),
-        Binding("p", "app.search_pause", "Pause/resume"),
+        Binding("p", "app.search_pause", "Pause"),
         Binding("x", "app.search_stop", "Stop"),
-        Binding("c", "app.search_continue", "Continue last"),
-        Binding("i", "app.search_inject", "Inject editor formula"),
+        Binding("c", "app.search_continue", "Continue"),
+        Binding("i", "app.search_inject", "Inject"),
     ]
 
     def compose(self) -> ComposeResult:
@@ -64,16 +64,18 @@ class EvolvePanel(Vertical):
             yield Button("Pause", id="search-pause", action="app.search_pause", compact=True)
             yield Button("Stop", id="search-stop", action="app.search_stop", compact=True,
                          variant="error")  # fmt: skip
-            yield Button("Continue last", id="search-continue", action="app.search_continue",
+            yield Button("Continue", id="search-continue", action="app.search_continue",
                          compact=True)  # fmt: skip
-            yield Button("Inject formula", id="search-inject", action="app.search_inject",
+            yield Button("Inject", id="search-inject", action="app.search_inject",
                          compact=True, variant="primary")  # fmt: skip
         yield Static(Text("no search yet: press s to start one at the current settings", "dim"),
                      id="search-status")  # fmt: skip
         with Horizontal(id="search-plots"):
             yield FitnessChart(id="fitness-chart")
-            yield FormulaTable(("size", "ppl", "formula"), id="hall-of-fame")
-        yield FormulaTable(("id", "stage", "ppl", "s", "formula"), id="candidates")
+            yield FormulaTable((("size", 4), ("ppl", 7), ("formula", None)),
+                               id="hall-of-fame")  # fmt: skip
+        yield FormulaTable((("id", 3), ("stage", 6), ("ppl", 7), ("s", 5), ("formula", None)),
+                           id="candidates")  # fmt: skip
 
     def on_mount(self) -> None:
         self.query_one("#hall-of-fame").border_title = "hall of fame (best per size)"

@@ -37,12 +37,13 @@ def render_chart(points: list[tuple[int, float]], width: int, height: int) -> Te
     hi = min(max(ys), lo + 3)  # at most three decades: the interesting part is near the best
     if hi - lo < 1e-9:
         lo, hi = lo - 0.5, hi + 0.5
-    x_max = max(max(x for x, _ in pts), 1)
+    x_min = min(x for x, _ in pts)
+    x_max = max(max(x for x, _ in pts), x_min + 1)
     cells = [[0] * plot_w for _ in range(plot_h)]
     bright = [[False] * plot_w for _ in range(plot_h)]
 
     def put(x: float, logy: float, hot: bool) -> None:
-        c = min(cols - 1, int(x / x_max * (cols - 1)))
+        c = min(cols - 1, int((x - x_min) / (x_max - x_min) * (cols - 1)))
         r = min(rows - 1, max(0, int((hi - min(logy, hi)) / (hi - lo) * (rows - 1))))
         cells[r // 4][c // 2] |= _DOTS[r % 4][c % 2]
         if hot:
@@ -52,7 +53,7 @@ def render_chart(points: list[tuple[int, float]], width: int, height: int) -> Te
         put(x, ly, False)
     for i, (x, y) in enumerate(best_line):  # step line: horizontal run to the next point
         nxt = best_line[i + 1][0] if i + 1 < len(best_line) else x_max
-        steps = max(1, int((nxt - x) / x_max * cols))
+        steps = max(1, int((nxt - x) / (x_max - x_min) * cols))
         for k in range(steps + 1):
             put(x + (nxt - x) * k / steps, math.log10(y), True)
     out = Text(no_wrap=True)
@@ -68,7 +69,7 @@ def render_chart(points: list[tuple[int, float]], width: int, height: int) -> Te
             ch = chr(0x2800 + cells[r][c]) if cells[r][c] else " "
             out.append(ch, "bold green" if bright[r][c] else "blue")
         out.append("\n")
-    axis = f"0{'evaluations':^{plot_w - len(str(x_max)) - 1}}{x_max}"
+    axis = f"{x_min}{'evaluations':^{plot_w - len(str(x_max)) - len(str(x_min))}}{x_max}"
     out.append(" " * label_w + "└" + axis[:plot_w], "dim")
     return out
 

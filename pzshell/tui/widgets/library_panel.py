@@ -4,6 +4,8 @@ Pruner-Zero JSON into the user directory."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
 from ...lang import MetricError, Node, load_tree_file, to_infix
-from ...lang.tree import to_json
+from ...lang.tree import to_json_obj
 from ...resources import trees_dir
 from ..messages import OpenFormula
 
@@ -43,6 +45,14 @@ def scan(user_dir: Path) -> list[Entry]:
             except MetricError as e:
                 out.append(Entry(p.stem, p, origin, None, str(e)))
     return out
+
+
+def display_path(p: Path) -> str:
+    """A path as the user thinks of it: ``~`` for the home directory."""
+    try:
+        return "~/" + str(Path(p).resolve().relative_to(Path.home().resolve()))
+    except ValueError:
+        return str(p)
 
 
 def entry_prompt(e: Entry) -> Text:
@@ -77,7 +87,7 @@ class LibraryPanel(Horizontal):
             yield Static("", id="tree-detail")
 
     def on_mount(self) -> None:
-        self.query_one("#tree-list").border_title = "trees (enter: load into the editor)"
+        self.query_one("#tree-list").border_title = "trees · enter loads"
         self.query_one("#tree-preview").border_title = "Pruner-Zero JSON"
         self.rescan()
 
@@ -87,19 +97,18 @@ class LibraryPanel(Horizontal):
         ol.clear_options()
         shipped = [e for e in self.entries if e.origin == "shipped"]
         user = [e for e in self.entries if e.origin == "user"]
-        ol.add_option(Option(Text(f"shipped ({trees_dir()})", "dim"), disabled=True))
+        ol.add_option(Option(Text("shipped with pzshell", "dim"), disabled=True))
         ol.add_options([Option(entry_prompt(e), id=f"{e.origin}:{e.name}") for e in shipped])
-        ol.add_option(Option(Text(f"yours ({self.user_dir})", "dim"), disabled=True))
+        ol.add_option(Option(Text(f"yours ({display_path(self.user_dir)})", "dim"),
+                             disabled=True))  # fmt: skip
         if user:
             ol.add_options([Option(entry_prompt(e), id=f"{e.origin}:{e.name}") for e in user])
         else:
             ol.add_option(Option(Text("  none yet: ctrl+s saves the editor's formula", "dim"),
                                  disabled=True))  # fmt: skip
         if select:
-            try:
+            with contextlib.suppress(Exception):
                 ol.highlighted = ol.get_option_index(select)
-            except Exception:
-                pass
         elif ol.highlighted is None:
             ol.highlighted = 1
         self._preview()
@@ -125,12 +134,13 @@ class LibraryPanel(Horizontal):
             return
         t = Text()
         t.append(f"{e.name}", "bold")
-        t.append(f"  ({e.origin}) {e.path}\n", "dim")
+        where = f"trees/{e.path.name}" if e.origin == "shipped" else display_path(e.path)
+        t.append(f"  {where}\n", "dim")
         if e.node is None:
             t.append(e.error or "", "red")
         else:
             t.append(e.formula + "\n\n", "bold green")
-            t.append(to_json(e.node))
+            t.append(json.dumps(to_json_obj(e.node)), "dim")
         detail.update(t)
 
     @on(OptionList.OptionSelected, "#tree-list")

@@ -122,7 +122,8 @@ class MetricEditor(Vertical):
         self.node = node
         head = Text()
         head.append("✓ parses", "bold green")
-        head.append(f"   size {node.size}, depth {node.depth}, uses {', '.join(sorted(node.terminals)) or 'constants only'}", "dim")
+        uses = ", ".join(sorted(node.terminals)) or "constants only"
+        head.append(f"   size {node.size}, depth {node.depth}, uses {uses}", "dim")
         if node.uses_extended:
             head.append("   extended operators (pzshell only)", "yellow")
         status.update(head)

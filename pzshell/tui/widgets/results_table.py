@@ -75,7 +75,7 @@ class ResultsTable(DataTable):
 
     def on_mount(self) -> None:
         for key, label in COLUMNS:
-            width = 30 if key == "formula" else None
+            width = {"formula": 24, "ppl": 8, "seconds": 6}.get(key)
             self.add_column(label, key=key, width=width)
 
     def load(self, rows: list[dict]) -> None:

@@ -3,6 +3,7 @@ and the last result. Select a run and press Delete (or c) to cancel it."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from rich.text import Text
@@ -16,7 +17,7 @@ from ..messages import CancelRequested
 from ..runs import Run
 
 
-def bar(done: int, total: int, width: int = 12) -> str:
+def bar(done: int, total: int, width: int = 10) -> str:
     if total <= 0:
         return "░" * width
     filled = round(width * min(done, total) / total)
@@ -25,7 +26,7 @@ def bar(done: int, total: int, width: int = 12) -> str:
 
 def run_prompt(run: Run) -> Text:
     t = Text(no_wrap=True, overflow="ellipsis")
-    label = run.settings.label()
+    label = "dense model" if run.kind == "dense" else run.settings.label()
     if run.status == "queued":
         t.append("◦ ", "dim")
         t.append(run.title, "italic" if run.reference else "")
@@ -38,9 +39,11 @@ def run_prompt(run: Run) -> Text:
         t.append("waiting for the worker …", "dim")
         return t
     elapsed = f"{time.monotonic() - run.started:.0f}s" if run.started else ""
-    t.append(f"{run.stage:<9}", "cyan")
+    t.append(f"{run.stage:<8} ", "cyan")
     t.append(bar(run.done, run.total), "green")
-    t.append(f" {run.done}/{run.total} {run.message}  {elapsed}", "dim")
+    t.append(f" {run.done}/{run.total} {elapsed:>4}", "dim")
+    if run.message:
+        t.append(f"\n  {run.message}", "dim")
     return t
 
 
@@ -72,10 +75,8 @@ class RunQueueView(Vertical):
 
     def update_run(self, run: Run) -> None:
         ol = self.query_one(OptionList)
-        try:
+        with contextlib.suppress(Exception):
             ol.replace_option_prompt(run.id, run_prompt(run))
-        except Exception:  # the option went away meanwhile
-            pass
 
     def show_last(self, text: Text) -> None:
         self.query_one("#last-result", Static).update(text)

@@ -1,0 +1,127 @@
+"""Run a formula: queued with reference rows, per-block progress, a results row; cancel;
+results persist between sessions and sort."""
+
+from __future__ import annotations
+
+import pytest
+
+from pzshell.tui import messages as m
+from pzshell.tui.widgets.results_table import ResultsTable
+from pzshell.worker import protocol as p
+
+from .conftest import static_text, wait_for
+from .fake_worker import FakeWorker, fake_ppl
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_run_gives_a_results_row_with_reference_rows(make_app, fake):
+    seen: list = []
+    app = make_app(formula="abs(W*W)*mms(G)")
+    async with app.run_test(message_hook=seen.append) as pilot:
+        await wait_for(pilot, lambda: app.device == "fake (no model)", what="the worker")
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: len(app.store.results) == 3, what="three results")
+        kinds = [r["kind"] for r in app.store.results]
+        assert kinds == ["metric", "dense", "wanda"]  # the user's run first, then references
+        row = app.store.results[0]
+        assert row["formula"] == "abs(W*W)*mms(G)"
+        assert row["ppl"] == pytest.approx(fake_ppl("metric", "abs(W*W)*mms(G)"))
+        assert row["sparsity_ratio"] == 0.5 and row["sparsity_type"] == "unstructured"
+        sent = [j for j in fake.jobs if isinstance(j, p.PruneRequest)]
+        assert [j.kind for j in sent] == ["metric", "dense", "wanda"]
+        assert sent[0].settings.model == "tiny"
+        # the worker's events arrived as typed messages
+        progressed = [x for x in seen if isinstance(x, m.RunProgressed)]
+        assert progressed and progressed[-1].stage == "prune"
+        done = [x for x in seen if isinstance(x, m.RunCompleted)]
+        assert [x.run_id for x in done] == [j.run_id for j in sent]
+        table = app.query_one(ResultsTable)
+        assert table.row_count == 3
+        assert len(app.queue) == 0
+        last = static_text(app, "#last-result")
+        assert "ppl" in last and "dense 29.21" in last and "wanda 41.57" in last
+        # a second run at the same settings needs no new reference rows
+        app.editor.set_formula("W*sqrt(X)")
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: len(app.store.results) == 4, what="the second result")
+        assert table.row_count == 4
+
+
+async def test_progress_messages_collapse():
+    a = m.RunProgressed("r1", "prune", 1, 30)
+    assert m.RunProgressed("r1", "prune", 2, 30).can_replace(a)
+    assert not m.RunProgressed("r2", "prune", 2, 30).can_replace(a)
+    assert not m.RunCompleted("r1", {}).can_replace(a)
+    assert m.SearchProgressed(2, 10, 0, 1.0, 3.0, "W").can_replace(
+        m.SearchProgressed(1, 10, 0, 1.0, 3.0, "W")
+    )
+
+
+async def test_runs_queue_and_cancel(make_app, tmp_path):
+    fake = FakeWorker(hold=True)
+    app = make_app(formula="W", client=fake)
+    async with app.run_test() as pilot:
+        await wait_for(pilot, lambda: fake.alive and app.device != "starting …", what="worker")
+        await pilot.press("ctrl+r")
+        app.editor.set_formula("W*X")
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: app.queue.active is not None
+                       and app.queue.active.status == "running", what="a running run")  # fmt: skip
+        titles = [r.title for r in app.queue]
+        assert titles == ["W", "(dense)", "(wanda)", "W*X"]
+        running = app.queue.active
+        assert running.stage == "prune" and running.done == 2 and running.total == 2
+        # cancel a queued run: it just leaves the queue
+        app._cancel(app.queue.runs[3].id)
+        await pilot.pause()
+        assert [r.title for r in app.queue] == ["W", "(dense)", "(wanda)"]
+        # cancel the running one (ctrl+k): the worker is told, the next run starts
+        await pilot.press("ctrl+k")
+        await wait_for(pilot, lambda: app.queue.runs and app.queue.runs[0].title == "(dense)",
+                       what="the cancellation")  # fmt: skip
+        assert any(isinstance(j, p.CancelRun) and j.run_id == running.id for j in fake.jobs)
+        assert "cancelled" in static_text(app, "#last-result")
+        assert app.store.results == []
+        fake.finish(app.queue.active.id)
+        await wait_for(pilot, lambda: len(app.store.results) == 1, what="the dense result")
+        # cancel from the queue view: select the (wanda) run, press Delete
+        app.query_one("#run-list").focus()
+        await pilot.press("delete")
+        await wait_for(pilot, lambda: len(app.queue) == 0, what="the empty queue")
+
+
+async def test_results_persist_and_sort(make_app, tmp_path):
+    home = tmp_path / "persist"
+    app = make_app(formula="W", home=home)
+    async with app.run_test() as pilot:
+        await wait_for(pilot, lambda: app.device != "starting …", what="worker")
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: len(app.store.results) == 3, what="results")
+    app2 = make_app(home=home, client=FakeWorker())
+    async with app2.run_test() as pilot:
+        table = app2.query_one(ResultsTable)
+        assert table.row_count == 3
+        await pilot.pause()
+        await pilot.press("f4")
+        await pilot.pause()
+
+        def column(key):
+            return [str(table.get_row(rk)[list(table.columns).index(key)])
+                    for rk in table.rows]  # fmt: skip
+
+        ppls = [float(x) for x in column("ppl")]
+        assert ppls == sorted(ppls)  # sorted by perplexity by default
+        table.sort_by("ppl")  # again: reversed
+        assert [float(x) for x in column("ppl")] == sorted(ppls, reverse=True)
+        await wait_for(pilot, lambda: app2.focused is table, what="focus on the table")
+        await pilot.press("s")  # cycle to the next column
+        assert table.sort_column == "seconds"
+        table.sort_by("formula")
+        assert column("formula")[-1] == "W"  # reference rows first, then formulas
+        # Enter on a row opens it in the editor
+        table.move_cursor(row=2)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app2.query_one("#tabs").active == "metric"
+        assert app2.editor.text == "W"
