@@ -59,7 +59,7 @@ class PzShellApp(App):
         Binding("f4", "tab('results')", "Results", show=False),
         Binding("f5", "tab('evolve')", "Evolve", show=False),
         Binding("f6", "tab('library')", "Library", show=False),
-        Binding("ctrl+w", "restart_worker", "Restart worker", show=False),
+        Binding("f9", "restart_worker", "Restart worker", show=False),
     ]
     # app-wide keys that a modal screen must not see (it has its own)
     _GLOBAL_ACTIONS = {"run_formula", "cancel_run", "search_inject", "save_tree", "settings",
@@ -192,7 +192,7 @@ class PzShellApp(App):
             self.device = "stopped"
             self._update_subtitle()
             self.notify(f"the worker keeps dying; see {self.store.worker_log}. "
-                        "Press ctrl+w to start it again.", severity="error",
+                        "Press F9 to start it again.", severity="error",
                         timeout=30)  # fmt: skip
             return
         self.pump(restart=True)

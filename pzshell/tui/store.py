@@ -78,8 +78,25 @@ class AppSettings:
     @classmethod
     def from_dict(cls, d: dict) -> AppSettings:
         def pick(kind, data):
-            names = {f.name for f in fields(kind)}
-            return kind(**{k: v for k, v in (data or {}).items() if k in names})
+            """Known fields whose values have the default's type (an old or damaged state
+            file loses only the values it got wrong)."""
+            default = kind()
+            out = {}
+            for f in fields(kind):
+                if f.name not in (data or {}):
+                    continue
+                v, d = data[f.name], getattr(default, f.name)
+                if isinstance(d, bool) or isinstance(v, bool):
+                    ok = isinstance(v, bool) and isinstance(d, bool)
+                elif isinstance(d, float):
+                    ok = isinstance(v, (int, float))
+                elif d is None:
+                    ok = v is None or isinstance(v, int)
+                else:
+                    ok = isinstance(v, type(d))
+                if ok:
+                    out[f.name] = v
+            return kind(**out)
 
         try:
             return cls(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import queue
 import zlib
+from pathlib import Path
 
 from pzshell.search import events as se
 from pzshell.worker import protocol as p
@@ -110,6 +111,7 @@ class FakeWorker:
     def _start_search(self, job: p.StartSearch) -> None:
         self.search = job
         self.evaluations = 0
+        Path(job.out_dir).mkdir(parents=True, exist_ok=True)  # as a real search does
         budget = job.settings.budget if job.settings else 24
         self._emit(se.SearchStarted(job.out_dir, budget, 0))
         for f in ("W", "W*sqrt(X)", "abs(W*W)*mms(G)")[: self.search_candidates]:

@@ -26,6 +26,7 @@ statistic). Operators: `add sub mul div sqr pow neg abs log exp sqrt tanh skp mm
 | **ctrl+e** | send the editor's formula into the running search |
 | **ctrl+s** | save the editor's formula into your tree library |
 | **ctrl+q** | quit (asks first while work runs; a search stays resumable) |
+| **F9** | start the worker process again (after it kept dying) |
 
 **Metric** — the editor parses as you type: a caret marks an error; the simplified form, the
 canonical rank key and "same pruning rule as …" appear a moment later. Runs queue in the

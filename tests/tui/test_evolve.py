@@ -1,0 +1,94 @@
+"""Evolve: start, watch candidates and the hall of fame, pause / resume, inject, stop, open a
+candidate in the editor, continue the last search."""
+
+from __future__ import annotations
+
+import pytest
+
+from pzshell.tui import messages as m
+from pzshell.tui.widgets.evolve_panel import EvolvePanel, FormulaTable
+from pzshell.tui.widgets.fitness_chart import FitnessChart
+from pzshell.worker import protocol as p
+
+from .conftest import static_text, wait_for
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_search_start_pause_resume_inject_stop(make_app, fake):
+    seen: list = []
+    app = make_app(formula="W*sqrt(X)+G")
+    async with app.run_test(message_hook=seen.append) as pilot:
+        await wait_for(pilot, lambda: app.device != "starting …", what="the worker")
+        await pilot.press("f5")
+        await wait_for(pilot, lambda: app.focused is app.query_one("#candidates"), what="focus")
+        await pilot.press("s")
+        await wait_for(pilot, lambda: app.search_state == "running", what="the search")
+        start = next(j for j in fake.jobs if isinstance(j, p.StartSearch))
+        assert not start.resume and start.settings.fitness.model == "tiny"
+        assert start.out_dir.startswith(str(app.store.searches_dir))
+        assert app.store.last_search == {"dir": start.out_dir, "status": "running"}
+        await wait_for(pilot, lambda: app.query_one("#candidates", FormulaTable).row_count == 3,
+                       what="three candidates")  # fmt: skip
+        assert [type(x) for x in seen if isinstance(x, (m.SearchStarted, m.SearchProgressed))][0] \
+            is m.SearchStarted  # fmt: skip
+        assert any(isinstance(x, m.CandidateEvaluated) for x in seen)
+        assert len(app.query_one(FitnessChart).points) == 3
+        assert app.query_one("#hall-of-fame", FormulaTable).row_count == 1
+        assert "3/24 evaluations" in static_text(app, "#search-status")
+
+        await pilot.press("p")
+        assert app.search_state == "paused"
+        assert str(app.query_one("#search-pause").label) == "Resume"
+        await pilot.press("p")
+        assert app.search_state == "running"
+        actions = [j.action for j in fake.jobs if isinstance(j, p.ControlSearch)]
+        assert actions == ["pause", "resume"]
+
+        await pilot.press("ctrl+e")  # the editor's formula into the population
+        await wait_for(pilot, lambda: fake.injected == ["W*sqrt(X)+G"], what="the injection")
+        await wait_for(pilot, lambda: app.query_one("#candidates", FormulaTable).row_count == 4,
+                       what="the injected candidate")  # fmt: skip
+
+        await pilot.press("x")
+        await wait_for(pilot, lambda: app.search_state == "stopped", what="the stop")
+        assert app.store.last_search == {"dir": start.out_dir, "status": "stopped"}
+        assert "resumable" in static_text(app, "#search-status")
+
+        # open a candidate in the editor (Enter on its row)
+        table = app.query_one("#candidates", FormulaTable)
+        table.focus()
+        table.move_cursor(row=1)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.editor.text == "W*sqrt(X)"
+        assert app.query_one("#tabs").active == "metric"
+
+        # continue the stopped search: same directory, resume=True
+        await pilot.press("f5")
+        await wait_for(pilot, lambda: app.focused is app.query_one("#candidates"), what="focus")
+        await pilot.press("c")
+        await wait_for(pilot, lambda: app.search_state == "running", what="the continued search")
+        again = [j for j in fake.jobs if isinstance(j, p.StartSearch)][-1]
+        assert again.resume and again.out_dir == start.out_dir and again.settings is None
+
+
+async def test_inject_without_a_search_says_so(make_app, fake):
+    app = make_app(formula="W")
+    async with app.run_test(notifications=True) as pilot:
+        await pilot.press("ctrl+e")
+        await pilot.pause()
+        assert any("no search is running" in n.message for n in app._notifications)
+        assert not any(isinstance(j, p.ControlSearch) for j in fake.jobs)
+
+
+async def test_panel_buttons_follow_the_state(make_app):
+    app = make_app()
+    async with app.run_test():
+        panel = app.query_one(EvolvePanel)
+        assert not panel.query_one("#search-start").disabled
+        assert panel.query_one("#search-stop").disabled
+        panel.set_state("running")
+        assert panel.query_one("#search-start").disabled
+        assert not panel.query_one("#search-stop").disabled
+        assert not panel.query_one("#search-inject").disabled

@@ -1,0 +1,42 @@
+"""End to end with the real worker process (spawned) on the in-memory ``tiny`` model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from pzshell.tui import messages as m
+from pzshell.tui.store import AppSettings
+from pzshell.worker import WorkerClient
+from pzshell.worker.protocol import RunSettings
+
+from .conftest import wait_for
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_run_a_formula_end_to_end_on_tiny(make_app, tmp_path):
+    client = WorkerClient(tmp_path / "worker.log")
+    settings = AppSettings(
+        run=RunSettings(model="tiny", nsamples=2, seqlen=64, eval_windows=2, device="cpu"),
+        auto_reference=False,
+    )
+    seen: list = []
+    app = make_app(settings, formula="abs(W*W)*mms(G)", client=client)
+    async with app.run_test(message_hook=seen.append) as pilot:
+        await wait_for(pilot, lambda: app.device.startswith("cpu"), timeout=120,
+                       what="the worker process")  # fmt: skip
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: app.store.results, timeout=180, what="the perplexity")
+        row = app.store.results[0]
+        assert row["formula"] == "abs(W*W)*mms(G)" and row["kind"] == "metric"
+        assert math.isfinite(row["ppl"]) and row["ppl"] > 1
+        assert row["eval_windows"] == 2 and row["eval_seqlen"] == 64
+        assert row["actual_sparsity"] == pytest.approx(0.5, abs=0.01)
+        stages = {x.stage for x in seen if isinstance(x, m.RunProgressed)}
+        assert {"load", "grad", "prune", "eval"} <= stages
+        pid = client.pid
+        await pilot.press("ctrl+q")
+        await wait_for(pilot, lambda: not app.is_running, timeout=60, what="the exit")
+    assert not client.alive and pid is not None

@@ -1,0 +1,158 @@
+"""Library load/save, settings, help, quit confirmation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from textual.widgets import Input, OptionList
+
+from pzshell.lang import load_tree_file, to_infix
+from pzshell.tui.screens.confirm import ConfirmScreen
+from pzshell.tui.screens.help import HelpScreen
+from pzshell.tui.screens.save_tree import SaveTreeScreen
+from pzshell.tui.screens.settings import SettingsScreen
+from pzshell.tui.widgets.library_panel import LibraryPanel
+
+from .conftest import wait_for
+from .fake_worker import FakeWorker
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_library_lists_loads_saves_and_deletes(make_app):
+    app = make_app(formula="abs(W*W)*mms(G)+X")
+    async with app.run_test() as pilot:
+        await pilot.pause()
+        await pilot.press("f6")
+        lib = app.query_one(LibraryPanel)
+        names = [e.name for e in lib.entries]
+        assert {"magnitude", "wanda", "pruner_zero", "ria"} <= set(names)
+        await wait_for(pilot, lambda: app.focused is app.query_one("#tree-list"), what="focus")
+        # load wanda: highlight it and press Enter
+        ol = app.query_one("#tree-list", OptionList)
+        ol.highlighted = ol.get_option_index("shipped:wanda")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.editor.text == "W * sqrt(X)"
+        assert app.query_one("#tabs").active == "metric"
+
+        # save the editor's formula as Pruner-Zero JSON in the user directory
+        app.editor.set_formula("abs(W*W)*mms(G)+X")
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: isinstance(app.screen, SaveTreeScreen), what="the prompt")
+        app.screen.query_one(Input).value = "bad name"
+        await pilot.press("enter")  # a space is not allowed: the prompt stays and says why
+        assert isinstance(app.screen, SaveTreeScreen)
+        assert "letters, digits" in str(app.screen.query_one("#save-error").content)
+        app.screen.query_one(Input).value = "my_metric"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: not isinstance(app.screen, SaveTreeScreen), what="save")
+        path = app.store.trees_dir / "my_metric.json"
+        assert path.exists()
+        obj = json.loads(path.read_text())
+        assert obj["data"] == "add" and obj["right"] == {"data": "X"}  # Pruner-Zero format
+        assert to_infix(load_tree_file(path)) == "abs(W * W) * mms(G) + X"
+        assert "my_metric" in [e.name for e in lib.entries if e.origin == "user"]
+
+        # delete it again (only user trees can be deleted)
+        await pilot.press("f6")
+        await wait_for(pilot, lambda: app.focused is app.query_one("#tree-list"), what="focus")
+        ol.highlighted = ol.get_option_index("user:my_metric")
+        await pilot.press("d")
+        await pilot.pause()
+        assert not path.exists()
+        ol.highlighted = ol.get_option_index("shipped:wanda")
+        await pilot.press("d")
+        assert (lib.entries[0].path.parent / "wanda.json").exists()
+
+
+async def test_settings_screen_applies_and_persists(make_app, fake, tmp_path):
+    home = tmp_path / "settings-home"
+    app = make_app(home=home)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("f2")
+        await wait_for(pilot, lambda: isinstance(app.screen, SettingsScreen), what="settings")
+        screen = app.screen
+        screen.query_one("#run-sparsity_ratio", Input).value = "1.5"
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert isinstance(app.screen, SettingsScreen)  # invalid: stays, says why
+        errors = str(screen.query_one("#settings-errors").content)
+        assert "sparsity ratio must be in [0, 1)" in errors
+        screen.query_one("#run-sparsity_ratio", Input).value = "0.6"
+        screen.query_one("#run-sparsity_type", Input).value = "2:4"
+        screen.query_one("#run-eval_windows", Input).value = ""
+        screen.query_one("#search-budget", Input).value = "40"
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: not isinstance(app.screen, SettingsScreen), what="apply")
+        r = app.settings.run
+        assert (r.sparsity_ratio, r.sparsity_type, r.eval_windows) == (0.6, "2:4", None)
+        assert app.settings.search.budget == 40
+        assert "60% 2:4" in app.sub_title
+        # runs now use them
+        app.editor.set_formula("W")
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: fake.jobs, what="the run")
+        assert fake.jobs[0].settings.sparsity_type == "2:4"
+    # and the next session starts with them
+    app2 = make_app(home=home, client=FakeWorker())
+    app2.settings = app2.store.load_settings()
+    assert app2.settings.run.sparsity_ratio == 0.6
+    assert app2.settings.search.budget == 40
+
+
+async def test_settings_escape_changes_nothing(make_app):
+    app = make_app()
+    async with app.run_test() as pilot:
+        before = app.settings
+        await pilot.press("f2")
+        await wait_for(pilot, lambda: isinstance(app.screen, SettingsScreen), what="settings")
+        app.screen.query_one("#run-model", Input).value = "other"
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.settings is before
+
+
+async def test_help_screen_opens_and_closes(make_app):
+    app = make_app()
+    async with app.run_test() as pilot:
+        await pilot.press("f1")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen), what="help")
+        # app-wide keys do not leak through the modal
+        await pilot.press("ctrl+r")
+        assert len(app.queue) == 0
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not isinstance(app.screen, HelpScreen)
+
+
+async def test_quit_when_idle_exits_at_once(make_app, fake):
+    app = make_app()
+    async with app.run_test() as pilot:
+        await pilot.press("ctrl+q")
+        await wait_for(pilot, lambda: not app.is_running, what="the exit")
+    assert not fake.alive
+
+
+async def test_quit_while_work_runs_asks_first_and_leaves_the_search_resumable(make_app):
+    fake = FakeWorker(hold=True)
+    app = make_app(formula="W", client=fake)
+    async with app.run_test() as pilot:
+        await wait_for(pilot, lambda: app.device != "starting …", what="the worker")
+        await pilot.press("ctrl+r")
+        app.action_search_start()
+        await wait_for(pilot, lambda: app.search_state == "running", what="the search")
+        await pilot.press("ctrl+q")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the question")
+        question = app.screen.question
+        assert "a run of W is in progress" in question and "search is running" in question
+        await pilot.press("n")
+        await pilot.pause()
+        assert app.is_running and not isinstance(app.screen, ConfirmScreen)
+        await pilot.press("ctrl+q")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the question")
+        await pilot.press("y")
+        await wait_for(pilot, lambda: not app.is_running, what="the exit")
+    assert app.store.last_search["status"] == "stopped"
+    assert not fake.alive

@@ -1,0 +1,131 @@
+"""The app's plain-data parts: store, run queue, CLI entry, chart, the domain/UI boundary."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pzshell.cli import _default_to_tui, build_parser
+from pzshell.cli.tui_cmd import settings_from_args
+from pzshell.tui.runs import Run, RunQueue
+from pzshell.tui.store import AppSettings, Store, result_row
+from pzshell.tui.widgets.fitness_chart import render_chart
+from pzshell.worker import describe_exit
+from pzshell.worker.protocol import RunSettings
+
+
+def test_domain_never_imports_textual():
+    code = (
+        "import sys\n"
+        "import pzshell.lang, pzshell.lang.algebra, pzshell.engine.prune, pzshell.search, "
+        "pzshell.jobs, pzshell.worker, pzshell.worker.process\n"
+        "bad = sorted(m for m in sys.modules if m == 'textual' or m.startswith('textual.')"
+        " or m.startswith('pzshell.tui'))\n"
+        "print(bad)\n"
+        "sys.exit(1 if bad else 0)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([], ["tui"]),
+        (["--model", "tiny", "--sparsity_ratio", "0.5"], ["tui", "--model", "tiny",
+                                                          "--sparsity_ratio", "0.5"]),
+        (["--help"], ["--help"]),
+        (["--version"], ["--version"]),
+        (["parse", "W"], ["parse", "W"]),
+        (["prune", "--model", "tiny"], ["prune", "--model", "tiny"]),
+    ],
+)  # fmt: skip
+def test_plain_pzshell_opens_the_app(argv, expected):
+    assert _default_to_tui(argv) == expected
+
+
+def test_cli_flags_become_the_starting_settings():
+    args = build_parser().parse_args(
+        _default_to_tui(["--model", "tiny", "--sparsity_ratio", "0.6", "--eval-windows", "3"])
+    )
+    assert args.command == "tui"
+    s = settings_from_args(args, AppSettings())
+    assert (s.run.model, s.run.sparsity_ratio, s.run.eval_windows) == ("tiny", 0.6, 3)
+    assert s.run.nsamples == RunSettings().nsamples  # not given: kept
+
+
+def test_tui_needs_a_terminal(capsys):
+    from pzshell.cli import main
+
+    assert main(["tui", "--model", "tiny"]) == 2
+    assert "interactive terminal" in capsys.readouterr().err
+
+
+def test_store_round_trip_and_references(tmp_path, monkeypatch):
+    monkeypatch.setenv("PZSHELL_HOME", str(tmp_path / "h"))
+    store = Store()
+    assert store.home == tmp_path / "h"
+    s = RunSettings(model="tiny")
+    assert not store.has_reference("dense", s)
+    store.add_result(result_row("dense", None, s, {"ppl": 10.0, "prune_seconds": 0}))
+    store.add_result(result_row("wanda", None, s, {"ppl": 12.0, "prune_seconds": 3}))
+    assert store.has_reference("dense", s)
+    assert store.has_reference("dense", RunSettings(model="tiny", sparsity_ratio=0.7))
+    assert store.has_reference("wanda", s)
+    assert not store.has_reference("wanda", RunSettings(model="tiny", sparsity_ratio=0.7))
+    assert not store.has_reference("dense", RunSettings(model="tiny", nsamples=3))
+    settings = AppSettings(run=s)
+    store.save_settings(settings)
+    store.set_last_search("/x", "stopped")
+    again = Store()
+    assert len(again.results) == 2 and again.load_settings().run.model == "tiny"
+    assert again.last_search == {"dir": "/x", "status": "stopped"}
+    again.remove_result(again.results[0]["id"])
+    assert len(Store().results) == 1
+    # a damaged file costs nothing but its content
+    (tmp_path / "h" / "results.json").write_text("{not json")
+    assert Store().results == []
+    assert json.loads((tmp_path / "h" / "state.json").read_text())["last_search"]["dir"] == "/x"
+
+
+def test_settings_from_old_or_damaged_state():
+    assert AppSettings.from_dict({"run": {"model": "tiny", "unknown": 1}}).run.model == "tiny"
+    bad = AppSettings.from_dict({"run": {"nsamples": "x", "model": 3, "sparsity_ratio": 0.7}})
+    assert (bad.run.nsamples, bad.run.model, bad.run.sparsity_ratio) == (128, "smollm2", 0.7)
+    assert AppSettings.from_dict({"run": {"eval_windows": 4}}).run.eval_windows == 4
+    search = AppSettings().search_settings()
+    search.validate()
+    assert search.fitness.model == RunSettings().model
+
+
+def test_run_queue_sends_one_at_a_time():
+    q = RunQueue()
+    s = RunSettings()
+    a = q.add(Run("metric", "W", s))
+    b = q.add(Run("dense", None, s))
+    assert q.next_to_send() is a
+    a.status = "sent"
+    assert q.next_to_send() is None and q.active is a
+    assert q.pending("dense", s) and not q.pending("wanda", s)
+    q.remove(a.id)
+    assert q.next_to_send() is b
+    assert b.title == "(dense)" and b.reference and a.request().formula == "W"
+
+
+def test_exit_codes_in_words():
+    assert "out of memory" in describe_exit(-9)
+    assert "SIGSEGV" in describe_exit(-11)
+    assert "exit status 3" in describe_exit(3)
+
+
+def test_chart_renders_points_and_best_line():
+    text = render_chart([(1, 80.0), (2, 50.0), (3, 60.0), (4, float("inf"))], 40, 8)
+    lines = text.plain.splitlines()
+    assert len(lines) == 8
+    assert lines[0].strip().startswith("80") and lines[-2].strip().startswith("50")
+    assert "evaluations" in lines[-1]
+    assert any(ch != " " and 0x2800 <= ord(ch) <= 0x28FF for ch in text.plain)
+    assert "waiting" in render_chart([], 40, 8).plain
