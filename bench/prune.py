@@ -72,6 +72,11 @@ def main() -> int:
     ap.add_argument("--methods", default="dense,magnitude,wanda,sparsegpt,pruner-zero")
     ap.add_argument("--types", default="unstructured,2:4")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "prune.json"))
+    ap.add_argument(
+        "--grad-path",
+        default=None,
+        help="gradient file to reuse or create (default: a temporary file)",
+    )
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -85,8 +90,16 @@ def main() -> int:
         nsamples=4 if args.quick else 32, seqlen=256 if args.quick else 512,
         eval_seqlen=512 if args.quick else 1024, eval_windows=2 if args.quick else 8,
     )  # fmt: skip
-    grad_dir = Path(tempfile.mkdtemp(prefix="pzbench-"))
-    grad_path = grad_dir / f"grads_{base['nsamples']}x{base['seqlen']}_seed0.pth"
+    grad_path = (
+        Path(args.grad_path)
+        if args.grad_path
+        else (
+            Path(tempfile.mkdtemp(prefix="pzbench-"))
+            / f"grads_{base['nsamples']}x{base['seqlen']}.pth"
+        )
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     methods = args.methods.split(",")
     for typ in args.types.split(","):
@@ -108,6 +121,8 @@ def main() -> int:
             res.update(method=method, sparsity_type="-" if method == "dense" else typ,
                        wall_seconds=time.perf_counter() - t)  # fmt: skip
             rows.append(res)
+            # written after every configuration, so a long run that is cut short keeps its rows
+            out.write_text(json.dumps({"settings": base, "rows": rows}, indent=2) + "\n")
             print(f"{method:12s} {typ:12s} ppl {res['ppl']:9.2f}  "
                   f"prune {res['prune_seconds']:6.1f}s"
                   f"  grad {res.get('grad_seconds', 0):6.1f}s  rss {res['peak_rss_mb']:6.0f} MiB",
@@ -137,9 +152,6 @@ def main() -> int:
                   diff, f"{r['prune_seconds']:.1f}", f"{r.get('grad_seconds', 0):.1f}",
                   f"{r['peak_rss_mb']:.0f}")  # fmt: skip
     Console().print(t)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"settings": base, "rows": rows}, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
 

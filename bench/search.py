@@ -31,6 +31,8 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench-search"))
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--final-top", type=int, default=3)
+    ap.add_argument("--grad-path", default=None, help="gradient file for the test-set prunes")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "search.json"))
     args = ap.parse_args()
 
@@ -50,7 +52,7 @@ def main() -> int:
         cheap_windows=1, cheap_seqlen=128, seed=0,
     )  # fmt: skip
     settings = SearchSettings(
-        fitness=fit, population=24, budget=100_000, batch=8, seed=0, final_top=3,
+        fitness=fit, population=24, budget=100_000, batch=8, seed=0, final_top=args.final_top,
         time_limit=args.minutes * 60,
     )  # fmt: skip
     last = {}
@@ -79,7 +81,7 @@ def main() -> int:
     rows = []
     common = dict(model=args.model, sparsity_ratio=0.5, nsamples=32, seed=0, calib=str(CALIB),
                   seqlen=512, eval=str(EVAL), eval_seqlen=1024, eval_windows=8)  # fmt: skip
-    grad_path = str(Path(args.out) / "grads_32x512_seed0.pth")
+    grad_path = args.grad_path or str(Path(args.out) / "grads_32x512_seed0.pth")
     for name, job in (
         (
             "discovered",
@@ -106,15 +108,17 @@ def main() -> int:
         "cache hits (duplicate rules not evaluated)", f"{hits} ({hits / max(hits + evals, 1):.0%})"
     )
     rho = summary.get("cheap_full_spearman")
+    pairs = summary["cheap_full_pairs"]
     t.add_row("cheap vs full stage Spearman rho",
-              f"{rho:.3f} over {summary['cheap_full_pairs']} pairs" if rho is not None else "-")  # fmt: skip
+              f"{rho:.3f} over {pairs} pairs" if rho is not None else "-")  # fmt: skip
     t.add_row("best discovered metric", str(best_tree))
     t.add_row("its held-out fitness (sequential prune)", f"{fin.best_fitness:.3f}")
     for r in rows:
         t.add_row(f"WikiText-2 test ppl, {r['name']} ({r['metric']})",
                   f"{r['ppl']:.3f}")  # fmt: skip
-    t.caption = (f"test: first 8x1024 tokens of {EVAL.name}; calibration 32x512 of {CALIB.name}, "
-                 f"seed 0; search fitness on held-out 4x256 tokens of the calibration text")  # fmt: skip
+    t.caption = (f"test: first 8x1024 tokens of {EVAL.name}; calibration 32x512 of "
+                 f"{CALIB.name}, seed 0; search fitness on held-out 4x256 tokens of the "
+                 f"calibration text")  # fmt: skip
     Console().print(t)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({
