@@ -72,9 +72,9 @@ class EvolvePanel(Vertical):
                      id="search-status")  # fmt: skip
         with Horizontal(id="search-plots"):
             yield FitnessChart(id="fitness-chart")
-            yield FormulaTable((("size", 4), ("ppl", 7), ("formula", None)),
+            yield FormulaTable((("size", 4), ("ppl", 7), ("formula", 60)),
                                id="hall-of-fame")  # fmt: skip
-        yield FormulaTable((("id", 3), ("stage", 6), ("ppl", 7), ("s", 5), ("formula", None)),
+        yield FormulaTable((("id", 3), ("stage", 6), ("ppl", 7), ("s", 5), ("formula", 100)),
                            id="candidates")  # fmt: skip
 
     def on_mount(self) -> None:

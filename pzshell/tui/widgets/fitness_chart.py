@@ -81,7 +81,7 @@ class FitnessChart(Widget):
     points: reactive[list] = reactive(list, always_update=True)
 
     def on_mount(self) -> None:
-        self.border_title = "held-out ppl over evaluations (log)"
+        self.border_title = "held-out ppl (log) per evaluation"
 
     def add(self, x: int, fitness: float) -> None:
         self.points = [*self.points, (x, fitness)]
