@@ -236,13 +236,26 @@ class PzShellApp(App):
         self.dispatch()
         return run
 
+    def send(self, job) -> bool:
+        """Give ``job`` to the worker; False (and a message) when it cannot take it now."""
+        if not self.client.alive:
+            self.notify("the worker is not running (it is starting or restarting); try again "
+                        "in a moment", severity="warning")  # fmt: skip
+            return False
+        try:
+            self.client.submit(job)
+        except (OSError, ValueError, AssertionError, RuntimeError) as e:
+            self.notify(f"could not reach the worker: {e}", severity="error")
+            return False
+        return True
+
     def dispatch(self) -> None:
         run = self.queue.next_to_send()
         if run is None or not self.client.alive:
             return
-        run.status = "sent"
-        self.client.submit(run.request())
-        self._refresh_runs()
+        if self.send(run.request()):
+            run.status = "sent"
+            self._refresh_runs()
 
     def action_cancel_run(self) -> None:
         run = self.queue.active
@@ -264,7 +277,8 @@ class PzShellApp(App):
             self.notify(f"removed {run.title} from the queue", timeout=3)
             self._refresh_runs()
         else:
-            self.client.submit(CancelRun(run_id))
+            if not self.send(CancelRun(run_id)):
+                return
             run.message = "cancelling …"
             self.query_one(RunQueueView).update_run(run)
 
@@ -385,9 +399,12 @@ class PzShellApp(App):
         self.search_dir = out_dir
         panel = self.query_one(EvolvePanel)
         panel.reset()
-        self.client.submit(StartSearch(f"s{int(time.time())}", out_dir, settings, resume=resume,
-                                       device=self.settings.run.device,
-                                       budget=self.settings.search.budget))  # fmt: skip
+        job = StartSearch(
+            f"s{int(time.time())}", out_dir, settings, resume=resume,
+            device=self.settings.run.device, budget=self.settings.search.budget,
+        )  # fmt: skip
+        if not self.send(job):
+            return
         self.store.set_last_search(out_dir, "running")
         verb = "continuing" if resume else "starting"
         self._set_search_state("starting", Text(f"{verb} a search in {out_dir}: loading the "
@@ -396,11 +413,11 @@ class PzShellApp(App):
 
     def action_search_pause(self) -> None:
         if self.search_state == "running":
-            self.client.submit(ControlSearch("pause"))
-            self._set_search_state("paused", Text("paused (p resumes)", "yellow"))
+            if self.send(ControlSearch("pause")):
+                self._set_search_state("paused", Text("paused (p resumes)", "yellow"))
         elif self.search_state == "paused":
-            self.client.submit(ControlSearch("resume"))
-            self._set_search_state("running", Text("resuming …", "green"))
+            if self.send(ControlSearch("resume")):
+                self._set_search_state("running", Text("resuming …", "green"))
         else:
             self.notify("no search is running", severity="warning")
 
@@ -408,7 +425,8 @@ class PzShellApp(App):
         if not self.search_running:
             self.notify("no search is running", severity="warning")
             return
-        self.client.submit(ControlSearch("stop"))
+        if not self.send(ControlSearch("stop")):
+            return
         self._set_search_state("stopping", Text("stopping after the current candidate …",
                                                 "yellow"))  # fmt: skip
 
@@ -421,7 +439,8 @@ class PzShellApp(App):
             self.notify("no search is running: start one on the Evolve tab (F5, then s)",
                         severity="warning")  # fmt: skip
             return
-        self.client.submit(ControlSearch("inject", ed.text.strip()))
+        if not self.send(ControlSearch("inject", ed.text.strip())):
+            return
         self.notify(f"sent {ed.text.strip()} to the search", timeout=3)
 
     def on_search_started(self, msg: m.SearchStarted) -> None:

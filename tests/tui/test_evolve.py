@@ -38,10 +38,11 @@ async def test_search_start_pause_resume_inject_stop(make_app, fake):
         assert "3/24 evaluations" in static_text(app, "#search-status")
 
         await pilot.press("p")
-        assert app.search_state == "paused"
+        await wait_for(pilot, lambda: app.search_state == "paused", what="the pause")
         assert str(app.query_one("#search-pause").label) == "Resume"
+        assert app.focused is app.query_one("#candidates")
         await pilot.press("p")
-        assert app.search_state == "running"
+        await wait_for(pilot, lambda: app.search_state == "running", what="the resume")
         actions = [j.action for j in fake.jobs if isinstance(j, p.ControlSearch)]
         assert actions == ["pause", "resume"]
 
@@ -62,7 +63,9 @@ async def test_search_start_pause_resume_inject_stop(make_app, fake):
         await pilot.press("enter")
         await pilot.pause()
         assert app.editor.text == "W*sqrt(X)"
-        assert app.query_one("#tabs").active == "metric"
+        await wait_for(
+            pilot, lambda: app.query_one("#tabs").active == "metric", what="the metric tab"
+        )
 
         # continue the stopped search: same directory, resume=True
         await pilot.press("f5")

@@ -123,5 +123,7 @@ async def test_results_persist_and_sort(make_app, tmp_path):
         table.move_cursor(row=2)
         await pilot.press("enter")
         await pilot.pause()
-        assert app2.query_one("#tabs").active == "metric"
+        await wait_for(
+            pilot, lambda: app2.query_one("#tabs").active == "metric", what="the metric tab"
+        )
         assert app2.editor.text == "W"

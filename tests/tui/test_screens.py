@@ -35,7 +35,9 @@ async def test_library_lists_loads_saves_and_deletes(make_app):
         await pilot.press("enter")
         await pilot.pause()
         assert app.editor.text == "W * sqrt(X)"
-        assert app.query_one("#tabs").active == "metric"
+        await wait_for(
+            pilot, lambda: app.query_one("#tabs").active == "metric", what="the metric tab"
+        )
 
         # save the editor's formula as Pruner-Zero JSON in the user directory
         app.editor.set_formula("abs(W*W)*mms(G)+X")
