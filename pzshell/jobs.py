@@ -104,13 +104,14 @@ def run_prune(
     seqlen = resolve_seqlen(lm, job.seqlen)
     calib_text = None
     calib_ids = None
-    if cfg.needs_calibration or (cfg.needs_gradients and not job.gradient_path):
+    have_grads = bool(job.gradient_path) and Path(job.gradient_path).exists()
+    if cfg.needs_calibration or (cfg.needs_gradients and not have_grads):
         calib_text = load_text(job.calib, role="calib")
         calib_ids = calibration_windows(lm.tokenizer, calib_text, job.nsamples, seqlen, job.seed)
     grads = None
     grad_seconds = 0.0
     if cfg.needs_gradients:
-        if job.gradient_path and Path(job.gradient_path).exists():
+        if have_grads:
             grads = load_gradients(job.gradient_path, lm.model)
         else:
             t = time.perf_counter()

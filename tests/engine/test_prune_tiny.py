@@ -252,3 +252,10 @@ def test_cli_bad_input_exit_2(tmp_path, capsys, extra, message, calib):
     assert rc == 2
     assert message in err.replace("\n", " ")
     assert "Traceback" not in err
+
+
+def test_cli_gradient_path_is_created_when_missing(tmp_path):
+    gp = tmp_path / "new" / "g.pth"
+    assert main(["prune", *FAST, "--prune_method", "pruner-zero", "--gradient_path", str(gp)]) == 0
+    assert gp.exists()  # computed from the calibration windows and saved for the next run
+    assert set(load_gradients(gp)) >= {"self_attn.q_proj_layer_0", "mlp.down_proj_layer_1"}
