@@ -575,8 +575,10 @@ class PzShellApp(App):
 
     @work(thread=True, exclusive=True, group="pump", name="close", exit_on_error=False)
     def _close_worker(self) -> None:
-        self.client.close(timeout=15)
-        self.call_from_thread(self.exit)
+        try:
+            self.client.close(timeout=15)
+        finally:
+            self.call_from_thread(self.exit)  # whatever happened to the worker, we quit
 
     def on_unmount(self) -> None:
         if self.client.alive:
