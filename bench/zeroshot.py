@@ -1,7 +1,7 @@
 """Zero-shot + recovery benchmark: SmolLM2-135M dense vs 50% unstructured Wanda and Pruner-Zero
 tree, before and after a short LoRA recovery. One command, one table, one JSON, the report:
 
-    .venv/bin/python bench/zeroshot.py            # full run (~45 min on a busy 2-core CPU)
+    .venv/bin/python bench/zeroshot.py            # full run (~1 h on a busy 2-core CPU)
     .venv/bin/python bench/zeroshot.py --quick    # 4 x 256 calibration, 1 x 512 evaluation
 
 Settings: calibration 32 windows x 512 tokens sampled with seed 0 from
@@ -37,7 +37,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="tiny settings, to check the script")
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--methods", default="wanda,pruner-zero")
-    ap.add_argument("--ft_samples", type=int, default=32, help="LoRA training windows")
+    ap.add_argument("--ft_samples", type=int, default=16, help="LoRA training windows")
     ap.add_argument("--ft_seqlen", type=int, default=256, help="LoRA window length")
     ap.add_argument("--ft_lr", type=float, default=5e-4, help="LoRA learning rate")
     ap.add_argument("--zs_limit", type=int, default=None, help="zero-shot items (default all)")
@@ -87,6 +87,8 @@ def main() -> int:
             nsamples=s["nsamples"], seed=s["seed"], calib=str(CALIB), seqlen=s["seqlen"],
             eval=str(EVAL), eval_seqlen=s["eval_seqlen"], eval_windows=s["eval_windows"],
             device="cpu", zero_shot=zs,
+            # G from the same calibration windows; kept so that a rerun reuses it
+            gradient_path=str(runs_dir / f"grads_{s['nsamples']}x{s['seqlen']}_seed0.pth"),
             finetune=FinetuneSpec(
                 method="lora", r=s["lora_r"], alpha=s["lora_alpha"], samples=s["ft_samples"],
                 seqlen=s["ft_seqlen"], lr=s["ft_lr"], seed=s["seed"],

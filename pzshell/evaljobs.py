@@ -63,7 +63,7 @@ class FinetuneSpec:
     data: str | None = None
     seed: int = 0
     preserve_sparsity: bool = True
-    mask_aware: bool = True  # LoRA: train the masked update (what the masked merge keeps)
+    mask_aware: bool = False  # LoRA: train the masked update (see engine.finetune)
 
     def __post_init__(self):
         if self.method not in ("lora", "full"):

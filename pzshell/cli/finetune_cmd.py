@@ -56,9 +56,9 @@ def add_finetune_args(p: argparse.ArgumentParser, *, with_switch: bool) -> None:
     g.add_argument("--lora_r", type=int, default=8, help="LoRA rank (default 8)")
     g.add_argument("--lora_alpha", type=float, default=16, help="LoRA alpha (default 16)")
     g.add_argument("--lora_dropout", type=float, default=0.0, help="LoRA dropout (default 0)")
-    g.add_argument("--lora_mask_aware", action=argparse.BooleanOptionalAction, default=True,
-                   help="train the masked LoRA update, exactly the model the masked merge "
-                   "keeps (default); the negation: plain LoRA, masked at the merge")  # fmt: skip
+    g.add_argument("--lora_mask_aware", action="store_true",
+                   help="train the masked LoRA update, exactly what the masked merge keeps "
+                   "(slower; default: plain LoRA, mask re-applied after the merge)")  # fmt: skip
     g.add_argument("--finetune_samples", type=int, default=64,
                    help="training windows (default 64)")  # fmt: skip
     g.add_argument("--finetune_seqlen", type=int, default=None,
