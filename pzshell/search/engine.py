@@ -267,8 +267,8 @@ class Search:
                 if self._stop.is_set():
                     stopped = True
                     break
-                if s.time_limit and time.perf_counter() - t_start > s.time_limit:
-                    stopped = True
+                if s.time_limit and pop and time.perf_counter() - t_start > s.time_limit:
+                    # a budget, not an interruption: the final re-runs still happen
                     self.on_event(SearchMessage("time limit reached"))
                     break
                 while self._pause.is_set() and not self._stop.is_set():

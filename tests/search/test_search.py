@@ -202,3 +202,10 @@ def test_ray_backend_matches_in_process(tmp_path):
     finally:
         ray.shutdown()
     assert trajectory(tmp_path / "inproc") == trajectory(tmp_path / "ray")
+
+
+def test_time_limit_still_runs_the_finals(tmp_path):
+    fin = Search(settings(budget=1000, time_limit=1e-9, final_top=1), tmp_path / "t",
+                 threads=1).run()  # fmt: skip
+    assert not fin.stopped and len(fin.finals) == 1  # the first batch, then the final re-run
+    assert fin.evaluations == 8
