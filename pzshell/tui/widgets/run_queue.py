@@ -63,8 +63,16 @@ class RunQueueView(Vertical):
 
     def on_mount(self) -> None:
         self.border_title = "runs"
+        self._runs: list[Run] = []
+        self.set_interval(1.0, self._tick)  # the elapsed time moves even between blocks
+
+    def _tick(self) -> None:
+        for run in self._runs:
+            if run.status == "running":
+                self.update_run(run)
 
     def show(self, runs: list[Run]) -> None:
+        self._runs = list(runs)
         ol = self.query_one(OptionList)
         highlighted = ol.highlighted
         ol.clear_options()
