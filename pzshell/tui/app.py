@@ -34,7 +34,7 @@ from .screens.save_tree import SaveTreeScreen
 from .screens.settings import SettingsScreen
 from .store import AppSettings, Store, result_row
 from .widgets.evolve_panel import EvolvePanel
-from .widgets.library_panel import LibraryPanel
+from .widgets.library_panel import LibraryPanel, display_path
 from .widgets.metric_editor import MetricEditor
 from .widgets.results_table import ResultsTable
 from .widgets.run_queue import RunQueueView
@@ -94,8 +94,8 @@ class PzShellApp(App):
                 yield MetricEditor(self._formula, side=RunQueueView(id="runs"), id="editor")
             with TabPane("Results [dim]F4[/]", id="results"):
                 yield ResultsTable(id="results-table")
-                yield Static(Text(f"s sort · r reverse · enter open in editor · del remove · "
-                                  f"kept in {self.store.results_path}", "dim"),
+                yield Static(Text(f"s sort · r reverse · enter open · del remove · "
+                                  f"{display_path(self.store.results_path)}", "dim"),
                              id="results-hint")  # fmt: skip
             with TabPane("Evolve [dim]F5[/]", id="evolve"):
                 yield EvolvePanel(id="evolve-panel")
@@ -344,8 +344,9 @@ class PzShellApp(App):
             if match and match[-1].get("ppl") is not None:
                 text.append(f" · {ref} {match[-1]['ppl']:.2f}", "cyan")
         if row.get("eval_windows"):
-            text.append(f"\n  {row['eval_windows']}×{row['eval_seqlen']} tokens of "
-                        f"{row.get('eval_data')}, {row['seconds']:.1f} s", "dim")  # fmt: skip
+            data = Path(str(row.get("eval_data") or "")).name
+            text.append(f"\n  {row['eval_windows']}×{row['eval_seqlen']} tokens of {data}, "
+                        f"{row['seconds']:.0f} s", "dim")  # fmt: skip
         return text
 
     def _refresh_runs(self) -> None:
@@ -409,7 +410,6 @@ class PzShellApp(App):
         verb = "continuing" if resume else "starting"
         self._set_search_state("starting", Text(f"{verb} a search in {out_dir}: loading the "
                                                 "model and statistics …", "yellow"))  # fmt: skip
-        self.notify(f"{verb} the search in {out_dir}", timeout=4)
 
     def action_search_pause(self) -> None:
         if self.search_state == "running":
@@ -445,6 +445,7 @@ class PzShellApp(App):
 
     def on_search_started(self, msg: m.SearchStarted) -> None:
         self.search_dir = msg.out_dir
+        self.query_one(EvolvePanel).show_dir(display_path(Path(msg.out_dir)))
         resumed = (
             f", {msg.resumed_evaluations} evaluations from before"
             if msg.resumed_evaluations
@@ -456,7 +457,7 @@ class PzShellApp(App):
     def on_search_progressed(self, msg: m.SearchProgressed) -> None:
         if self.search_state == "starting":
             self._set_search_state("running")
-        self.query_one(EvolvePanel).show_progress(msg, self._short_dir())
+        self.query_one(EvolvePanel).show_progress(msg)
 
     def on_candidate_evaluated(self, msg: m.CandidateEvaluated) -> None:
         if self.search_state == "starting":
@@ -485,9 +486,6 @@ class PzShellApp(App):
     def on_worker_note(self, msg: m.WorkerNote) -> None:
         sev = {"warning": "warning", "error": "error"}.get(msg.level, "information")
         self.notify(msg.text, severity=sev, timeout=5)
-
-    def _short_dir(self) -> str:
-        return Path(self.search_dir).name if self.search_dir else ""
 
     # ---- editor, library, tabs -----------------------------------------------------------------
     @on(m.OpenFormula)

@@ -43,7 +43,9 @@ class EvolvePanel(Vertical):
     EvolvePanel { height: 1fr; }
     EvolvePanel #search-controls { height: 1; }
     EvolvePanel #search-controls Button { margin: 0 1 0 0; }
-    EvolvePanel #search-status { height: 2; padding: 0 1; }
+    EvolvePanel #search-status {
+        height: 2; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis;
+    }
     EvolvePanel #search-plots { height: 1fr; }
     EvolvePanel FitnessChart { width: 1fr; }
     EvolvePanel #hall-of-fame { width: 1fr; height: 1fr; border: round $panel; }
@@ -105,15 +107,16 @@ class EvolvePanel(Vertical):
             t.clear()
             t.formulas = {}
 
-    def show_progress(self, p: SearchProgressed, out_dir: str = "") -> None:
+    def show_dir(self, out_dir: str) -> None:
+        self.query_one("#candidates").border_title = f"latest candidates · {out_dir}"
+
+    def show_progress(self, p: SearchProgressed) -> None:
         rate = p.cache_hits / max(p.cache_hits + p.evaluations, 1)
         t = Text(no_wrap=True, overflow="ellipsis")
         state = "paused" if p.paused else self.state
         t.append(f"{state}  ", "bold yellow" if p.paused else "bold")
         t.append(f"{p.evaluations}/{p.budget} evaluations", "bold")
         t.append(f"  {p.evals_per_minute:.1f}/min  cache hits {p.cache_hits} ({rate:.0%})")
-        if out_dir:
-            t.append(f"  {out_dir}", "dim")
         t.append("\nbest ", "bold green")
         t.append(f"{_ppl(p.best_fitness)}  ", "bold green")
         t.append(p.best_formula)

@@ -51,7 +51,7 @@ class RunQueueView(Vertical):
     DEFAULT_CSS = """
     RunQueueView { height: 1fr; border: round $panel; }
     RunQueueView > OptionList { height: 1fr; border: none; padding: 0; }
-    RunQueueView > #last-result { height: auto; max-height: 3; padding: 0 1; }
+    RunQueueView > #last-result { height: auto; max-height: 4; padding: 0 1; }
     """
     BINDINGS = [
         Binding("delete,c", "cancel_run", "Cancel run"),
