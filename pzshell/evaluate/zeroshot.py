@@ -239,17 +239,17 @@ def prepare_tasks(tasks: str | Iterable[str], *, hub_timeout: float = HUB_TIMEOU
         except Exception as e:  # datasets / hub errors come in many types
             text = str(e).strip()
             first = text.splitlines()[0] if text else type(e).__name__
-            where = (
-                "the Hugging Face hub is not reachable from this machine and they are not in the "
-                "local datasets cache"
-                if offline
-                else "loading their data failed"
-            )
-            raise ZeroShotError(
-                f"zero-shot task(s) {', '.join(hub_tasks) or ', '.join(names)} need data from "
-                f"the Hugging Face hub, but {where} ({first}). Run them where the hub is "
-                f"reachable, or use pzshell's offline task: --tasks {LOCAL_TASK}"
-            ) from None
+            hint = f"or use pzshell's offline task: --tasks {LOCAL_TASK}"
+            if offline:
+                msg = (
+                    f"zero-shot task(s) {', '.join(hub_tasks)} need data from the Hugging Face "
+                    f"hub, which is not reachable from this machine, and they are not in the "
+                    f"local datasets cache ({first}). Run them where the hub is reachable, {hint}"
+                )
+            else:
+                msg = f"could not load the data of zero-shot task(s) {', '.join(names)} ({first})"
+                msg += f"; {hint}" if hub_tasks else ""
+            raise ZeroShotError(msg) from None
     return PreparedTasks(names, loaded, manager, hub_tasks, offline)
 
 
