@@ -60,7 +60,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1, help="local worker processes")
     p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
-                   help="evaluate on Ray actors (a local Ray, or the cluster at ADDRESS)")  # fmt: skip
+                   help="Ray actors: a local Ray, or the cluster at ADDRESS")  # fmt: skip
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-cache", dest="use_cache", action="store_false",
                    help="do not use the persistent fitness cache")  # fmt: skip

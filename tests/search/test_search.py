@@ -123,8 +123,13 @@ def test_cache_reused_across_runs(tmp_path):
     first = Search(settings(budget=8, final_top=0), tmp_path / "one", threads=1, cache=cache).run()
     assert first.evaluations == 8
     recs2 = []
+
+    def keep(ev):
+        if isinstance(ev, CandidateDone):
+            recs2.append(ev.record)
+
     Search(settings(budget=8, final_top=0), tmp_path / "two", threads=1, cache=cache,
-           on_event=lambda e: isinstance(e, CandidateDone) and recs2.append(e.record)).run()  # fmt: skip
+           on_event=keep).run()  # fmt: skip
     cached = [r for r in recs2 if r.get("cached")]
     assert len(cached) >= 8  # the whole initial population came from the cache
     assert all(r["worker"] == "cache" for r in cached)
