@@ -216,10 +216,10 @@ def prepare_tasks(tasks: str | Iterable[str], *, hub_timeout: float = HUB_TIMEOU
     offline = bool(hub_tasks) and not hub_reachable(hub_timeout)
     if offline and not _hub_cache_has_datasets():
         raise ZeroShotError(
-            f"zero-shot task(s) {', '.join(hub_tasks)} are not pzshell tasks; lm-eval tasks load "
-            f"their data from the Hugging Face hub, which is not reachable from this machine "
-            f"(and the local datasets cache is empty). Run them where the hub is reachable, or "
-            f"use pzshell's offline task: --tasks {LOCAL_TASK}"
+            f"zero-shot task(s) {', '.join(hub_tasks)} load their data from the Hugging Face "
+            f"hub (lm-eval tasks), which is not reachable from this machine, and the local "
+            f"datasets cache is empty. Run them where the hub is reachable, or use pzshell's "
+            f"offline task: --tasks {LOCAL_TASK}"
         )
     with _quiet_lm_eval():
         manager = _task_manager(names)
