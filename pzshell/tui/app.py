@@ -9,6 +9,7 @@ carries on with its queue, its results and its settings.
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState, get_current_worker
@@ -40,6 +42,30 @@ from .widgets.results_table import ResultsTable
 from .widgets.run_queue import RunQueueView
 
 TABS = ("metric", "results", "evolve", "library")
+
+
+def from_worker(handler):
+    """For handlers of worker messages: a message that arrives while the app is shutting down
+    (its widgets already gone) is dropped instead of failing the exit. What the handler saved
+    before it touched a widget (a result, the search state) is kept."""
+
+    @functools.wraps(handler)
+    def wrapper(self, msg):
+        try:
+            return handler(self, msg)
+        except NoMatches:
+            if (
+                self.is_running
+                and not self.closing
+                and self.screen.is_mounted
+                and any(True for _ in self.query(MetricEditor))
+            ):
+                raise  # a real bug, not a late message
+            return None
+
+    return wrapper
+
+
 MAX_QUICK_DEATHS = 3  # deaths without a ready worker in between: stop restarting
 
 
@@ -94,9 +120,8 @@ class PzShellApp(App):
                 yield MetricEditor(self._formula, side=RunQueueView(id="runs"), id="editor")
             with TabPane("Results [dim]F4[/]", id="results"):
                 yield ResultsTable(id="results-table")
-                yield Static(Text(f"s sort · r reverse · enter open · del remove · "
-                                  f"{display_path(self.store.results_path)}", "dim"),
-                             id="results-hint")  # fmt: skip
+                yield Static(Text("s sort · r reverse · enter open in the editor · del remove · "
+                                  "kept in results.json", "dim"), id="results-hint")  # fmt: skip
             with TabPane("Evolve [dim]F5[/]", id="evolve"):
                 yield EvolvePanel(id="evolve-panel")
             with TabPane("Library [dim]F6[/]", id="library"):
@@ -158,12 +183,14 @@ class PzShellApp(App):
         else:
             self.notify(f"{w.name or 'background task'} failed: {err}", severity="error")
 
+    @from_worker
     def on_worker_started(self, msg: m.WorkerStarted) -> None:
         self.device = msg.device
         self.quick_deaths = 0
         self._update_subtitle()
         self.dispatch()
 
+    @from_worker
     def on_worker_died(self, msg: m.WorkerDied) -> None:
         if self.closing:
             return
@@ -282,12 +309,14 @@ class PzShellApp(App):
             run.message = "cancelling …"
             self.query_one(RunQueueView).update_run(run)
 
+    @from_worker
     def on_run_started(self, msg: m.RunStarted) -> None:
         run = self.queue.get(msg.run_id)
         if run is not None:
             run.status, run.started = "running", time.monotonic()
             self.query_one(RunQueueView).update_run(run)
 
+    @from_worker
     def on_run_progressed(self, msg: m.RunProgressed) -> None:
         run = self.queue.get(msg.run_id)
         if run is None:
@@ -299,6 +328,7 @@ class PzShellApp(App):
         run.stage, run.done, run.total = msg.stage, msg.done, msg.total
         self.query_one(RunQueueView).update_run(run)
 
+    @from_worker
     def on_run_completed(self, msg: m.RunCompleted) -> None:
         run = self.queue.remove(msg.run_id)
         if run is None:
@@ -316,6 +346,7 @@ class PzShellApp(App):
         self._refresh_runs()
         self.dispatch()
 
+    @from_worker
     def on_run_failed(self, msg: m.RunFailed) -> None:
         run = self.queue.remove(msg.run_id)
         title = run.title if run else msg.run_id
@@ -443,6 +474,7 @@ class PzShellApp(App):
             return
         self.notify(f"sent {ed.text.strip()} to the search", timeout=3)
 
+    @from_worker
     def on_search_started(self, msg: m.SearchStarted) -> None:
         self.search_dir = msg.out_dir
         self.query_one(EvolvePanel).show_dir(display_path(Path(msg.out_dir)))
@@ -454,16 +486,19 @@ class PzShellApp(App):
         self._set_search_state("running", Text(f"running: budget {msg.budget}{resumed}; "
                                                "waiting for the first candidate …"))  # fmt: skip
 
+    @from_worker
     def on_search_progressed(self, msg: m.SearchProgressed) -> None:
         if self.search_state == "starting":
             self._set_search_state("running")
         self.query_one(EvolvePanel).show_progress(msg)
 
+    @from_worker
     def on_candidate_evaluated(self, msg: m.CandidateEvaluated) -> None:
         if self.search_state == "starting":
             self._set_search_state("running")
         self.query_one(EvolvePanel).add_candidate(msg)
 
+    @from_worker
     def on_search_ended(self, msg: m.SearchEnded) -> None:
         state = "stopped" if msg.stopped else "finished"
         self.store.set_last_search(msg.out_dir, state)
@@ -477,12 +512,14 @@ class PzShellApp(App):
         self._set_search_state(state, detail)
         self.notify(f"search {state}: best {msg.best_formula} ({fit})", timeout=8)
 
+    @from_worker
     def on_search_failed(self, msg: m.SearchFailed) -> None:
         if self.search_dir:
             self.store.set_last_search(self.search_dir, "interrupted")
         self._set_search_state("failed", Text(f"search failed: {msg.error}", "red"))
         self.notify(msg.error, title="search failed", severity="error", timeout=10)
 
+    @from_worker
     def on_worker_note(self, msg: m.WorkerNote) -> None:
         sev = {"warning": "warning", "error": "error"}.get(msg.level, "information")
         self.notify(msg.text, severity=sev, timeout=5)

@@ -40,7 +40,10 @@ async def wait_for(pilot, cond, timeout: float = 10.0, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            app = pilot.app
+            raise AssertionError(
+                f"timed out waiting for {what} (focus: {app.focused!r}, screen: {app.screen!r})"
+            )
         await pilot.pause(0.02)
         await asyncio.sleep(0)
 

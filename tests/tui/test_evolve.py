@@ -37,10 +37,14 @@ async def test_search_start_pause_resume_inject_stop(make_app, fake):
         assert app.query_one("#hall-of-fame", FormulaTable).row_count == 1
         assert "3/24 evaluations" in static_text(app, "#search-status")
 
+        cands = app.query_one("#candidates")
+        cands.focus()
+        await wait_for(pilot, lambda: app.focused is cands, what="focus on the candidates")
         await pilot.press("p")
         await wait_for(pilot, lambda: app.search_state == "paused", what="the pause")
         assert str(app.query_one("#search-pause").label) == "Resume"
-        assert app.focused is app.query_one("#candidates")
+        cands.focus()
+        await wait_for(pilot, lambda: app.focused is cands, what="focus on the candidates")
         await pilot.press("p")
         await wait_for(pilot, lambda: app.search_state == "running", what="the resume")
         actions = [j.action for j in fake.jobs if isinstance(j, p.ControlSearch)]
@@ -51,6 +55,9 @@ async def test_search_start_pause_resume_inject_stop(make_app, fake):
         await wait_for(pilot, lambda: app.query_one("#candidates", FormulaTable).row_count == 4,
                        what="the injected candidate")  # fmt: skip
 
+        assert not any(isinstance(x, m.OpenFormula) for x in seen), "nothing opened yet"
+        cands.focus()
+        await wait_for(pilot, lambda: app.focused is cands, what="focus on the candidates")
         await pilot.press("x")
         await wait_for(pilot, lambda: app.search_state == "stopped", what="the stop")
         assert app.store.last_search == {"dir": start.out_dir, "status": "stopped"}

@@ -48,7 +48,9 @@ class EvolvePanel(Vertical):
     }
     EvolvePanel #search-plots { height: 1fr; }
     EvolvePanel FitnessChart { width: 1fr; }
-    EvolvePanel #hall-of-fame { width: 1fr; height: 1fr; border: round $panel; }
+    EvolvePanel #hall-of-fame {
+        width: 1fr; height: 1fr; border: round $panel; overflow-x: hidden;
+    }
     EvolvePanel #candidates { height: 7; border: round $panel; }
     """
     BINDINGS = [
