@@ -70,6 +70,8 @@ class Worker:
         self.current: str | None = None
         self.search = None
         self.search_thread: threading.Thread | None = None
+        # set once the running search has reported SearchFinished: its thread is only tidying up
+        self.search_over = threading.Event()
         self._dense: dict[tuple, object] = {}
         self._lock = threading.Lock()
         self.runner = threading.Thread(target=self._run_loop, name="runs", daemon=True)
@@ -182,9 +184,13 @@ class Worker:
 
     # ---- search --------------------------------------------------------------------------------
     def _start_search(self, job: StartSearch) -> None:
-        if self.search_thread is not None and self.search_thread.is_alive():
+        t = self.search_thread
+        if t is not None and t.is_alive() and self.search_over.is_set():
+            t.join(30.0)  # the last search has finished and is closing its backend
+        if t is not None and t.is_alive():
             self.emit(SearchFailed(job.search_id, "a search is already running"))
             return
+        self.search_over.clear()
         self.search_thread = threading.Thread(
             target=self._search_main, args=(job,), name="search", daemon=True
         )
@@ -210,13 +216,21 @@ class Worker:
             device = str(pick_device(job.device))
             self.search = Search(
                 settings, job.out_dir, device=device, cache=FitnessCache(),
-                on_event=lambda ev: self.emit(SearchEvent(sid, ev)), resume=job.resume,
+                on_event=lambda ev: self._search_event(sid, ev), resume=job.resume,
             )  # fmt: skip
             self.search.run()
         except Exception as e:
             self.emit(SearchFailed(sid, _describe(e)))
         finally:
             self.search = None
+            self.search_over.set()
+
+    def _search_event(self, sid: str, ev) -> None:
+        from ..search.events import SearchFinished
+
+        if isinstance(ev, SearchFinished):
+            self.search_over.set()
+        self.emit(SearchEvent(sid, ev))
 
     def _control(self, job: ControlSearch) -> None:
         s = self.search

@@ -107,8 +107,9 @@ def test_cli_eval_saves_results(tmp_path):
 
 @pytest.mark.smollm2
 def test_local_task_on_smollm2(smollm2):
-    res = evaluate_zero_shot(smollm2.model, smollm2.tokenizer, LOCAL_TASK, limit=8, batch_size=4)
+    # all 64 items (~20 s on 2 cores): a slice of 8 is too small to say anything (it scores 3/8)
+    res = evaluate_zero_shot(smollm2.model, smollm2.tokenizer, LOCAL_TASK, batch_size=8)
     r = res["tasks"][LOCAL_TASK]
-    assert r["n"] == 8
-    # the dense model knows these everyday facts (76.6% on all 64 items; chance is 25%)
-    assert r["acc"] >= 0.5
+    assert r["n"] == r["n_total"] == 64
+    # the dense model knows these everyday facts (measured 49/64 = 76.6%; chance is 25%)
+    assert r["acc"] >= 0.6 and 0 < r["acc_stderr"] < 0.1
