@@ -28,8 +28,17 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache_dir", default=None, help="accepted for compatibility; unused")
 
 
-def add_calib_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--nsamples", type=int, default=128, help="calibration windows (default 128)")
+def add_calib_args(
+    p: argparse.ArgumentParser,
+    *,
+    nsamples: int = 128,
+    seqlen_cap: int = 2048,
+    flags: tuple[str, ...] = ("--nsamples",),
+    dest: str = "nsamples",
+) -> None:
+    """``--nsamples`` (or ``flags``), ``--calib``, ``--seqlen``."""
+    p.add_argument(*flags, dest=dest, type=int, default=nsamples,
+                   help=f"calibration windows (default {nsamples})")  # fmt: skip
     p.add_argument(
         "--calib",
         default="builtin",
@@ -39,7 +48,7 @@ def add_calib_args(p: argparse.ArgumentParser) -> None:
         "--seqlen",
         type=int,
         default=None,
-        help="calibration window length (default min(2048, the model's max positions))",
+        help=f"calibration window length (default min({seqlen_cap}, the model's max positions))",
     )
 
 
@@ -94,3 +103,25 @@ def rich_progress():
 def write_json(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+
+
+def save_outputs(args: argparse.Namespace, lm, res: dict, what: str = "model") -> None:
+    """``--save DIR`` (results.json) and ``--save_model DIR`` (the model, reloadable by
+    ``load_model(DIR)``, with a note of how it was made) of a finished command."""
+    if getattr(args, "save", None):
+        out = Path(args.save) / "results.json"
+        write_json(out, res)
+        console.print(f"results written to {out}")
+    if getattr(args, "save_model", None) and lm is not None:
+        save_model_dir(lm, args.save_model, res)
+        console.print(f"{what} saved to {args.save_model}")
+
+
+def save_model_dir(lm, directory: str, res: dict) -> None:
+    """Save so that ``pzshell eval --model DIR`` reloads it exactly: a structurally pruned model
+    with its per-block shapes, any other in plain HF format; plus how it was made."""
+    from ..engine.structured_io import save_model
+    from ..evaljobs import write_provenance
+
+    save_model(lm.model, lm.tokenizer, directory)
+    write_provenance(directory, res)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from rich.table import Table
 
 from ..evaljobs import EvalJob, ZeroShotSpec, run_eval
 from ..evaluate.zeroshot import DEFAULT_TASKS, LOCAL_TASK, parse_tasks
-from .common import add_eval_args, add_model_args, console, rich_progress, write_json
+from .common import add_eval_args, add_model_args, console, rich_progress, save_outputs
 
 
 def register(sub) -> None:
@@ -72,10 +71,7 @@ def run(args: argparse.Namespace) -> int:
     with rich_progress() as progress:
         _, res = run_eval(job, progress)
     print_eval_summary(res)
-    if args.save:
-        out = Path(args.save) / "results.json"
-        write_json(out, res)
-        console.print(f"results written to {out}")
+    save_outputs(args, None, res)
     return 0
 
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from rich.table import Table
 
-from ..evaljobs import FinetuneJob, FinetuneSpec, run_finetune, write_provenance
-from .common import add_eval_args, console, rich_progress, write_json
+from ..evaljobs import FinetuneJob, FinetuneSpec, run_finetune
+from .common import add_eval_args, console, rich_progress, save_outputs
 from .eval_cmd import add_zero_shot_args, ppl_line, print_zero_shot, zero_shot_spec
 
 
@@ -101,20 +100,8 @@ def run(args: argparse.Namespace) -> int:
     console.print(t)
     print_finetune(res)
     print_zero_shot(res)
-    if args.save:
-        out = Path(args.save) / "results.json"
-        write_json(out, res)
-        console.print(f"results written to {out}")
-    if args.save_model:
-        save_model(lm, args.save_model, res)
-        console.print(f"recovered model saved to {args.save_model}")
+    save_outputs(args, lm, res, what="recovered model")
     return 0
-
-
-def save_model(lm, directory: str, res: dict) -> None:
-    lm.model.save_pretrained(directory)
-    lm.tokenizer.save_pretrained(directory)
-    write_provenance(directory, res)
 
 
 def print_finetune(res: dict) -> None:

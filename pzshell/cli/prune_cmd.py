@@ -17,10 +17,10 @@ from .common import (
     add_model_args,
     console,
     rich_progress,
-    write_json,
+    save_outputs,
 )
 from .eval_cmd import add_zero_shot_args, print_zero_shot, zero_shot_spec
-from .finetune_cmd import add_finetune_args, finetune_spec, print_finetune, save_model
+from .finetune_cmd import add_finetune_args, finetune_spec, print_finetune
 
 
 def register(sub) -> None:
@@ -122,13 +122,7 @@ def run(args: argparse.Namespace) -> int:
     print_summary(res)
     print_finetune(res)
     print_zero_shot(res)
-    if args.save:
-        out = Path(args.save) / "results.json"
-        write_json(out, res)
-        console.print(f"results written to {out}")
-    if args.save_model:
-        save_model(lm, args.save_model, res)  # + pzshell_prune.json: how it was made
-        console.print(f"pruned model saved to {args.save_model}")
+    save_outputs(args, lm, res, what="pruned model")  # + pzshell_prune.json: how it was made
     return 0
 
 

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ..engine.structured import BUILTIN_IMPORTANCE, LAYER_IMPORTANCE, STRATEGIES
 from ..structured_job import FINETUNE_METHODS, StructuredJob, run_structured, write_run_dir
-from .common import add_eval_args, add_model_args, console, rich_progress
+from .common import add_calib_args, add_eval_args, add_model_args, console, rich_progress
 
 
 def register(sub) -> None:
@@ -71,25 +71,8 @@ def register(sub) -> None:
         action="store_true",
         help="remove blocks whose attention and MLP were both pruned away",
     )
-    p.add_argument(
-        "--num_samples",
-        "--nsamples",
-        dest="num_samples",
-        type=int,
-        default=32,
-        help="calibration windows (default 32)",
-    )
-    p.add_argument(
-        "--calib",
-        default="builtin",
-        help="calibration text: a file path, wikitext2, c4 (hub), or builtin (default)",
-    )
-    p.add_argument(
-        "--seqlen",
-        type=int,
-        default=None,
-        help="calibration window length (default min(512, max positions))",
-    )
+    add_calib_args(p, nsamples=32, seqlen_cap=512, flags=("--num_samples", "--nsamples"),
+                   dest="num_samples")  # fmt: skip
     p.add_argument(
         "--batch_size",
         type=int,

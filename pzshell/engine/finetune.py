@@ -255,8 +255,11 @@ def lora_finetune(
         bias="none",
         task_type="CAUSAL_LM",
     )
-    with warnings.catch_warnings():  # peft calls a deprecated transformers property
-        warnings.simplefilter("ignore", FutureWarning)
+    # peft draws the LoRA A matrices from torch's global generator: seed it (and restore it) so
+    # that a run's adapters, and hence its perplexity after recovery, follow from `seed`
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+        warnings.simplefilter("ignore", FutureWarning)  # peft calls a deprecated transformers API
+        torch.manual_seed(seed)
         peft_model = get_peft_model(model, config)
     try:
         if masks is not None and mask_aware:

@@ -131,3 +131,21 @@ def test_mask_aware_lora_trains_exactly_the_merged_masked_model(pruned_tiny):
     assert torch.allclose(trained, masked_merge, atol=1e-4)
     assert not torch.allclose(trained, dense_merge, atol=1e-2)
     assert block_sparsity(merged) == 0.5
+
+
+def test_lora_is_reproducible_from_its_seed():
+    """peft draws the LoRA A matrices from torch's generator: the seed must fix them, and the
+    caller's generator state must be left as it was."""
+    torch.manual_seed(123)
+    untouched = torch.rand(4)
+    outs = []
+    for seed in (0, 0, 1):
+        lm = load_model("tiny", device="cpu")
+        prune_model(lm.model, PruneConfig(method="magnitude", sparsity_ratio=0.5))
+        torch.manual_seed(123)
+        lora_finetune(lm.model, lm.tokenizer, _windows(3), lr=3e-3, seed=seed,
+                      preserve_sparsity=True)  # fmt: skip
+        assert torch.equal(torch.rand(4), untouched)
+        outs.append(lm.model.model.layers[0].mlp.up_proj.weight.detach().clone())
+    assert torch.equal(outs[0], outs[1])
+    assert not torch.equal(outs[0], outs[2])

@@ -336,6 +336,25 @@ def test_cli_finetune_lora(tmp_path):
     assert "ppl_before" not in res
 
 
+def test_cli_finetune_saved_structured_model_keeps_its_shapes(tmp_path):
+    """`pzshell finetune` of a structurally pruned model saves it so that it reloads exactly."""
+    run = tmp_path / "run"
+    rc = main(["structured", *FAST, "--pruning_ratio", "0.4", "--eval", "none",
+               "--save", str(run), "--save_model"])  # fmt: skip
+    assert rc == 0
+    out = tmp_path / "recovered"
+    rc = main(["finetune", "--model", str(run / "model"), "--finetune_samples", "2",
+               "--finetune_seqlen", "16", "--eval-seqlen", "32", "--eval-windows", "1",
+               "--save_model", str(out)])  # fmt: skip
+    assert rc == 0
+    assert (out / STRUCTURE_FILE).is_file()
+    a = load_model(str(run / "model"), device="cpu").model
+    b = load_model(str(out), device="cpu").model
+    shapes = [(n, tuple(p.shape)) for n, p in a.named_parameters()]
+    assert shapes == [(n, tuple(p.shape)) for n, p in b.named_parameters()]
+    assert S.prunable_params(S.model_parts(b)) == S.prunable_params(S.model_parts(a))
+
+
 @pytest.fixture(scope="module")
 def opt_dir(tmp_path_factory):
     """A tiny OPT model on disk: attention without GQA-style q/k/v/o naming in LLaMA blocks."""
