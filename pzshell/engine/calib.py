@@ -116,39 +116,63 @@ class InputStats:
 
 
 class StatsCollector:
-    """Context manager: hooks on a block's linears that fill :class:`InputStats` per linear."""
+    """Context manager: pre-hooks on a block's (or model's) linears that fill one
+    :class:`InputStats` per linear.
 
-    def __init__(self, linears: dict[str, nn.Linear], want_h: bool):
+    With ``stop_early``, once the first chunk has shown the order in which the linears run, every
+    later chunk is cut short at the *last* linear's input (:exc:`StatsComplete`, raised from its
+    pre-hook): that linear's product and anything after it (the rest of the block, or the LM head
+    of a whole model) feed no statistic. On a LLaMA block this skips ``down_proj``, a quarter of
+    the statistics pass's matrix products. The caller runs each chunk under :meth:`chunk`.
+    """
+
+    def __init__(self, linears: dict[str, nn.Linear], want_h: bool, stop_early: bool = False):
         self.linears = linears
         self.want_h = want_h
+        self.stop_early = stop_early
         self.stats: dict[str, InputStats] = {}
+        self.order: list[str] = []  # the linears in the order they ran in the first chunk
+        self.last: str | None = None  # known after the first chunk
         self._seen: dict[int, tuple[torch.Tensor, InputStats]] = {}
         self._handles = []
 
     def _hook(self, name: str):
-        def hook(module, args, output):
+        def hook(module, args):
             x = args[0]
+            if self.last is None and name not in self.order:
+                self.order.append(name)
             ptr = x.data_ptr()
             hit = self._seen.get(ptr)
             # the tensor is kept alive in _seen, so an equal pointer means the same input
             if hit is not None and hit[0].shape == x.shape:
                 self.stats.setdefault(name, hit[1])
-                return
-            st = self.stats.get(name)
-            if st is None:
-                st = InputStats(x.shape[-1], self.want_h, x.device)
-                self.stats[name] = st
-            st.add(x.detach())
-            self._seen[ptr] = (x, st)
+            else:
+                st = self.stats.get(name)
+                if st is None:
+                    st = InputStats(x.shape[-1], self.want_h, x.device)
+                    self.stats[name] = st
+                st.add(x.detach())
+                self._seen[ptr] = (x, st)
+            if self.stop_early and name == self.last:
+                raise StatsComplete
 
         return hook
 
+    @contextlib.contextmanager
+    def chunk(self):
+        """Run one chunk's forward inside this: ends it (early, when possible) and tidies up."""
+        with contextlib.suppress(StatsComplete):
+            yield
+        self.end_chunk()
+
     def end_chunk(self) -> None:
         self._seen.clear()
+        if self.last is None and self.order and len(self.order) == len(self.linears):
+            self.last = self.order[-1]
 
     def __enter__(self):
         for name, lin in self.linears.items():
-            self._handles.append(lin.register_forward_hook(self._hook(name)))
+            self._handles.append(lin.register_forward_pre_hook(self._hook(name)))
         return self
 
     def __exit__(self, *exc):
@@ -159,14 +183,18 @@ class StatsCollector:
         return False
 
 
+class StatsComplete(Exception):
+    """Raised by :class:`StatsCollector` once every statistic of a chunk is in."""
+
+
 @torch.no_grad()
 def run_block_collecting(
     block: nn.Module, linears: dict[str, nn.Linear], chunks: list[Chunk], want_h: bool
 ) -> dict[str, InputStats]:
     """One pass of ``block`` over the chunks, collecting input statistics of every linear."""
     dev = block_device(block)
-    with StatsCollector(linears, want_h) as col:
+    with StatsCollector(linears, want_h, stop_early=True) as col:
         for ch in chunks:
-            block(ch.hidden.to(dev), **_to(ch.kwargs, dev))
-            col.end_chunk()
+            with col.chunk():
+                block(ch.hidden.to(dev), **_to(ch.kwargs, dev))
     return col.stats

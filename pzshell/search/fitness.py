@@ -133,10 +133,12 @@ class Evaluator:
     @torch.no_grad()
     def _activation_stats(self) -> dict[str, torch.Tensor]:
         lins = {grad_key(n, i): lin for i, n, lin in self.linears}
-        with StatsCollector(lins, want_h=False) as col:
+        # stop_early: from the second batch on, the forward ends at the last block's last
+        # linear (no LM head)
+        with StatsCollector(lins, want_h=False, stop_early=True) as col:
             for start in range(0, self.calib_ids.shape[0], 8):
-                self.lm.model(input_ids=self.calib_ids[start : start + 8], use_cache=False)
-                col.end_chunk()
+                with col.chunk():
+                    self.lm.model(input_ids=self.calib_ids[start : start + 8], use_cache=False)
         return {k: st.X.cpu() for k, st in col.stats.items()}
 
     # ---- fitness -------------------------------------------------------------------------------

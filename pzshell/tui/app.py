@@ -544,8 +544,17 @@ class PzShellApp(App):
     def _focus_tab(self, name: str) -> None:
         target = {"metric": "#formula", "results": "#results-table", "evolve": "#candidates",
                   "library": "#tree-list"}.get(name)  # fmt: skip
-        if target:
-            self.call_after_refresh(lambda: self.query_one(target).focus())
+        if not target:
+            return
+
+        def focus() -> None:
+            # deferred: by now the user may have switched tabs again (a late TabActivated of the
+            # first tab used to pull the focus back to the editor); only the active tab's
+            # widget may take the focus
+            if self.query_one(TabbedContent).active == name:
+                self.query_one(target).focus()
+
+        self.call_after_refresh(focus)
 
     def action_save_tree(self) -> None:
         ed = self.editor

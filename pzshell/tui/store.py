@@ -211,6 +211,9 @@ def result_row(kind: str, formula: str | None, settings: RunSettings, res: dict,
     return {
         "kind": kind,
         "formula": formula,
+        "canonical": _canonical_key(formula),
+        "seed": settings.seed,
+        "calib": settings.calib,
         "model": settings.model,
         "sparsity_ratio": 0.0 if dense else settings.sparsity_ratio,
         "sparsity_type": "dense" if dense else settings.sparsity_type,
@@ -229,6 +232,19 @@ def result_row(kind: str, formula: str | None, settings: RunSettings, res: dict,
         "reference_key": _jsonable(settings.reference_key()),
         **extra,
     }
+
+
+def _canonical_key(formula: str | None) -> str | None:
+    """The canonical rank key of a run's formula (rows with equal keys prune alike)."""
+    if not formula:
+        return None
+    from ..lang import parse
+    from ..lang.algebra import canonical
+
+    try:
+        return canonical(parse(formula)).key
+    except Exception:  # a row must never be lost for its key
+        return None
 
 
 def _jsonable(t: tuple) -> list:

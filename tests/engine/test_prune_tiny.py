@@ -94,6 +94,39 @@ def test_layer_sequential_matches_manual_reference(calib):
         assert torch.equal(got[k], want[k]), k
 
 
+def test_statistics_pass_stops_at_the_last_linear_and_stays_exact(tiny_lm, calib):
+    """From the second chunk on, the statistics pass ends at the last linear's input (down_proj's
+    product is never needed); X and H still equal a direct computation over every token."""
+    block = decoder_blocks(tiny_lm.model)[0]
+    lins = find_linears(block)
+    chunks = capture_block_inputs(tiny_lm.model, calib, 2)  # 3 chunks of 2 windows
+    inputs: dict[str, list] = {n: [] for n in lins}
+    ran = {n: 0 for n in lins}
+
+    def grab(name):
+        def hook(module, args, out):
+            inputs[name].append(args[0].detach().reshape(-1, args[0].shape[-1]))
+
+        return hook
+
+    handles = [lin.register_forward_hook(grab(n)) for n, lin in lins.items()]
+    run_block(block, chunks)  # the reference: plain forwards, every linear sees every token
+    for h in handles:
+        h.remove()
+    counter = [lin.register_forward_hook(lambda m, a, o, n=n: ran.__setitem__(n, ran[n] + 1))
+               for n, lin in lins.items()]  # fmt: skip
+    stats = run_block_collecting(block, lins, chunks, want_h=True)
+    for h in counter:
+        h.remove()
+    assert ran["mlp.down_proj"] == 1  # the first chunk only: it shows the order of the linears
+    assert ran["mlp.up_proj"] == 3
+    for name in lins:
+        x = torch.cat(inputs[name]).float()
+        assert stats[name].tokens == x.shape[0] == 6 * 48
+        torch.testing.assert_close(stats[name].X, (x * x).mean(0, keepdim=True))
+        torch.testing.assert_close(stats[name].hessian(), 2 * x.T @ x / x.shape[0])
+
+
 def test_magnitude_needs_no_calibration(tiny):
     cfg = PruneConfig("magnitude", 0.3)
     assert not cfg.needs_calibration

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from pzshell.cli import main
@@ -62,3 +63,32 @@ def test_finetune_command_errors(tmp_path, capsys):
     assert main(["finetune", "--model", str(tmp_path / "nope")]) == 2
     assert "no such model" in capsys.readouterr().err
     assert main(["finetune", "--model", "tiny", "--finetune_samples", "0"]) == 2
+
+
+@pytest.mark.smollm2
+def test_lora_recovery_on_smollm2(smollm2):
+    """SmolLM2 at 50% magnitude, a few LoRA steps: same zeros after the merge, lower perplexity."""
+    from pzshell.data import calibration_windows, eval_windows, load_text
+    from pzshell.engine.finetune import lora_finetune
+    from pzshell.engine.prune import PruneConfig, prune_model
+    from pzshell.evaluate import perplexity
+
+    from ..conftest import WIKI_TEST, WIKI_VALID
+
+    calib_src = str(WIKI_VALID) if WIKI_VALID.exists() else "builtin"
+    eval_src = str(WIKI_TEST) if WIKI_TEST.exists() else "builtin"
+    tok, model = smollm2.tokenizer, smollm2.model
+    prune_model(model, PruneConfig("magnitude", 0.5))
+    zeros_before = [m.weight == 0 for m in model.model.layers.modules()
+                    if isinstance(m, torch.nn.Linear)]  # fmt: skip
+    ev = eval_windows(tok, load_text(eval_src), 256, 1)
+    before = perplexity(model, ev).ppl
+    train = calibration_windows(tok, load_text(calib_src, role="calib"), 6, 128, 1)
+    rep = lora_finetune(model, tok, train, lr=1e-3, preserve_sparsity=True, seed=0)
+    after = perplexity(model, ev).ppl
+    zeros_after = [m.weight == 0 for m in model.model.layers.modules()
+                   if isinstance(m, torch.nn.Linear)]  # fmt: skip
+    assert all(torch.equal(a, b) for a, b in zip(zeros_before, zeros_after, strict=True))
+    assert rep["sparsity_after"] == rep["sparsity_before"] == pytest.approx(0.5, abs=1e-3)
+    assert rep["adapted_linears"] == 30 * 7 and rep["steps"] == 6
+    assert after < before  # recovery recovers

@@ -40,3 +40,28 @@ async def test_run_a_formula_end_to_end_on_tiny(make_app, tmp_path):
         await pilot.press("ctrl+q")
         await wait_for(pilot, lambda: not app.is_running, timeout=60, what="the exit")
     assert not client.alive and pid is not None
+
+
+@pytest.mark.smollm2
+async def test_run_a_formula_on_smollm2(make_app, tmp_path):
+    """The real worker process on the real default model: the Pruner-Zero tree at 50%."""
+    client = WorkerClient(tmp_path / "worker.log")
+    settings = AppSettings(
+        run=RunSettings(
+            model="smollm2", nsamples=2, seqlen=64, eval_seqlen=128, eval_windows=1, device="cpu"
+        ),  # fmt: skip
+        auto_reference=False,
+    )
+    app = make_app(settings, formula="abs(W*W)*mms(G)", client=client)
+    async with app.run_test() as pilot:
+        await wait_for(pilot, lambda: app.device.startswith("cpu"), timeout=120,
+                       what="the worker process")  # fmt: skip
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: app.store.results, timeout=300, what="the perplexity")
+        row = app.store.results[0]
+        assert row["model"] == "smollm2" and row["eval_tokens"] == 128
+        assert row["actual_sparsity"] == pytest.approx(0.5, abs=0.01)
+        assert math.isfinite(row["ppl"]) and 5 < row["ppl"] < 5000
+        await pilot.press("ctrl+q")
+        await wait_for(pilot, lambda: not app.is_running, timeout=60, what="the exit")
+    assert not client.alive

@@ -28,6 +28,13 @@ async def test_run_gives_a_results_row_with_reference_rows(make_app, fake):
         assert row["formula"] == "abs(W*W)*mms(G)"
         assert row["ppl"] == pytest.approx(fake_ppl("metric", "abs(W*W)*mms(G)"))
         assert row["sparsity_ratio"] == 0.5 and row["sparsity_type"] == "unstructured"
+        assert row["seed"] == 0 and row["calib"] == "builtin"
+        # the row keeps the rule's canonical key: `sqrt(W^2)*mms(G)^2`-style rewrites match it
+        from pzshell.lang import parse
+        from pzshell.lang.algebra import canonical
+
+        assert row["canonical"] == canonical(parse("W^2*mms(G)")).key
+        assert app.store.results[1]["canonical"] is None  # dense: no formula
         sent = [j for j in fake.jobs if isinstance(j, p.PruneRequest)]
         assert [j.kind for j in sent] == ["metric", "dense", "wanda"]
         assert sent[0].settings.model == "tiny"

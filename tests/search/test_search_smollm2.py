@@ -1,0 +1,43 @@
+"""The GP search on the real default model, SmolLM2-135M (kept short: runs in CI)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from pzshell.lang import load_metric
+from pzshell.lang.algebra import canonical
+from pzshell.search import FitnessSettings, Search, SearchSettings
+from pzshell.search.cache import FitnessCache
+from pzshell.search.runlog import RunLog
+
+pytestmark = pytest.mark.smollm2
+
+
+def test_short_search_on_smollm2(tmp_path):
+    fit = FitnessSettings(model="smollm2", nsamples=2, grad_samples=1, seqlen=64,
+                          heldout_windows=1, heldout_seqlen=128, cheap_windows=0)  # fmt: skip
+    s = SearchSettings(fitness=fit, population=4, budget=6, batch=2, seed=0, final_top=1,
+                       seed_formulas=("W*sqrt(X)",))  # fmt: skip
+    out = tmp_path / "run"
+    fin = Search(s, out, threads=2, cache=FitnessCache(tmp_path / "fit.sqlite")).run()
+    assert fin.evaluations == 6 and not fin.stopped
+    recs, warnings = RunLog(out).read()
+    assert not warnings
+    evaluated = [r for r in recs if r["stage"] == "full"]
+    keys = [r["canonical"] for r in evaluated]
+    assert len(keys) == len(set(keys)) == 6  # six distinct pruning rules
+    # the seeded Wanda rule (and the shipped known metrics) were evaluated on the real model:
+    # 50% unstructured SmolLM2 keeps a finite held-out perplexity far below a broken model's
+    wanda = canonical(load_metric("W*sqrt(X)")).key
+    w = next(r for r in evaluated if r["canonical"] == wanda)
+    assert math.isfinite(w["fitness"]) and 5 < w["fitness"] < 1000
+    # the best candidate was re-run with the full layer-sequential prune
+    finals = [r for r in recs if r["stage"] == "final"]
+    assert len(finals) == 1 and math.isfinite(finals[0]["fitness"])
+    best = load_metric(out / "best.json")
+    assert canonical(best).key in keys
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["evaluations"] == 6 and summary["best"]
