@@ -151,7 +151,7 @@ def main() -> int:
         t.add_row(r["method"], r["sparsity_type"], f"{r['ppl']:.2f}", f"{ref}" if ref else "-",
                   diff, f"{r['prune_seconds']:.1f}", f"{r.get('grad_seconds', 0):.1f}",
                   f"{r['peak_rss_mb']:.0f}")  # fmt: skip
-    Console().print(t)
+    Console(width=200).print(t)
     print(f"wrote {out}")
     return 0
 

@@ -40,6 +40,7 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--eval-windows", type=int, default=8)
     ap.add_argument("--eval-seqlen", type=int, default=1024)
+    ap.add_argument("--out", default=str(OUT), help=f"results JSON (default {OUT})")
     args = ap.parse_args()
     if not EVAL.exists():
         sys.exit(f"benchmark data missing: {EVAL} (expected ../shared/data beside the project)")
@@ -98,12 +99,13 @@ def main() -> int:
         tab.add_row(typ, f"{base:.2f}", ", ".join(f"{p:.2f}" for p in noisy), f"{spread:.2f}",
                     f"{change:.1%}")  # fmt: skip
     Console(width=200).print(tab)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
         "settings": {**vars(args), "eval": str(EVAL), "cpu_cores": os.cpu_count()},
         "rows": rows, "summary": summary,
     }, indent=2) + "\n")  # fmt: skip
-    print(f"wrote {OUT}")
+    print(f"wrote {out}")
     return 0
 
 

@@ -134,9 +134,13 @@ def _eval_desc(r: Run) -> str:
 
 
 def _calib_desc(r: Run) -> str:
-    if not r.get("calib_data") or not r.get("nsamples"):
-        return "-"
-    return f"{data_name(r.get('calib_data'))}: {r.get('nsamples')}x{r.get('seqlen')}"
+    parts = []
+    if r.get("calib_data") and r.get("nsamples"):
+        parts.append(f"{data_name(r.get('calib_data'))}: {r.get('nsamples')}x{r.get('seqlen')}")
+    if r.get("gradient_path") and r.get("metric") and "G" in str(r.get("metric")):
+        # a W/G-only metric needs no calibration pass: its data came in with the G file
+        parts.append(f"G from {Path(r.get('gradient_path')).name}")
+    return "; ".join(parts) or "-"
 
 
 def _ft_desc(r: Run) -> str:

@@ -66,7 +66,8 @@ def runs_dir(tmp_path):
     )
     _run(tmp_path, "wanda60", sparsity_ratio=0.6, actual_sparsity=0.6, ppl=80.0,
          layers=_layers(3, 0.6))  # fmt: skip
-    _run(tmp_path, "pz50", method="pruner-zero", metric="abs(W * W) * mms(G)", ppl=52.3)
+    _run(tmp_path, "pz50", method="pruner-zero", metric="abs(W * W) * mms(G)", ppl=52.3,
+         nsamples=0, calib_data=None, gradient_path="/g/grads_32x512_seed0.pth")  # fmt: skip
     _run(tmp_path, "nm24", sparsity_type="2:4", ppl=70.5)
     (tmp_path / "runs" / "nested" / "deeper").mkdir(parents=True)
     (tmp_path / "runs" / "nested" / "notes.txt").write_text("not a run")
@@ -86,6 +87,8 @@ def test_report_files_and_table(runs_dir, tmp_path):
            "| LoRA r8, 16x256, 16 steps | 0 |" in md  # fmt: skip
     assert "| dense | smollm2 | dense | - | 0.00 |" in md
     assert "| 2:4 |" in md and "| mag50 |" in md
+    # a W/G-only metric had no calibration pass; its data came with the gradient file
+    assert "| G from grads_32x512_seed0.pth |" in md
     assert "## Zero-shot accuracy per task" in md and "0.6500 ± 0.0500 (n=64)" in md
     names = sorted(p.name for p in rep["plots"])
     assert names == ["block_sparsity.png", "ppl_smollm2_wiki-test-raw.png", "zero_shot.png"]
