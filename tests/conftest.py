@@ -14,6 +14,21 @@ WIKI_TEST = SHARED_DATA / "wikitext-2-raw" / "wiki.test.raw"
 WIKI_VALID = SHARED_DATA / "wikitext-2" / "valid.txt"
 
 
+def shared_texts() -> tuple[str, str]:
+    """(calibration, evaluation) text: WikiText-2 from ../shared when it is there, else builtin."""
+    if WIKI_TEST.exists() and WIKI_VALID.exists():
+        return str(WIKI_VALID), str(WIKI_TEST)
+    return "builtin", "builtin"
+
+
+def zero_pattern(model) -> list:
+    """Which weights of every decoder-block linear are zero (bool tensors, in module order)."""
+    import torch
+
+    return [m.weight.detach() == 0 for m in model.model.layers.modules()
+            if isinstance(m, torch.nn.Linear)]  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def tiny_lm():
     from pzshell.models import load_model

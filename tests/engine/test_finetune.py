@@ -15,6 +15,8 @@ from pzshell.engine.finetune import (
 from pzshell.engine.prune import PruneConfig, prune_model
 from pzshell.models import load_model, sparsity_report
 
+from ..conftest import zero_pattern
+
 
 @pytest.fixture
 def pruned_tiny():
@@ -30,11 +32,6 @@ def _windows(n: int = 6, seqlen: int = 32, seed: int = 0) -> torch.Tensor:
     return base.repeat(n, seqlen // 8 + 1)[:, :seqlen].clone()
 
 
-def _zero_pattern(model) -> list[torch.Tensor]:
-    return [m.weight.detach() == 0 for m in model.model.layers.modules()
-            if isinstance(m, torch.nn.Linear)]  # fmt: skip
-
-
 def test_default_targets_are_block_linears(pruned_tiny):
     assert default_target_modules(pruned_tiny.model) == [
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
@@ -43,7 +40,7 @@ def test_default_targets_are_block_linears(pruned_tiny):
 
 def test_lora_merge_preserves_sparsity_and_learns(pruned_tiny):
     model = pruned_tiny.model
-    before = _zero_pattern(model)
+    before = zero_pattern(model)
     head = model.lm_head.weight.detach().clone()
     flags = [p.requires_grad for p in model.parameters()]
     rep = lora_finetune(model, pruned_tiny.tokenizer, _windows(), lr=3e-3, epochs=3,
@@ -57,7 +54,7 @@ def test_lora_merge_preserves_sparsity_and_learns(pruned_tiny):
     assert rep["sparsity_after_merge"] < 0.5
     assert rep["sparsity_before"] == pytest.approx(0.5)
     assert rep["sparsity_after"] == rep["sparsity_before"] == block_sparsity(model)
-    assert all(torch.equal(a, b) for a, b in zip(before, _zero_pattern(model), strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(before, zero_pattern(model), strict=True))
     assert all(r["sparsity"] == 0.5 for r in sparsity_report(model))
     # LoRA stays off the LM head; the loss went down
     assert torch.equal(model.lm_head.weight, head)
@@ -83,11 +80,11 @@ def test_lora_target_subset(pruned_tiny):
 
 def test_full_finetune_preserves_sparsity(pruned_tiny):
     model = pruned_tiny.model
-    before = _zero_pattern(model)
+    before = zero_pattern(model)
     events = []
     rep = full_finetune(model, None, _windows(), lr=1e-3, epochs=2, preserve_sparsity=True,
                         progress=events.append)  # fmt: skip
-    assert all(torch.equal(a, b) for a, b in zip(before, _zero_pattern(model), strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(before, zero_pattern(model), strict=True))
     assert rep["sparsity_after"] == rep["sparsity_before"]
     assert rep["loss_last_epoch"] < rep["loss_first_epoch"]
     assert events[-1].stage == "finetune" and events[-1].done == events[-1].total == 12

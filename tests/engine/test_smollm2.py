@@ -15,15 +15,9 @@ from pzshell.engine.prune import PruneConfig, prune_model
 from pzshell.evaluate import perplexity
 from pzshell.models import count_block_params, decoder_blocks, find_linears
 
-from ..conftest import WIKI_TEST, WIKI_VALID
+from ..conftest import shared_texts
 
 pytestmark = pytest.mark.smollm2
-
-
-def _texts():
-    if WIKI_TEST.exists() and WIKI_VALID.exists():
-        return str(WIKI_VALID), str(WIKI_TEST)
-    return "builtin", "builtin"
 
 
 def test_smollm2_architecture(smollm2_lm):
@@ -36,7 +30,7 @@ def test_smollm2_architecture(smollm2_lm):
 
 
 def test_smollm2_wanda_prune_and_eval(smollm2):
-    calib_src, eval_src = _texts()
+    calib_src, eval_src = shared_texts()
     tok = smollm2.tokenizer
     calib = calibration_windows(tok, load_text(calib_src, role="calib"), 2, 128, 0)
     ev = eval_windows(tok, load_text(eval_src), 256, 2)
@@ -50,7 +44,7 @@ def test_smollm2_wanda_prune_and_eval(smollm2):
 
 
 def test_smollm2_gradient_statistic_shapes(smollm2):
-    calib_src, _ = _texts()
+    calib_src, _ = shared_texts()
     calib = calibration_windows(smollm2.tokenizer, load_text(calib_src, role="calib"), 1, 64, 0)
     g = compute_gradients(smollm2.model, calib)
     assert len(g) == 30 * 7
@@ -60,7 +54,7 @@ def test_smollm2_gradient_statistic_shapes(smollm2):
 
 
 def test_smollm2_cli_prune_2_4(tmp_path):
-    calib_src, eval_src = _texts()
+    calib_src, eval_src = shared_texts()
     rc = main(["prune", "--model", "smollm2", "--prune_method", "sparsegpt", "--sparsity_type",
                "2:4", "--nsamples", "2", "--seqlen", "128", "--calib", calib_src, "--eval",
                eval_src, "--eval-seqlen", "256", "--eval-windows", "1",

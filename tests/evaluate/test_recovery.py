@@ -73,22 +73,18 @@ def test_lora_recovery_on_smollm2(smollm2):
     from pzshell.engine.prune import PruneConfig, prune_model
     from pzshell.evaluate import perplexity
 
-    from ..conftest import WIKI_TEST, WIKI_VALID
+    from ..conftest import shared_texts, zero_pattern
 
-    calib_src = str(WIKI_VALID) if WIKI_VALID.exists() else "builtin"
-    eval_src = str(WIKI_TEST) if WIKI_TEST.exists() else "builtin"
+    calib_src, eval_src = shared_texts()
     tok, model = smollm2.tokenizer, smollm2.model
     prune_model(model, PruneConfig("magnitude", 0.5))
-    zeros_before = [m.weight == 0 for m in model.model.layers.modules()
-                    if isinstance(m, torch.nn.Linear)]  # fmt: skip
+    zeros_before = zero_pattern(model)
     ev = eval_windows(tok, load_text(eval_src), 256, 1)
     before = perplexity(model, ev).ppl
     train = calibration_windows(tok, load_text(calib_src, role="calib"), 6, 128, 1)
     rep = lora_finetune(model, tok, train, lr=1e-3, preserve_sparsity=True, seed=0)
     after = perplexity(model, ev).ppl
-    zeros_after = [m.weight == 0 for m in model.model.layers.modules()
-                   if isinstance(m, torch.nn.Linear)]  # fmt: skip
-    assert all(torch.equal(a, b) for a, b in zip(zeros_before, zeros_after, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(zeros_before, zero_pattern(model), strict=True))
     assert rep["sparsity_after"] == rep["sparsity_before"] == pytest.approx(0.5, abs=1e-3)
     assert rep["adapted_linears"] == 30 * 7 and rep["steps"] == 6
     assert after < before  # recovery recovers

@@ -12,13 +12,13 @@ from pzshell.engine import structured as S
 from pzshell.models import load_model
 from pzshell.structured_job import StructuredJob, run_structured
 
-from ..conftest import WIKI_TEST, WIKI_VALID
+from ..conftest import shared_texts
 
 pytestmark = pytest.mark.smollm2
 
 
 def test_smollm2_global_taylor_2nd_save_reload(smollm2, tmp_path):
-    calib, ev = (str(WIKI_VALID), str(WIKI_TEST)) if WIKI_TEST.exists() else ("builtin",) * 2
+    calib, ev = shared_texts()
     job = StructuredJob(
         model="smollm2", pruning_ratio=0.25, importance_method="taylor_2nd", num_samples=2,
         calib=calib, seqlen=64, test_after_prune=True, eval=ev, eval_seqlen=128,
