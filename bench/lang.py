@@ -11,25 +11,18 @@ are degenerate on random statistics. Prints one table and writes ``bench/results
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import random
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import sympy
 import torch
-from rich.console import Console
-from rich.table import Table
+from benchlib import RESULTS, ROOT, print_table, table, write_json
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from pzshell.lang import DegenerateMetric, evaluate, parse, to_infix  # noqa: E402
-from pzshell.lang.algebra import canonical, simplify, to_sympy  # noqa: E402
-from pzshell.lang.random_trees import random_tree  # noqa: E402
+from pzshell.lang import DegenerateMetric, evaluate, parse, to_infix
+from pzshell.lang.algebra import canonical, simplify, to_sympy
+from pzshell.lang.random_trees import random_tree
 
 
 def pct(values: list[float], q: float) -> float:
@@ -42,7 +35,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--depth", type=int, default=5)
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "lang.json"))
+    ap.add_argument("--out", default=str(RESULTS / "lang.json"))
     args = ap.parse_args()
 
     rng = random.Random(args.seed)
@@ -100,7 +93,7 @@ def main() -> None:
         "ms": {
             k: {"median": statistics.median(v), "p95": pct(v, 0.95), "max": max(v)}
             for k, v in stages.items()
-        },  # fmt: skip
+        },
         "seconds_total": sum(stages["total"]) / 1e3,
         "collapsed_to_seen_key": repeats / n,
         "distinct_keys": len(seen),
@@ -112,30 +105,25 @@ def main() -> None:
         "torch": torch.__version__,
         "machine": platform.machine(),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_json(args.out, result)
 
-    table = Table(
-        title=f"metric language: {n} GP trees (depth <= {args.depth}, seed {args.seed}, "
+    tab = table(
+        f"metric language: {n} GP trees (depth <= {args.depth}, seed {args.seed}, "
         f"mean size {result['mean_size']:.1f})",
+        ("measure", "median ms", "p95 ms", "value"),
         title_justify="left",
     )
-    table.add_column("measure")
-    table.add_column("median ms", justify="right")
-    table.add_column("p95 ms", justify="right")
-    table.add_column("value", justify="right")
     for k, v in result["ms"].items():
-        table.add_row(k, f"{v['median']:.2f}", f"{v['p95']:.2f}", "")
-    table.add_section()
+        tab.add_row(k, f"{v['median']:.2f}", f"{v['p95']:.2f}", "")
+    tab.add_section()
     rate = n / result["seconds_total"]
-    table.add_row("trees per second (all three stages)", "", "", f"{rate:.0f}")
-    table.add_row("collapse to an already-seen canonical key", "", "", f"{repeats / n:.1%}")
-    table.add_row("distinct canonical keys", "", "", str(len(seen)))
-    table.add_row("degenerate on random 64x128 W/G/X", "", "", f"{degenerate / n:.1%}")
-    table.add_row("changed by simplify", "", "", f"{changed / n:.1%}")
-    table.add_row("structural-key fallbacks", "", "", str(fallbacks))
-    Console(highlight=False).print(table)
+    tab.add_row("trees per second (all three stages)", "", "", f"{rate:.0f}")
+    tab.add_row("collapse to an already-seen canonical key", "", "", f"{repeats / n:.1%}")
+    tab.add_row("distinct canonical keys", "", "", str(len(seen)))
+    tab.add_row("degenerate on random 64x128 W/G/X", "", "", f"{degenerate / n:.1%}")
+    tab.add_row("changed by simplify", "", "", f"{changed / n:.1%}")
+    tab.add_row("structural-key fallbacks", "", "", str(fallbacks))
+    print_table(tab, width=None, highlight=False)
     print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
 
 

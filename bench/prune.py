@@ -22,10 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "data"
-CALIB = SHARED / "wikitext-2" / "valid.txt"
-EVAL = SHARED / "wikitext-2-raw" / "wiki.test.raw"
+from benchlib import CALIB, EVAL, RESULTS, print_table, require_data, table, write_json
 
 REFERENCE = {  # straightforward reference implementations, same settings (from the issue)
     ("dense", "-"): 29.2,
@@ -41,28 +38,42 @@ REFERENCE = {  # straightforward reference implementations, same settings (from 
 
 
 def one(spec: dict) -> dict:
-    """Run one configuration in this process and return its results dict."""
-    sys.path.insert(0, str(ROOT))
-    from pzshell.jobs import PruneJob, evaluate_ppl, run_prune
-    from pzshell.models import load_model
-    from pzshell.util import peak_rss_mb
+    """Run one configuration in this process and return its results dict (the dense model
+    through ``run_eval``, the others through ``run_prune``: the one job layer)."""
+    from pzshell.jobs import CalibSpec, EvalJob, EvalSpec, ModelSpec, PruneJob, run_eval, run_prune
 
+    model = ModelSpec(spec["model"])
+    ev = EvalSpec(spec["eval"], spec["eval_seqlen"], spec["eval_windows"])
     if spec["method"] == "dense":
-        t = time.perf_counter()
-        lm = load_model(spec["model"])
-        res = evaluate_ppl(lm, spec["eval"], spec["eval_seqlen"], spec["eval_windows"])
-        res.update(prune_seconds=0.0, eval_seconds=time.perf_counter() - t)
-        res["peak_rss_mb"] = peak_rss_mb()
-        return res
-    job = PruneJob(
-        model=spec["model"], method=spec["method"], sparsity_ratio=0.5,
-        sparsity_type=spec["type"], nsamples=spec["nsamples"], seed=0, calib=spec["calib"],
-        seqlen=spec["seqlen"], eval=spec["eval"], eval_seqlen=spec["eval_seqlen"],
-        eval_windows=spec["eval_windows"], gradient_path=spec.get("gradient_path"),
-    )  # fmt: skip
-    _, res = run_prune(job)
+        _, res = run_eval(EvalJob(model, ev))
+        res["prune_seconds"] = 0.0
+    else:
+        job = PruneJob(
+            method=spec["method"],
+            sparsity_ratio=0.5,
+            sparsity_type=spec["type"],
+            model=model,
+            calib=CalibSpec(spec["calib"], spec["nsamples"], spec["seqlen"], seed=0),
+            eval=ev,
+            gradient_path=spec.get("gradient_path"),
+        )
+        _, res = run_prune(job)
     res.pop("layers", None)
     return res
+
+
+def run_one(spec: dict) -> dict:
+    """``one(spec)`` in a fresh Python process (its peak RSS is its own)."""
+    proc = subprocess.run(
+        [sys.executable, __file__, "--one", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONWARNINGS="ignore"),
+    )
+    if proc.returncode != 0:
+        print(proc.stderr[-3000:], file=sys.stderr)
+        sys.exit(f"benchmark run failed: {spec['method']} {spec['type']}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> int:
@@ -71,7 +82,7 @@ def main() -> int:
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--methods", default="dense,magnitude,wanda,sparsegpt,pruner-zero")
     ap.add_argument("--types", default="unstructured,2:4")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "prune.json"))
+    ap.add_argument("--out", default=str(RESULTS / "prune.json"))
     ap.add_argument(
         "--grad-path",
         default=None,
@@ -82,76 +93,70 @@ def main() -> int:
     if args.one:
         print(json.dumps(one(json.loads(args.one))))
         return 0
-    for f in (CALIB, EVAL):
-        if not f.exists():
-            sys.exit(f"benchmark data missing: {f} (expected ../shared/data beside the project)")
-    base = dict(
-        model=args.model, calib=str(CALIB), eval=str(EVAL),
-        nsamples=4 if args.quick else 32, seqlen=256 if args.quick else 512,
-        eval_seqlen=512 if args.quick else 1024, eval_windows=2 if args.quick else 8,
-    )  # fmt: skip
-    grad_path = (
-        Path(args.grad_path)
-        if args.grad_path
-        else (
-            Path(tempfile.mkdtemp(prefix="pzbench-"))
-            / f"grads_{base['nsamples']}x{base['seqlen']}.pth"
-        )
-    )
+    require_data()
+    q = args.quick
+    base = {
+        "model": args.model,
+        "calib": str(CALIB),
+        "eval": str(EVAL),
+        "nsamples": 4 if q else 32,
+        "seqlen": 256 if q else 512,
+        "eval_seqlen": 512 if q else 1024,
+        "eval_windows": 2 if q else 8,
+    }
+    if args.grad_path:
+        grad_path = Path(args.grad_path)
+    else:
+        tmp = Path(tempfile.mkdtemp(prefix="pzbench-"))
+        grad_path = tmp / f"grads_{base['nsamples']}x{base['seqlen']}.pth"
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
-    methods = args.methods.split(",")
-    for typ in args.types.split(","):
-        for method in methods:
-            if method == "dense" and typ != args.types.split(",")[0]:
+    types = args.types.split(",")
+    for typ in types:
+        for method in args.methods.split(","):
+            if method == "dense" and typ != types[0]:
                 continue
             spec = dict(base, method=method, type=typ)
             if method == "pruner-zero":
                 spec["gradient_path"] = str(grad_path)  # computed by the first run, then reused
             t = time.perf_counter()
-            proc = subprocess.run(
-                [sys.executable, __file__, "--one", json.dumps(spec)],
-                capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"),
-            )  # fmt: skip
-            if proc.returncode != 0:
-                print(proc.stderr[-3000:], file=sys.stderr)
-                sys.exit(f"benchmark run failed: {method} {typ}")
-            res = json.loads(proc.stdout.strip().splitlines()[-1])
-            res.update(method=method, sparsity_type="-" if method == "dense" else typ,
-                       wall_seconds=time.perf_counter() - t)  # fmt: skip
+            res = run_one(spec)
+            res.update(
+                method=method,
+                sparsity_type="-" if method == "dense" else typ,
+                wall_seconds=time.perf_counter() - t,
+            )
             rows.append(res)
             # written after every configuration, so a long run that is cut short keeps its rows
-            out.write_text(json.dumps({"settings": base, "rows": rows}, indent=2) + "\n")
-            print(f"{method:12s} {typ:12s} ppl {res['ppl']:9.2f}  "
-                  f"prune {res['prune_seconds']:6.1f}s"
-                  f"  grad {res.get('grad_seconds', 0):6.1f}s  rss {res['peak_rss_mb']:6.0f} MiB",
-                  file=sys.stderr, flush=True)  # fmt: skip
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=f"pzshell prune benchmark: {args.model}, calib {base['nsamples']}x"
-              f"{base['seqlen']} ({CALIB.name}, seed 0), eval first {base['eval_windows']}x"
-              f"{base['eval_seqlen']} of {EVAL.name}, sparsity 0.5, torch threads "
-              f"{os.cpu_count()} cores")  # fmt: skip
-    for col in (
-        "method",
-        "type",
-        "ppl",
-        "reference ppl",
-        "diff",
-        "prune s",
-        "grad s",
-        "peak RSS MiB",
-    ):
-        t.add_column(col, justify="right" if col not in ("method", "type") else "left")
+            write_json(out, {"settings": base, "rows": rows})
+            print(
+                f"{method:12s} {typ:12s} ppl {res['ppl']:9.2f}  "
+                f"prune {res['prune_seconds']:6.1f}s"
+                f"  grad {res.get('grad_seconds', 0):6.1f}s  rss {res['peak_rss_mb']:6.0f} MiB",
+                file=sys.stderr,
+                flush=True,
+            )
+    t = table(
+        f"pzshell prune benchmark: {args.model}, calib {base['nsamples']}x{base['seqlen']} "
+        f"({CALIB.name}, seed 0), eval first {base['eval_windows']}x{base['eval_seqlen']} of "
+        f"{EVAL.name}, sparsity 0.5, torch threads {os.cpu_count()} cores",
+        ("method", "type", "ppl", "reference ppl", "diff", "prune s", "grad s", "peak RSS MiB"),
+        left=2,
+    )
     for r in rows:
-        ref = REFERENCE.get((r["method"], r["sparsity_type"])) if not args.quick else None
+        ref = REFERENCE.get((r["method"], r["sparsity_type"])) if not q else None
         diff = f"{100 * (r['ppl'] / ref - 1):+.1f}%" if ref else "-"
-        t.add_row(r["method"], r["sparsity_type"], f"{r['ppl']:.2f}", f"{ref}" if ref else "-",
-                  diff, f"{r['prune_seconds']:.1f}", f"{r.get('grad_seconds', 0):.1f}",
-                  f"{r['peak_rss_mb']:.0f}")  # fmt: skip
-    Console(width=200).print(t)
+        t.add_row(
+            r["method"],
+            r["sparsity_type"],
+            f"{r['ppl']:.2f}",
+            f"{ref}" if ref else "-",
+            diff,
+            f"{r['prune_seconds']:.1f}",
+            f"{r.get('grad_seconds', 0):.1f}",
+            f"{r['peak_rss_mb']:.0f}",
+        )
+    print_table(t)
     print(f"wrote {out}")
     return 0
 

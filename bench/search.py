@@ -17,11 +17,18 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-SHARED = ROOT.parent / "shared" / "data"
-CALIB = SHARED / "wikitext-2" / "valid.txt"
-EVAL = SHARED / "wikitext-2-raw" / "wiki.test.raw"
+from benchlib import (
+    CALIB,
+    EVAL,
+    RESULTS,
+    ROOT,
+    calib_spec,
+    eval_spec,
+    print_table,
+    require_data,
+    table,
+    write_json,
+)
 
 
 def main() -> int:
@@ -33,13 +40,13 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--final-top", type=int, default=3)
     ap.add_argument("--grad-path", default=None, help="gradient file for the test-set prunes")
-    ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "search.json"))
+    ap.add_argument("--json", default=str(RESULTS / "search.json"))
     args = ap.parse_args()
+    require_data()
 
     from rich.console import Console
-    from rich.table import Table
 
-    from pzshell.jobs import PruneJob, run_prune
+    from pzshell.jobs import ModelSpec, PruneJob, run_prune
     from pzshell.lang import load_metric
     from pzshell.search import FitnessSettings, Search, SearchSettings
     from pzshell.search.cache import FitnessCache
@@ -47,28 +54,50 @@ def main() -> int:
 
     console = Console(stderr=True)
     fit = FitnessSettings(
-        model=args.model, sparsity_ratio=0.5, sparsity_type="unstructured", calib=str(CALIB),
-        nsamples=32, grad_samples=16, seqlen=512, heldout_windows=4, heldout_seqlen=256,
-        cheap_windows=1, cheap_seqlen=128, seed=0,
-    )  # fmt: skip
+        model=args.model,
+        sparsity_ratio=0.5,
+        sparsity_type="unstructured",
+        calib=str(CALIB),
+        nsamples=32,
+        grad_samples=16,
+        seqlen=512,
+        heldout_windows=4,
+        heldout_seqlen=256,
+        cheap_windows=1,
+        cheap_seqlen=128,
+        seed=0,
+    )
     settings = SearchSettings(
-        fitness=fit, population=24, budget=100_000, batch=8, seed=0, final_top=args.final_top,
+        fitness=fit,
+        population=24,
+        budget=100_000,
+        batch=8,
+        seed=0,
+        final_top=args.final_top,
         time_limit=args.minutes * 60,
-    )  # fmt: skip
+    )
     last = {}
 
     def on_event(ev):
         if isinstance(ev, SearchProgress):
             last["p"] = ev
             if ev.evaluations % 10 == 0:
-                console.print(f"{time.strftime('%H:%M:%S')} evals {ev.evaluations} "
-                              f"{ev.evals_per_minute:.1f}/min hits {ev.cache_hits} best "
-                              f"{ev.best_fitness:.3f} {ev.best_formula}")  # fmt: skip
+                console.print(
+                    f"{time.strftime('%H:%M:%S')} evals {ev.evaluations} "
+                    f"{ev.evals_per_minute:.1f}/min hits {ev.cache_hits} best "
+                    f"{ev.best_fitness:.3f} {ev.best_formula}"
+                )
 
     t0 = time.perf_counter()
-    search = Search(settings, args.out, backend="processes" if args.workers > 1 else "in-process",
-                    workers=args.workers, cache=FitnessCache(), on_event=on_event,
-                    resume=args.resume)  # fmt: skip
+    search = Search(
+        settings,
+        args.out,
+        backend="processes" if args.workers > 1 else "in-process",
+        workers=args.workers,
+        cache=FitnessCache(),
+        on_event=on_event,
+        resume=args.resume,
+    )
     fin = search.run()
     search_seconds = time.perf_counter() - t0
     summary = json.loads((Path(args.out) / "summary.json").read_text())
@@ -79,8 +108,12 @@ def main() -> int:
     best_tree = load_metric(str(Path(args.out) / "best.json"))
 
     rows = []
-    common = dict(model=args.model, sparsity_ratio=0.5, nsamples=32, seed=0, calib=str(CALIB),
-                  seqlen=512, eval=str(EVAL), eval_seqlen=1024, eval_windows=8)  # fmt: skip
+    common = {
+        "model": ModelSpec(args.model),
+        "sparsity_ratio": 0.5,
+        "calib": calib_spec(32, 512, seed=0),
+        "eval": eval_spec(1024, 8),
+    }
     grad_path = args.grad_path or str(Path(args.out) / "grads_32x512_seed0.pth")
     for name, job in (
         (
@@ -96,10 +129,11 @@ def main() -> int:
         rows.append(res)
         console.print(f"{name}: {res['metric']} -> test ppl {res['ppl']:.3f}")
 
-    t = Table(title=f"pzshell search benchmark: {args.model}, 50% unstructured, "
-              f"{args.minutes:.0f}-minute search (in-process, {args.workers} worker)")  # fmt: skip
-    t.add_column("figure")
-    t.add_column("value", justify="right")
+    t = table(
+        f"pzshell search benchmark: {args.model}, 50% unstructured, "
+        f"{args.minutes:.0f}-minute search (in-process, {args.workers} worker)",
+        ("figure", "value"),
+    )
     hours = max(search_seconds / 3600, 1e-9)
     t.add_row("evaluations (distinct pruning rules)", str(evals))
     t.add_row("evaluations per hour (incl. setup and finals)", f"{evals / hours:.0f}")
@@ -109,23 +143,31 @@ def main() -> int:
     )
     rho = summary.get("cheap_full_spearman")
     pairs = summary["cheap_full_pairs"]
-    t.add_row("cheap vs full stage Spearman rho",
-              f"{rho:.3f} over {pairs} pairs" if rho is not None else "-")  # fmt: skip
+    t.add_row(
+        "cheap vs full stage Spearman rho",
+        f"{rho:.3f} over {pairs} pairs" if rho is not None else "-",
+    )
     t.add_row("best discovered metric", str(best_tree))
     t.add_row("its held-out fitness (sequential prune)", f"{fin.best_fitness:.3f}")
     for r in rows:
-        t.add_row(f"WikiText-2 test ppl, {r['name']} ({r['metric']})",
-                  f"{r['ppl']:.3f}")  # fmt: skip
-    t.caption = (f"test: first 8x1024 tokens of {EVAL.name}; calibration 32x512 of "
-                 f"{CALIB.name}, seed 0; search fitness on held-out 4x256 tokens of the "
-                 f"calibration text")  # fmt: skip
-    Console().print(t)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({
-        "settings": settings.to_dict(), "evaluations": evals, "cache_hits": hits,
-        "search_seconds": search_seconds, "evals_per_hour": evals / hours,
-        "summary": summary, "best": str(best_tree), "test": rows,
-    }, indent=2, default=str) + "\n")  # fmt: skip
+        t.add_row(f"WikiText-2 test ppl, {r['name']} ({r['metric']})", f"{r['ppl']:.3f}")
+    t.caption = (
+        f"test: first 8x1024 tokens of {EVAL.name}; calibration 32x512 of "
+        f"{CALIB.name}, seed 0; search fitness on held-out 4x256 tokens of the "
+        f"calibration text"
+    )
+    print_table(t, width=None)
+    doc = {
+        "settings": settings.to_dict(),
+        "evaluations": evals,
+        "cache_hits": hits,
+        "search_seconds": search_seconds,
+        "evals_per_hour": evals / hours,
+        "summary": summary,
+        "best": str(best_tree),
+        "test": rows,
+    }
+    write_json(args.json, doc, default=str)
     beat = rows[0]["ppl"] < rows[1]["ppl"]
     print(
         f"discovered metric {'beats' if beat else 'does not beat'} Wanda on the test set "

@@ -15,8 +15,6 @@ calibration pass (the tree uses only W and G).
 from __future__ import annotations
 
 import argparse
-import copy
-import json
 import math
 import os
 import statistics
@@ -24,10 +22,18 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-EVAL = ROOT.parent / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
-OUT = ROOT / "bench" / "results" / "sensitivity.json"
+from benchlib import (
+    EVAL,
+    RESULTS,
+    copy_model,
+    eval_spec,
+    print_table,
+    require_data,
+    table,
+    write_json,
+)
+
+OUT = RESULTS / "sensitivity.json"
 
 
 def main() -> int:
@@ -42,25 +48,23 @@ def main() -> int:
     ap.add_argument("--eval-seqlen", type=int, default=1024)
     ap.add_argument("--out", default=str(OUT), help=f"results JSON (default {OUT})")
     args = ap.parse_args()
-    if not EVAL.exists():
-        sys.exit(f"benchmark data missing: {EVAL} (expected ../shared/data beside the project)")
+    require_data(EVAL)
     if not Path(args.grad_path).exists():
         sys.exit(f"no gradient file at {args.grad_path}: make one with `pzshell grad`")
 
     import torch
     from rich.console import Console
-    from rich.table import Table
 
-    from pzshell.data import eval_windows, load_text
-    from pzshell.engine.gradients import load_gradients
+    from pzshell.engine.stats import load_gradients
     from pzshell.engine.prune import PruneConfig, prune_model
-    from pzshell.evaluate import perplexity
+    from pzshell.jobs import Evaluation
     from pzshell.lang import load_metric
     from pzshell.models import load_model
 
     lm = load_model(args.model, device="cpu")
     grads = load_gradients(args.grad_path, lm.model)
-    ev = eval_windows(lm.tokenizer, load_text(str(EVAL)), args.eval_seqlen, args.eval_windows)
+    # tokenized once; every pruned copy is measured on these same windows
+    evaluation = Evaluation(lm, eval_spec(args.eval_seqlen, args.eval_windows), args.eval_seqlen)
     metric = load_metric(args.metric)
     rows = []
     log = Console(stderr=True)
@@ -69,42 +73,54 @@ def main() -> int:
             g = grads
             if seed is not None:
                 gen = torch.Generator().manual_seed(seed)
-                g = {k: (v.float() * torch.exp(args.eps * torch.randn(v.shape, generator=gen)))
-                     for k, v in grads.items()}  # fmt: skip
-            model = copy.deepcopy(lm.model)
+                g = {
+                    k: (v.float() * torch.exp(args.eps * torch.randn(v.shape, generator=gen)))
+                    for k, v in grads.items()
+                }
+            pruned = copy_model(lm)
             t = time.perf_counter()
-            prune_model(model, PruneConfig("metric", 0.5, typ, metric=metric), None, g)
+            prune_model(pruned.model, PruneConfig("metric", 0.5, typ, metric=metric), None, g)
             prune_s = time.perf_counter() - t
-            ppl = perplexity(model, ev).ppl
+            ppl = evaluation.measure(pruned)["ppl"]
             rows.append({"sparsity_type": typ, "seed": seed, "ppl": ppl, "prune_seconds": prune_s})
             log.print(f"{typ:12s} noise seed {seed!s:4s} ppl {ppl:8.2f}  ({prune_s:.1f} s prune)")
-            del model
+            del pruned
 
     title = (
         f"{args.metric} on {args.model}, sparsity 0.5; G from {Path(args.grad_path).name} times "
         f"exp({args.eps:.2g}*N(0,1)); ppl on first {args.eval_windows}x{args.eval_seqlen} "
         f"tokens of {EVAL.name}"
     )
-    tab = Table(title=title)
-    for c in ("type", "ppl, G as computed", "ppl with noise (seeds)", "spread", "max change"):
-        tab.add_column(c, justify="left" if c == "type" else "right")
+    tab = table(
+        title, ("type", "ppl, G as computed", "ppl with noise (seeds)", "spread", "max change")
+    )
     summary = {}
     for typ in args.types.split(","):
         base = next(r["ppl"] for r in rows if r["sparsity_type"] == typ and r["seed"] is None)
         noisy = [r["ppl"] for r in rows if r["sparsity_type"] == typ and r["seed"] is not None]
         spread = (max(noisy) - min(noisy)) if noisy else 0.0
         change = max((abs(p - base) / base for p in noisy), default=0.0)
-        summary[typ] = {"base": base, "noisy": noisy, "spread": spread, "max_rel_change": change,
-                        "noisy_mean": statistics.fmean(noisy) if noisy else math.nan}  # fmt: skip
-        tab.add_row(typ, f"{base:.2f}", ", ".join(f"{p:.2f}" for p in noisy), f"{spread:.2f}",
-                    f"{change:.1%}")  # fmt: skip
-    Console(width=200).print(tab)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
+        summary[typ] = {
+            "base": base,
+            "noisy": noisy,
+            "spread": spread,
+            "max_rel_change": change,
+            "noisy_mean": statistics.fmean(noisy) if noisy else math.nan,
+        }
+        tab.add_row(
+            typ,
+            f"{base:.2f}",
+            ", ".join(f"{p:.2f}" for p in noisy),
+            f"{spread:.2f}",
+            f"{change:.1%}",
+        )
+    print_table(tab)
+    doc = {
         "settings": {**vars(args), "eval": str(EVAL), "cpu_cores": os.cpu_count()},
-        "rows": rows, "summary": summary,
-    }, indent=2) + "\n")  # fmt: skip
+        "rows": rows,
+        "summary": summary,
+    }
+    out = write_json(args.out, doc)
     print(f"wrote {out}")
     return 0
 

@@ -17,19 +17,22 @@ re-applied. Each run's results.json lands in ``bench/results/zeroshot/runs/<run>
 from __future__ import annotations
 
 import argparse
-import copy
-import json
 import os
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-SHARED = ROOT.parent / "shared" / "data"
-CALIB = SHARED / "wikitext-2" / "valid.txt"
-EVAL = SHARED / "wikitext-2-raw" / "wiki.test.raw"
-OUT = ROOT / "bench" / "results"
+from benchlib import (
+    CALIB,
+    EVAL,
+    RESULTS,
+    calib_spec,
+    copy_model,
+    eval_spec,
+    print_table,
+    require_data,
+    table,
+    write_json,
+)
 
 
 def main() -> int:
@@ -42,83 +45,107 @@ def main() -> int:
     ap.add_argument("--ft_lr", type=float, default=5e-4, help="LoRA learning rate")
     ap.add_argument("--zs_limit", type=int, default=None, help="zero-shot items (default all)")
     args = ap.parse_args()
-    for f in (CALIB, EVAL):
-        if not f.exists():
-            sys.exit(f"benchmark data missing: {f} (expected ../shared/data beside the project)")
+    require_data()
 
     from rich.console import Console
-    from rich.table import Table
 
-    from pzshell.evaljobs import EvalJob, FinetuneSpec, ZeroShotSpec, run_eval
-    from pzshell.evaluate.report import write_report
-    from pzshell.jobs import PruneJob, run_prune
+    from pzshell.report import write_report
+    from pzshell.jobs import (
+        EvalJob,
+        FinetuneSpec,
+        ModelSpec,
+        PruneJob,
+        ZeroShotSpec,
+        run_eval,
+        run_prune,
+        write_results,
+    )
 
     q = args.quick
-    s = dict(
-        nsamples=4 if q else 32, seqlen=256 if q else 512, eval_seqlen=512 if q else 1024,
-        eval_windows=1 if q else 8, ft_samples=2 if q else args.ft_samples,
-        ft_seqlen=64 if q else args.ft_seqlen, ft_lr=args.ft_lr,
-        zs_limit=8 if q else args.zs_limit, lora_r=8, lora_alpha=16, seed=0,
-    )  # fmt: skip
-    runs_dir = OUT / ("zeroshot-quick" if q else "zeroshot") / "runs"
+    s = {
+        "nsamples": 4 if q else 32,
+        "seqlen": 256 if q else 512,
+        "eval_seqlen": 512 if q else 1024,
+        "eval_windows": 1 if q else 8,
+        "ft_samples": 2 if q else args.ft_samples,
+        "ft_seqlen": 64 if q else args.ft_seqlen,
+        "ft_lr": args.ft_lr,
+        "zs_limit": 8 if q else args.zs_limit,
+        "lora_r": 8,
+        "lora_alpha": 16,
+        "seed": 0,
+    }
+    runs_dir = RESULTS / ("zeroshot-quick" if q else "zeroshot") / "runs"
+    model = ModelSpec(args.model, device="cpu")
+    ev = eval_spec(s["eval_seqlen"], s["eval_windows"])
     zs = ZeroShotSpec(["pzshell_mc"], limit=s["zs_limit"], batch_size=4)
     log = Console(stderr=True)
 
-    def save(name: str, res: dict) -> None:
-        d = runs_dir / name
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "results.json").write_text(json.dumps(res, indent=2) + "\n")
-
     t = time.perf_counter()
-    dense_lm, dense = run_eval(EvalJob(
-        model=args.model, eval=str(EVAL), eval_seqlen=s["eval_seqlen"],
-        eval_windows=s["eval_windows"], device="cpu", zero_shot=zs,
-    ))  # fmt: skip
+    dense_lm, dense = run_eval(EvalJob(model=model, eval=ev, zero_shot=zs))
     dense["wall_seconds"] = time.perf_counter() - t
-    save("dense", dense)
-    log.print(f"dense: ppl {dense['ppl']:.2f}  0-shot {dense['zero_shot_mean']:.4f}  "
-              f"({dense['wall_seconds']:.0f} s)")  # fmt: skip
+    write_results(runs_dir / "dense" / "results.json", dense)
+    log.print(
+        f"dense: ppl {dense['ppl']:.2f}  0-shot {dense['zero_shot_mean']:.4f}  "
+        f"({dense['wall_seconds']:.0f} s)"
+    )
     rows = [dense]
     for method in args.methods.split(","):
-        lm = copy.copy(dense_lm)
-        lm.model = copy.deepcopy(dense_lm.model)
+        lm = copy_model(dense_lm)
         job = PruneJob(
-            model=args.model, method=method, sparsity_ratio=0.5, sparsity_type="unstructured",
-            nsamples=s["nsamples"], seed=s["seed"], calib=str(CALIB), seqlen=s["seqlen"],
-            eval=str(EVAL), eval_seqlen=s["eval_seqlen"], eval_windows=s["eval_windows"],
-            device="cpu", zero_shot=zs,
+            method=method,
+            sparsity_ratio=0.5,
+            sparsity_type="unstructured",
+            model=model,
+            calib=calib_spec(s["nsamples"], s["seqlen"], s["seed"]),
+            eval=ev,
             # G from the same calibration windows; kept so that a rerun reuses it
             gradient_path=str(runs_dir / f"grads_{s['nsamples']}x{s['seqlen']}_seed0.pth"),
+            zero_shot=zs,
             finetune=FinetuneSpec(
-                method="lora", r=s["lora_r"], alpha=s["lora_alpha"], samples=s["ft_samples"],
-                seqlen=s["ft_seqlen"], lr=s["ft_lr"], seed=s["seed"],
+                method="lora",
+                r=s["lora_r"],
+                alpha=s["lora_alpha"],
+                samples=s["ft_samples"],
+                seqlen=s["ft_seqlen"],
+                lr=s["ft_lr"],
+                seed=s["seed"],
             ),
-        )  # fmt: skip
+        )
         t = time.perf_counter()
         _, res = run_prune(job, lm=lm)
         res["wall_seconds"] = time.perf_counter() - t
-        save(f"{method}50", res)
+        write_results(runs_dir / f"{method}50" / "results.json", res)
         rows.append(res)
-        log.print(f"{method}: ppl {res['ppl']:.2f} -> {res['ppl_after_finetune']:.2f}  0-shot "
-                  f"{res['zero_shot_mean']:.4f} -> {res['zero_shot_mean_after_finetune']:.4f}  "
-                  f"({res['wall_seconds']:.0f} s)")  # fmt: skip
+        log.print(
+            f"{method}: ppl {res['ppl']:.2f} -> {res['ppl_after_finetune']:.2f}  0-shot "
+            f"{res['zero_shot_mean']:.4f} -> {res['zero_shot_mean_after_finetune']:.4f}  "
+            f"({res['wall_seconds']:.0f} s)"
+        )
         del lm
 
     rep = write_report([runs_dir], runs_dir / "report")
 
-    title = (
+    tab = table(
         f"pzshell zero-shot + recovery benchmark: {args.model}, 50% unstructured; calib "
         f"{s['nsamples']}x{s['seqlen']} of {CALIB.name} (seed 0); ppl on first "
         f"{s['eval_windows']}x{s['eval_seqlen']} tokens of {EVAL.name}; 0-shot pzshell_mc "
         f"({dense['zero_shot']['tasks']['pzshell_mc']['n']} items, lm-eval); LoRA r{s['lora_r']} "
         f"on {s['ft_samples']}x{s['ft_seqlen']} tokens, lr {s['ft_lr']}, 1 epoch; "
-        f"{os.cpu_count()} CPU cores"
+        f"{os.cpu_count()} CPU cores",
+        (
+            "method",
+            "sparsity",
+            "ppl",
+            "ppl after LoRA",
+            "0-shot acc",
+            "0-shot after LoRA",
+            "prune s",
+            "grad s",
+            "LoRA s",
+            "zero-shot s",
+        ),
     )
-    tab = Table(title=title)
-    cols = ("method", "sparsity", "ppl", "ppl after LoRA", "0-shot acc", "0-shot after LoRA",
-            "prune s", "grad s", "LoRA s", "zero-shot s")  # fmt: skip
-    for c in cols:
-        tab.add_column(c, justify="left" if c == "method" else "right")
 
     def acc(zs_res: dict | None) -> str:
         if not zs_res:
@@ -133,21 +160,26 @@ def main() -> int:
         if not dense_row:
             sp += f" -> {r['sparsity_after_finetune']:.4f}"
         tab.add_row(
-            r["method"], sp, f"{r['ppl']:.2f}",
+            r["method"],
+            sp,
+            f"{r['ppl']:.2f}",
             "-" if dense_row else f"{r['ppl_after_finetune']:.2f}",
-            acc(r.get("zero_shot")), acc(r.get("zero_shot_after_finetune")),
+            acc(r.get("zero_shot")),
+            acc(r.get("zero_shot_after_finetune")),
             "-" if dense_row else f"{r['prune_seconds']:.0f}",
             "-" if dense_row else f"{r['grad_seconds']:.0f}",
-            f"{ft['seconds']:.0f}" if ft else "-", f"{r['zero_shot']['seconds']:.0f}",
-        )  # fmt: skip
-    Console(width=200).print(tab)
+            f"{ft['seconds']:.0f}" if ft else "-",
+            f"{r['zero_shot']['seconds']:.0f}",
+        )
+    print_table(tab)
     summary = {
-        "settings": s, "runs_dir": str(runs_dir), "report": str(rep["report"]),
+        "settings": s,
+        "runs_dir": str(runs_dir),
+        "report": str(rep["report"]),
         "plots": [str(p) for p in rep["plots"]],
         "rows": [{k: v for k, v in r.items() if k != "layers"} for r in rows],
-    }  # fmt: skip
-    out = OUT / ("zeroshot-quick.json" if q else "zeroshot.json")
-    out.write_text(json.dumps(summary, indent=2) + "\n")
+    }
+    out = write_json(RESULTS / ("zeroshot-quick.json" if q else "zeroshot.json"), summary)
     print(f"wrote {out}; report {rep['report']}")
     for p in rep["plots"]:
         print(f"plot {p}")

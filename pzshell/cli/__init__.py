@@ -15,13 +15,21 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..errors import PzError
+from ..lang.errors import MetricError
 
-# Subcommand modules, in the order `pzshell --help` lists them. A module that is not there yet
-# (work in progress in another change) is skipped.
+# Subcommand modules, in the order `pzshell --help` lists them. Each is imported for real: a
+# command that fails to import is a bug to see, never a command that silently disappears.
 _COMMANDS = (
-    "parse_cmd", "prune_cmd", "grad_cmd", "eval_cmd", "finetune_cmd", "report_cmd",
-    "structured_cmd", "search_cmd", "tui_cmd",
-)  # fmt: skip
+    "parse_cmd",
+    "prune_cmd",
+    "grad_cmd",
+    "eval_cmd",
+    "finetune_cmd",
+    "report_cmd",
+    "structured_cmd",
+    "search_cmd",
+    "tui_cmd",
+)
 
 err_console = Console(stderr=True, highlight=False)
 
@@ -44,13 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pzshell {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in _COMMANDS:
-        try:
-            mod = importlib.import_module(f".{name}", __name__)
-        except ModuleNotFoundError as e:
-            if e.name == f"{__name__}.{name}":
-                continue
-            raise
-        mod.register(sub)
+        importlib.import_module(f".{name}", __name__).register(sub)
     return parser
 
 
@@ -74,8 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except PzError as e:
+        # a formula error draws its caret line to fit the terminal ("error: " takes 7 columns)
+        text = e.render(max(40, err_console.width - 7)) if isinstance(e, MetricError) else str(e)
         # escape: the message quotes user input, which may look like rich markup ("[/x]")
-        err_console.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(text)}", markup=True, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")

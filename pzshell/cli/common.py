@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -12,6 +12,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..engine.events import Progress as ProgressEvent
+from ..errors import PzError
+from ..jobs import CalibSpec, EvalSpec, ModelSpec, write_provenance, write_results
+from ..models.structure import save_model
 
 console = Console(stderr=True, highlight=False)
 
@@ -100,28 +103,63 @@ def rich_progress():
         yield on_event
 
 
-def write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+def model_spec(args: argparse.Namespace) -> ModelSpec:
+    return ModelSpec(args.model, args.device)
+
+
+def calib_spec(args: argparse.Namespace, dest: str = "nsamples") -> CalibSpec:
+    return CalibSpec(args.calib, getattr(args, dest), args.seqlen, args.seed)
+
+
+def eval_spec(args: argparse.Namespace) -> EvalSpec:
+    return EvalSpec(args.eval, args.eval_seqlen, args.eval_windows)
+
+
+def _check_writable_dir(d: Path, flag: str) -> None:
+    """``d`` may not exist yet: its nearest existing ancestor must be a writable directory."""
+    p = d
+    while not p.exists():
+        if p.parent == p:
+            break
+        p = p.parent
+    if not p.is_dir():
+        raise PzError(f"{flag} {d}: {p} is a file, not a directory")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise PzError(f"{flag} {d}: the directory {p} is not writable")
+
+
+def check_output_dir(path: str | None, flag: str) -> None:
+    """Fail before the long work if ``flag DIR`` cannot be written."""
+    if not path:
+        return
+    _check_writable_dir(Path(path), flag)
+
+
+def check_output_file(path: str | None, flag: str) -> None:
+    """Fail before the long work if ``flag FILE`` cannot be written."""
+    if not path:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise PzError(f"{flag} {p} is a directory; give a file name")
+    _check_writable_dir(p.parent, flag)
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """``--save`` and ``--save_model`` of a command, checked before the model loads."""
+    check_output_dir(getattr(args, "save", None), "--save")
+    model_dir = getattr(args, "save_model", None)
+    if isinstance(model_dir, str):
+        check_output_dir(model_dir, "--save_model")
 
 
 def save_outputs(args: argparse.Namespace, lm, res: dict, what: str = "model") -> None:
     """``--save DIR`` (results.json) and ``--save_model DIR`` (the model, reloadable by
     ``load_model(DIR)``, with a note of how it was made) of a finished command."""
     if getattr(args, "save", None):
-        out = Path(args.save) / "results.json"
-        write_json(out, res)
+        out = write_results(Path(args.save) / "results.json", res)
         console.print(f"results written to {out}")
     if getattr(args, "save_model", None) and lm is not None:
-        save_model_dir(lm, args.save_model, res)
+        save_model(lm.model, lm.tokenizer, args.save_model)
+        write_provenance(args.save_model, res)
         console.print(f"{what} saved to {args.save_model}")
-
-
-def save_model_dir(lm, directory: str, res: dict) -> None:
-    """Save so that ``pzshell eval --model DIR`` reloads it exactly: a structurally pruned model
-    with its per-block shapes, any other in plain HF format; plus how it was made."""
-    from ..engine.structured_io import save_model
-    from ..evaljobs import write_provenance
-
-    save_model(lm.model, lm.tokenizer, directory)
-    write_provenance(directory, res)

@@ -6,9 +6,18 @@ import argparse
 
 from rich.table import Table
 
-from ..evaljobs import EvalJob, ZeroShotSpec, run_eval
+from ..jobs import EvalJob, ZeroShotSpec, run_eval
 from ..evaluate.zeroshot import DEFAULT_TASKS, LOCAL_TASK, parse_tasks
-from .common import add_eval_args, add_model_args, console, rich_progress, save_outputs
+from .common import (
+    add_eval_args,
+    add_model_args,
+    check_outputs,
+    console,
+    eval_spec,
+    model_spec,
+    rich_progress,
+    save_outputs,
+)
 
 
 def register(sub) -> None:
@@ -63,11 +72,10 @@ def zero_shot_spec(args: argparse.Namespace) -> ZeroShotSpec | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    job = EvalJob(
-        model=args.model, eval=args.eval, eval_seqlen=args.eval_seqlen,
-        eval_windows=args.eval_windows, device=args.device, zero_shot=zero_shot_spec(args),
-    )  # fmt: skip
-    console.print(f"[bold]pzshell eval[/] model={job.model}")
+    job = EvalJob(model=model_spec(args), eval=eval_spec(args), zero_shot=zero_shot_spec(args))
+    job.check()
+    check_outputs(args)
+    console.print(f"[bold]pzshell eval[/] model={job.model.name}")
     with rich_progress() as progress:
         _, res = run_eval(job, progress)
     print_eval_summary(res)

@@ -6,8 +6,8 @@ import argparse
 
 from rich.table import Table
 
-from ..evaljobs import FinetuneJob, FinetuneSpec, run_finetune
-from .common import add_eval_args, console, rich_progress, save_outputs
+from ..jobs import DEFAULT_LR, FinetuneJob, FinetuneSpec, ModelSpec, run_finetune
+from .common import add_eval_args, check_outputs, console, eval_spec, rich_progress, save_outputs
 from .eval_cmd import add_zero_shot_args, ppl_line, print_zero_shot, zero_shot_spec
 
 
@@ -62,8 +62,9 @@ def add_finetune_args(p: argparse.ArgumentParser, *, with_switch: bool) -> None:
                    help="training windows (default 64)")  # fmt: skip
     g.add_argument("--finetune_seqlen", type=int, default=None,
                    help="training window length (default: min(512, calibration))")  # fmt: skip
-    g.add_argument("--finetune_lr", type=float, default=2e-4,
-                   help="learning rate (default 2e-4; use ~1e-5 for full)")  # fmt: skip
+    g.add_argument("--finetune_lr", type=float, default=None,
+                   help=f"learning rate (default {DEFAULT_LR['lora']:g} for LoRA, "
+                   f"{DEFAULT_LR['full']:g} for full)")  # fmt: skip
     g.add_argument("--finetune_epochs", type=int, default=1, help="epochs (default 1)")
     g.add_argument("--finetune_batch_size", type=int, default=1,
                    help="windows per optimizer step (default 1)")  # fmt: skip
@@ -82,11 +83,12 @@ def finetune_spec(args: argparse.Namespace) -> FinetuneSpec:
 
 def run(args: argparse.Namespace) -> int:
     job = FinetuneJob(
-        model=args.model, finetune=finetune_spec(args), data=args.data, eval=args.eval,
-        eval_seqlen=args.eval_seqlen, eval_windows=args.eval_windows,
-        eval_before=args.eval_before, device=args.device, zero_shot=zero_shot_spec(args),
+        model=ModelSpec(args.model, args.device), finetune=finetune_spec(args), data=args.data,
+        eval=eval_spec(args), eval_before=args.eval_before, zero_shot=zero_shot_spec(args),
     )  # fmt: skip
-    console.print(f"[bold]pzshell finetune[/] model={job.model} ({job.finetune.method})")
+    job.check()
+    check_outputs(args)
+    console.print(f"[bold]pzshell finetune[/] model={job.model.name} ({job.finetune.method})")
     with rich_progress() as progress:
         lm, res = run_finetune(job, progress)
     t = Table(title="pzshell finetune", show_header=False, title_justify="left")

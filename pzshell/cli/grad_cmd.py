@@ -7,11 +7,18 @@ import time
 from pathlib import Path
 
 from ..data import calibration_windows, load_text
-from ..engine.gradients import compute_gradients, save_gradients
+from ..engine.stats import compute_gradients, save_gradients
 from ..errors import PzError
 from ..jobs import resolve_seqlen
 from ..models import load_model
-from .common import add_calib_args, add_model_args, console, rich_progress
+from .common import (
+    add_calib_args,
+    add_model_args,
+    calib_spec,
+    check_output_file,
+    console,
+    rich_progress,
+)
 
 
 def register(sub) -> None:
@@ -30,11 +37,11 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.nsamples < 1:
-        raise PzError(f"--nsamples must be at least 1, got {args.nsamples}")
+    calib_spec(args).check()
+    if not args.scale > 0:
+        raise PzError(f"--scale must be positive, got {args.scale}")
     out = Path(args.out)
-    if out.is_dir():
-        raise PzError(f"--out {out} is a directory; give a file name such as grads.pth")
+    check_output_file(args.out, "--out")
     lm = load_model(args.model, device=args.device)
     seqlen = resolve_seqlen(lm, args.seqlen)
     text = load_text(args.calib, role="calib")

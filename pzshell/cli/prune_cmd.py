@@ -15,7 +15,12 @@ from .common import (
     add_calib_args,
     add_eval_args,
     add_model_args,
+    calib_spec,
+    check_output_file,
+    check_outputs,
     console,
+    eval_spec,
+    model_spec,
     rich_progress,
     save_outputs,
 )
@@ -94,29 +99,34 @@ def job_from_args(args: argparse.Namespace) -> PruneJob:
         method = "metric"
     if not 0 <= args.sparsity_ratio < 1:
         raise PzError(f"--sparsity_ratio must be in [0, 1), got {args.sparsity_ratio}")
-    if args.nsamples < 1:
-        raise PzError(f"--nsamples must be at least 1, got {args.nsamples}")
     return PruneJob(
-        model=args.model, method=method, sparsity_ratio=args.sparsity_ratio,
-        sparsity_type=args.sparsity_type, metric=metric, reconstruct=reconstruct,
-        use_variant=args.use_variant, nsamples=args.nsamples, seed=args.seed, calib=args.calib,
-        seqlen=args.seqlen, eval=args.eval, eval_seqlen=args.eval_seqlen,
-        eval_windows=args.eval_windows, gradient_path=args.gradient_path, device=args.device,
-        batch_size=args.batch_size, zero_shot=zero_shot_spec(args),
+        method=method,
+        sparsity_ratio=args.sparsity_ratio,
+        sparsity_type=args.sparsity_type,
+        metric=metric,
+        reconstruct=reconstruct,
+        use_variant=args.use_variant,
+        model=model_spec(args),
+        calib=calib_spec(args),
+        eval=eval_spec(args),
+        gradient_path=args.gradient_path,
+        batch_size=args.batch_size,
+        zero_shot=zero_shot_spec(args),
         finetune=finetune_spec(args) if args.finetune else None,
-    )  # fmt: skip
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     job = job_from_args(args)
-    # validate the method / sparsity before the (slow) model load
-    from ..engine.prune import PruneConfig
-
-    PruneConfig(method=job.method, sparsity_ratio=job.sparsity_ratio,
-                sparsity_type=job.sparsity_type, metric=job.metric,
-                reconstruct=job.reconstruct, use_variant=job.use_variant)  # fmt: skip
-    console.print(f"[bold]pzshell prune[/] model={job.model} method={job.method} "
-                  f"sparsity={job.sparsity_ratio} {job.sparsity_type}")  # fmt: skip
+    job.check()  # method, sparsity, data and fine-tuning settings before the (slow) model load
+    if job.batch_size < 1:
+        raise PzError(f"--batch_size must be at least 1, got {job.batch_size}")
+    check_outputs(args)
+    check_output_file(args.gradient_path, "--gradient_path")
+    console.print(
+        f"[bold]pzshell prune[/] model={job.model.name} method={job.method} "
+        f"sparsity={job.sparsity_ratio} {job.sparsity_type}"
+    )
     with rich_progress() as progress:
         lm, res = run_prune(job, progress)
     print_summary(res)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from ..evaluate.report import COLUMNS, table_rows, write_report
+from ..report import COLUMNS, table_rows, write_report
 from .common import console
 
 # the columns worth a terminal's width; report.md has them all

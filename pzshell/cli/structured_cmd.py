@@ -10,8 +10,21 @@ from pathlib import Path
 from rich.table import Table
 
 from ..engine.structured import BUILTIN_IMPORTANCE, LAYER_IMPORTANCE, STRATEGIES
-from ..structured_job import FINETUNE_METHODS, StructuredJob, run_structured, write_run_dir
-from .common import add_calib_args, add_eval_args, add_model_args, console, rich_progress
+from ..errors import PzError
+from ..jobs import StructuredJob, run_structured, write_run_dir
+from ..jobs.structured_job import save_pruned_model
+from .common import (
+    add_calib_args,
+    add_eval_args,
+    add_model_args,
+    calib_spec,
+    check_outputs,
+    console,
+    eval_spec,
+    model_spec,
+    rich_progress,
+)
+from .finetune_cmd import add_finetune_args, finetune_spec
 
 
 def register(sub) -> None:
@@ -79,36 +92,7 @@ def register(sub) -> None:
         default=8,
         help="windows per forward when no gradients are needed (default 8)",
     )
-    g = p.add_argument_group("recovery fine-tuning")
-    g.add_argument("--finetune", action="store_true", help="fine-tune after pruning")
-    g.add_argument(
-        "--finetune_method",
-        default="lora",
-        choices=FINETUNE_METHODS,
-        help="lora (merged into the weights, default) or full",
-    )
-    g.add_argument("--lora_r", type=int, default=8, help="LoRA rank (default 8)")
-    g.add_argument("--lora_alpha", type=float, default=16.0, help="LoRA alpha (default 16)")
-    g.add_argument(
-        "--finetune_samples",
-        type=int,
-        default=64,
-        help="training windows from the calibration text (default 64)",
-    )
-    g.add_argument(
-        "--finetune_lr",
-        type=float,
-        default=None,
-        help="learning rate (default 1e-4 LoRA, 1e-5 full)",
-    )
-    g.add_argument("--finetune_epochs", type=int, default=1, help="epochs (default 1)")
-    g.add_argument(
-        "--finetune_seqlen",
-        type=int,
-        default=None,
-        help="training window length (default: --seqlen)",
-    )
-    g.add_argument("--finetune_batch_size", type=int, default=1, help="windows per step")
+    add_finetune_args(p, with_switch=True)
     g = p.add_argument_group("evaluation and outputs")
     g.add_argument(
         "--test_after_prune",
@@ -143,24 +127,24 @@ def register(sub) -> None:
 
 def job_from_args(args: argparse.Namespace) -> StructuredJob:
     return StructuredJob(
-        model=args.model, pruning_ratio=args.pruning_ratio,
-        importance_method=args.importance_method, num_samples=args.num_samples,
-        calib=args.calib, seqlen=args.seqlen, seed=args.seed,
-        pruning_strategy=args.pruning_strategy, pruning_distribution=args.pruning_distribution,
-        freeze_top_n_layers=args.freeze_top_n_layers, layer_importance=args.layer_importance,
-        remove_empty_layers=args.remove_empty_layers, finetune=args.finetune,
-        finetune_method=args.finetune_method, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
-        finetune_samples=args.finetune_samples, finetune_lr=args.finetune_lr,
-        finetune_epochs=args.finetune_epochs, finetune_seqlen=args.finetune_seqlen,
-        finetune_batch_size=args.finetune_batch_size, test_after_prune=args.test_after_prune,
-        eval=args.eval, eval_seqlen=args.eval_seqlen, eval_windows=args.eval_windows,
-        speed_windows=args.speed_windows, device=args.device, batch_size=args.batch_size,
-    )  # fmt: skip
+        pruning_ratio=args.pruning_ratio,
+        importance_method=args.importance_method,
+        pruning_strategy=args.pruning_strategy,
+        pruning_distribution=args.pruning_distribution,
+        freeze_top_n_layers=args.freeze_top_n_layers,
+        layer_importance=args.layer_importance,
+        remove_empty_layers=args.remove_empty_layers,
+        model=model_spec(args),
+        calib=calib_spec(args, dest="num_samples"),
+        test_after_prune=args.test_after_prune,
+        eval=eval_spec(args),
+        speed_windows=args.speed_windows,
+        finetune=finetune_spec(args) if args.finetune else None,
+        batch_size=args.batch_size,
+    )
 
 
 def _model_dir(args) -> Path | None:
-    from ..errors import PzError
-
     if args.save_model is None:
         return None
     if args.save_model is True:
@@ -172,7 +156,8 @@ def _model_dir(args) -> Path | None:
 
 def run(args: argparse.Namespace) -> int:
     job = job_from_args(args)
-    job.validate()  # before the (slow) model load
+    job.check()  # before the (slow) model load
+    check_outputs(args)
     model_dir = _model_dir(args)
     logger = logging.getLogger("pzshell.structured")
     logger.setLevel(logging.INFO)
@@ -187,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         dist = f" {job.pruning_distribution or '2:8'}" if job.pruning_strategy != "global" else ""
         console.print(
-            f"[bold]pzshell structured[/] model={job.model} ratio={job.pruning_ratio} "
+            f"[bold]pzshell structured[/] model={job.model.name} ratio={job.pruning_ratio} "
             f"importance={job.importance_method} strategy={job.pruning_strategy}{dist}"
         )
         with rich_progress() as progress:
@@ -198,11 +183,7 @@ def run(args: argparse.Namespace) -> int:
                 f"run directory: {args.save} ({', '.join(p.name for p in files.values())})"
             )
         elif model_dir is not None:
-            from ..engine.structured_io import save_structured
-
-            save_structured(out.lm.model, out.lm.tokenizer, model_dir,
-                            removed_blocks=out.surgery.removed_blocks,
-                            source_blocks=out.surgery.source_blocks)  # fmt: skip
+            save_pruned_model(out, model_dir)
         if model_dir is not None:
             console.print(f"pruned model saved to {model_dir} (reload: --model {model_dir})")
         print_summary(out.results, out.blocks)
@@ -235,15 +216,15 @@ def print_summary(res: dict, blocks: list[dict]) -> None:
         ("blocks", f"{res['num_blocks_after']} left"
                    + (f", removed {res['removed_blocks']}" if res["removed_blocks"] else "")),
     ]  # fmt: skip
-    if "ppl_before" in res:
+    if "ppl" in res:
         where = (f"{res['eval_data']}: {res['eval_windows']} x {res['eval_seqlen']} = "
                  f"{res['eval_tokens']} tokens")  # fmt: skip
-        ppl = f"{res['ppl_before']:.3f} -> [bold green]{res['ppl_after']:.3f}[/]"
+        ppl = f"{res['ppl_dense']:.3f} -> [bold green]{res['ppl']:.3f}[/]"
         if "ppl_after_finetune" in res:
             ppl += f" -> [bold green]{res['ppl_after_finetune']:.3f}[/] (fine-tuned)"
         rows.append(("perplexity", f"{ppl}  on {where}"))
-    if "tokens_per_s_before" in res:
-        sp = f"{res['tokens_per_s_before']:.0f} -> {res['tokens_per_s_after']:.0f}"
+    if "tokens_per_s_dense" in res:
+        sp = f"{res['tokens_per_s_dense']:.0f} -> {res['tokens_per_s']:.0f}"
         if "tokens_per_s_after_finetune" in res:
             sp += f" -> {res['tokens_per_s_after_finetune']:.0f}"
         rows.append(("tokens/s", sp + " (forward)"))

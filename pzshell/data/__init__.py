@@ -150,7 +150,7 @@ def eval_windows(
     n = ids.numel() // seqlen
     if max_windows is not None:
         if max_windows < 1:
-            raise DataError(f"--eval-windows must be at least 1, got {max_windows}")
+            raise DataError(f"evaluation windows must be at least 1, got {max_windows}")
         n = min(n, max_windows)
     if n == 0:
         raise DataError(

@@ -206,7 +206,7 @@ def lora_finetune(
     r: int = 8,
     alpha: float = 16,
     dropout: float = 0.0,
-    lr: float = 1e-4,
+    lr: float = 2e-4,  # the jobs layer's default for LoRA (pzshell.jobs.specs.DEFAULT_LR)
     epochs: int = 1,
     batch_size: int = 1,
     target_modules: list[str] | None = None,

@@ -22,6 +22,7 @@ from .calib import capture_block_inputs, run_block, run_block_collecting
 from .events import ProgressFn, emit
 from .masks import SparsityError, make_mask, parse_sparsity_type
 from .sparsegpt import sparsegpt_prune
+from .stats import stat_key
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ METHODS: dict[str, Method] = {
         Method("wanda", "W*sqrt(X)", doc="|w| * ||x_j||, compared per output row"),
         Method("sparsegpt", None, reconstruct=True, doc="OBS mask + weight reconstruction"),
         Method("pruner-zero", "pruner_zero", doc="Pruner-Zero's published tree abs(W*W)*mms(G)"),
-        Method("metric", None, doc="any formula (--metric) or JSON tree (--json_tree)"),
+        Method("metric", None, doc="any formula or JSON tree of the metric language"),
     )
 }
 # Names used by the published Pruner-Zero / Wanda command lines.
@@ -85,11 +86,11 @@ class PruneConfig:
         self.method = name
         spec = METHODS[name]
         if name == "metric" and self.metric is None:
-            raise PruneError("method 'metric' needs a formula (--metric) or a tree (--json_tree)")
+            raise PruneError("method 'metric' needs a formula or a metric tree")
         if self.metric is None and spec.formula is not None:
             self.metric = load_metric(spec.formula)
         if self.n and self.m and self.use_variant:
-            raise PruneError("--use_variant applies to unstructured sparsity only")
+            raise PruneError("Wanda's cumulative variant applies to unstructured sparsity only")
 
     @property
     def spec(self) -> Method:
@@ -130,11 +131,6 @@ class PruneResult:
     def sparsity(self) -> float:
         total = sum(r.shape[0] * r.shape[1] for r in self.layers)
         return sum(r.pruned for r in self.layers) / max(total, 1)
-
-
-def grad_key(name: str, block: int) -> str:
-    """Key of a linear's gradient statistic in the Pruner-Zero file format."""
-    return f"{name}_layer_{block}"
 
 
 def _expected_fraction(cfg: PruneConfig, shape: tuple[int, int]) -> float | None:
@@ -193,7 +189,8 @@ def prune_model(
     blocks = decoder_blocks(model)
     if cfg.needs_gradients and gradients is None:
         raise PruneError(
-            f"metric {cfg.metric} uses G: compute it with `pzshell grad` and pass --gradient_path"
+            f"metric {cfg.metric} uses G: it needs the gradient statistic (a gradient file, or "
+            f"calibration data to compute it from)"
         )
     chunks = None
     if cfg.needs_calibration:
@@ -212,7 +209,7 @@ def prune_model(
             where = f"block {i} {name}"
             G = None
             if cfg.needs_gradients:
-                key = grad_key(name, i)
+                key = stat_key(name, i)
                 if key not in gradients:
                     raise PruneError(f"gradient file has no entry '{key}' for {where}")
                 G = gradients[key]

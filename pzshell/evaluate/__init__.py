@@ -1,4 +1,4 @@
-"""Evaluation: perplexity (and, later, zero-shot accuracy and reports)."""
+"""Measuring a model: perplexity, zero-shot accuracy (lm-eval), forward throughput."""
 
 from .perplexity import PerplexityResult, perplexity
 

@@ -1,7 +1,8 @@
 """The metric language: parse, print, JSON, evaluate, simplify, canonical rank key.
 
-The pruning engine needs only ``load_metric`` and ``evaluate``; algebra (sympy) is imported
-lazily by :mod:`pzshell.lang.algebra`.
+docs/language.md describes the language; :mod:`pzshell.lang.ops` is its operator registry.
+The pruning engine needs only ``load_metric`` and ``evaluate``; simplification and the
+canonical rank key (sympy) are imported only by who asks, from :mod:`pzshell.lang.algebra`.
 """
 
 from .compile import compile_metric, degenerate_reason, evaluate
@@ -18,11 +19,28 @@ from .tree import (
     to_json,
     to_json_obj,
     to_latex,
-)  # fmt: skip
+)
 
 __all__ = [
-    "EXTENDED", "OPS", "PUBLISHED", "TERMINALS", "DegenerateMetric", "MetricError", "Node", "Op",
-    "compile_metric", "degenerate_reason", "evaluate", "from_json", "from_json_obj",
-    "load_metric", "load_tree_file", "parse", "save_tree_file", "to_infix", "to_json",
-    "to_json_obj", "to_latex",
-]  # fmt: skip
+    "EXTENDED",
+    "OPS",
+    "PUBLISHED",
+    "TERMINALS",
+    "DegenerateMetric",
+    "MetricError",
+    "Node",
+    "Op",
+    "compile_metric",
+    "degenerate_reason",
+    "evaluate",
+    "from_json",
+    "from_json_obj",
+    "load_metric",
+    "load_tree_file",
+    "parse",
+    "save_tree_file",
+    "to_infix",
+    "to_json",
+    "to_json_obj",
+    "to_latex",
+]

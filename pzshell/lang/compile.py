@@ -7,22 +7,11 @@ broadcast second operand.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from .errors import DegenerateMetric, MetricError
 from .ops import OPS
 from .tree import Node, to_infix
-
-
-@dataclass(frozen=True)
-class MetricInputs:
-    """The statistics of one weight matrix of shape ``(out, in)``."""
-
-    W: torch.Tensor  # |w|, (out, in)
-    G: torch.Tensor | None = None  # gradient statistic, (out, in)
-    X: torch.Tensor | None = None  # activation statistic, (1, in)
 
 
 def evaluate(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from ..resources import trees_dir
+from ..paths import trees_dir
 from .tree import Node, load_tree_file
 
 

@@ -15,38 +15,54 @@ from lark.exceptions import (
     VisitError,
 )
 
-from ..resources import grammar_path
+from ..paths import grammar_path
 from .errors import MetricError
 from .ops import OPS, TERMINALS
 from .tree import MAX_DEPTH, MAX_SIZE, MAX_TEXT, Node, format_number, from_json, load_tree_file
 
 _NAMES = tuple(OPS) + TERMINALS
 
-# What the user can write where Lark says a terminal of this name was expected.
+# What the user can write where Lark says a terminal of this name was expected; a terminal that
+# is a fixed string (an infix symbol, a parenthesis, a comma) reads as that string in quotes.
 _EXPECT_WORDS = {
     "NAME": "a name (W, G, X or an operator)",
     "NUMBER": "a number",
-    "LPAR": "'('",
-    "RPAR": "')'",
-    "COMMA": "','",
-    "PLUS": "'+'",
-    "MINUS": "'-'",
-    "STAR": "'*'",
-    "SLASH": "'/'",
     "POW": "'^' or '**'",
     "$END": "the end of the formula",
 }
 
 
+def operator_rules() -> str:
+    """The grammar rules ``expr`` down to ``factor``, generated from the operator registry.
+
+    One left-associative rule per precedence level of the binary infix operators, loosest
+    first, each level's operands being the next level; then ``factor``, the prefix operators
+    over ``power`` (the rule for ``a^e`` in ``grammar/metric.lark``).
+    """
+    infix = [op for op in OPS.values() if op.infix]
+    levels = sorted({op.prec for op in infix})
+    names = ["expr"] + [f"prec{p}" for p in levels[1:]] + ["factor"]
+    lines = []
+    for i, prec in enumerate(levels):
+        rule, operand = names[i], names[i + 1]
+        alts = [f'{rule} "{op.infix}" {operand} -> {op.name}' for op in infix if op.prec == prec]
+        lines.append(f"?{rule}: " + "\n    | ".join([*alts, operand]))
+    alts = [f'"{op.prefix}" factor -> {op.name}' for op in OPS.values() if op.prefix]
+    lines.append("?factor: " + "\n    | ".join([*alts, "power"]))
+    return "\n".join(lines) + "\n"
+
+
 @lru_cache(maxsize=1)
 def parser() -> Lark:
     """The LALR parser, built once per process."""
-    return Lark(
-        Path(grammar_path("metric.lark")).read_text(encoding="utf-8"),
-        parser="lalr",
-        propagate_positions=True,
-        maybe_placeholders=False,
-    )
+    grammar = Path(grammar_path("metric.lark")).read_text(encoding="utf-8")
+    return Lark(grammar + "\n" + operator_rules(), parser="lalr", maybe_placeholders=False)
+
+
+@lru_cache(maxsize=1)
+def _literals() -> dict[str, str]:
+    """Terminal name -> the fixed string it matches (``PLUS`` -> ``+``)."""
+    return {t.name: t.pattern.value for t in parser().terminals if t.pattern.type == "str"}
 
 
 def did_you_mean(name: str) -> str:
@@ -65,45 +81,37 @@ class _Error(Exception):
         self.column = column
 
 
-@v_args(meta=True, inline=True)
+_BY_EXPONENT = {op.exponent: op.name for op in OPS.values() if op.exponent is not None}
+
+
+@v_args(inline=True)
 class _ToTree(Transformer):
-    def add(self, meta, a, b):
-        return Node("add", (a, b))
+    """Lark parse tree -> :class:`Node`. The handlers of the binary infix operators (one per
+    operator, named as the operator) are added from the registry below the class."""
 
-    def sub(self, meta, a, b):
-        return Node("sub", (a, b))
-
-    def mul(self, meta, a, b):
-        return Node("mul", (a, b))
-
-    def div(self, meta, a, b):
-        return Node("div", (a, b))
-
-    def neg(self, meta, a):
+    def neg(self, a):
         # `-2` is the constant -2; `neg(2)` (call form) stays an operator applied to 2.
-        if a.is_const and not getattr(a, "_called", False):
+        if a.is_const:
             return Node.const(-a.value)
         return Node("neg", (a,))
 
-    def power(self, meta, base, _pow, exponent: Token):
+    def power(self, base, _pow, exponent: Token):
         e = float(exponent)
-        if e == 2:
-            return Node("sqr", (base,))
-        if e == 0.5:
-            return Node("sqrt", (base,))
+        if e in _BY_EXPONENT:
+            return Node(_BY_EXPONENT[e], (base,))
         raise _Error(
             f"unsupported exponent {exponent}: the language has squares (x^2) and square "
             f"roots (x^0.5 or sqrt(x)) only",
             exponent.column,
         )
 
-    def number(self, meta, tok: Token):
+    def number(self, tok: Token):
         try:
             return Node(format_number(float(tok)))
         except (MetricError, ValueError):
             raise _Error(f"number {tok} is out of range", tok.column) from None
 
-    def name(self, meta, tok: Token):
+    def name(self, tok: Token):
         if tok in TERMINALS:
             return Node(str(tok))
         if tok in OPS:
@@ -115,10 +123,10 @@ class _ToTree(Transformer):
             )
         raise _Error(f"unknown name '{tok}'{did_you_mean(str(tok))}", tok.column)
 
-    def arglist(self, meta, *args):
+    def arglist(self, *args):
         return list(args)
 
-    def call(self, meta, tok: Token, args=None):
+    def call(self, tok: Token, args=None):
         args = args or []
         if tok not in OPS:
             hint = did_you_mean(str(tok))
@@ -131,8 +139,20 @@ class _ToTree(Transformer):
                 f"'{tok}' takes {arity} argument{'s' * (arity > 1)}, got {len(args)}",
                 tok.column,
             )
-        node = Node(str(tok), tuple(args))
-        return node
+        return Node(str(tok), tuple(args))
+
+
+def _binary(name: str):
+    def handler(self, a: Node, b: Node) -> Node:
+        return Node(name, (a, b))
+
+    handler.__name__ = name
+    return handler
+
+
+for _op in OPS.values():
+    if _op.infix:
+        setattr(_ToTree, _op.name, v_args(inline=True)(_binary(_op.name)))
 
 
 def parse(text: str) -> Node:
@@ -161,7 +181,7 @@ def parse(text: str) -> Node:
             column=1,
         )
     # Nesting is bounded before parsing so that pathological input cannot exhaust the stack.
-    depth = best = 0
+    depth = 0
     for i, ch in enumerate(text):
         if ch == "(":
             depth += 1
@@ -171,7 +191,6 @@ def parse(text: str) -> Node:
                     source=text,
                     column=i + 1,
                 )
-            best = max(best, depth)
         elif ch == ")":
             depth -= 1
     try:
@@ -244,13 +263,20 @@ def _syntax_error(text: str, e: UnexpectedInput) -> MetricError:
 def _expected(names) -> str:
     if not names:
         return "an expression"
-    words = sorted({_EXPECT_WORDS.get(n, n.lower()) for n in names})
+    words = sorted({_word(n) for n in names})
     operand = {"a name (W, G, X or an operator)", "a number", "'('", "'-'"}
     if operand <= set(words):
         words = [w for w in words if w not in operand] + [
             "an operand (W, G, X, a number, a call or '(')"
         ]
     return ", ".join(words[:-1]) + (" or " if len(words) > 1 else "") + words[-1]
+
+
+def _word(terminal: str) -> str:
+    if terminal in _EXPECT_WORDS:
+        return _EXPECT_WORDS[terminal]
+    literal = _literals().get(terminal)
+    return f"'{literal}'" if literal is not None else terminal.lower()
 
 
 def load_metric(spec: str | Path) -> Node:

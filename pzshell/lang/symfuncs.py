@@ -6,7 +6,7 @@ so sympy is imported only when someone asks for algebra.
 Whole-tensor and row/column operators cannot be written with scalar sympy functions, so they are
 custom :class:`sympy.Function` subclasses. Following sympytorch / PySR, ``eval`` folds only
 explicit numbers (and only where the value does not depend on the tensor's shape); identities
-such as ``mms(mms(x)) = mms(x)`` live in the rewrite rules of :mod:`pzshell.lang.algebra`, not
+such as ``mms(mms(x)) = mms(x)`` live in the rewrite rules of :mod:`pzshell.lang.rules`, not
 here, so that each one is named, documented and tested.
 
 The terminals are ``nonnegative=True`` symbols: ``W = |w|``, ``G`` is a root of a sum of
@@ -19,9 +19,24 @@ import sympy
 from sympy import Function, Min, Rational, Symbol, exp, log, nan, sqrt, tanh
 
 __all__ = [
-    "Abs", "Cap", "Coln", "Fro", "Full", "G", "Mms", "Rown", "SYMBOLS", "W", "X", "Zsn", "pexp",
-    "plog", "sq", "sqrt", "tanh",
-]  # fmt: skip
+    "Abs",
+    "Cap",
+    "Coln",
+    "Fro",
+    "Full",
+    "G",
+    "Mms",
+    "Rown",
+    "SYMBOLS",
+    "W",
+    "X",
+    "Zsn",
+    "pexp",
+    "plog",
+    "sq",
+    "sqrt",
+    "tanh",
+]
 
 W = Symbol("W", nonnegative=True)
 G = Symbol("G", nonnegative=True)

@@ -9,8 +9,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from .. import atomic
 from .errors import MetricError
-from .ops import OPS, TERMINALS
+from .ops import OPS, PREC_ATOM, PREC_POWER, PREC_PREFIX, PREC_SUM, TERMINALS
 
 MAX_DEPTH = 64
 """Deepest tree accepted from text or JSON (a GP search never gets near this)."""
@@ -126,14 +127,12 @@ def is_number_text(text: str) -> bool:
 # Infix printing (re-parses to the same tree) and LaTeX
 # ---------------------------------------------------------------------------------------------
 
-_PREC = {"add": 1, "sub": 1, "mul": 2, "div": 2, "neg": 3, "sqr": 4}
-_ATOM = 5
-
 
 def _prec(node: Node) -> int:
+    """How tightly the printed form of ``node`` binds (the registry's ``Op.prec``)."""
     if node.is_const and node.value < 0:
-        return 3  # printed as a unary minus
-    return _PREC.get(node.data, _ATOM)
+        return PREC_PREFIX  # printed with a unary minus
+    return OPS[node.data].prec if node.is_op else PREC_ATOM
 
 
 def to_infix(node: Node) -> str:
@@ -143,18 +142,18 @@ def to_infix(node: Node) -> str:
     op = OPS[node.data]
     if op.infix:
         left, right = node.children
-        p = _PREC[node.data]
-        a = _wrap(left, _prec(left) < p)
+        a = _wrap(left, _prec(left) < op.prec)
         # left-associative grammar: a right operand of equal precedence needs parentheses
-        b = _wrap(right, _prec(right) <= p)
+        b = _wrap(right, _prec(right) <= op.prec)
         return f"{a} {op.infix} {b}"
-    (child,) = node.children if op.arity == 1 else (None,)
-    if node.data == "neg" and child is not None and not child.is_const:
-        # `-2` would re-parse as a negative constant, so neg of a literal keeps call form
-        return f"-{_wrap(child, _prec(child) < 3)}"
-    if node.data == "sqr" and child is not None:
-        # `-W^2` parses as -(W^2): a unary-minus operand needs parentheses here
-        return f"{_wrap(child, _prec(child) < _ATOM)}^2"
+    if op.prefix and not node.children[0].is_const:
+        # a literal keeps the call form (`neg(2)`): `-2` would re-parse as the constant -2
+        (child,) = node.children
+        return f"{op.prefix}{_wrap(child, _prec(child) < op.prec)}"
+    if op.exponent is not None and op.prec == PREC_POWER:
+        # the base of a power is an atom: `-W^2` parses as -(W^2), so (-W)^2 keeps its parentheses
+        (child,) = node.children
+        return f"{_wrap(child, _prec(child) < PREC_ATOM)}^{format_number(op.exponent)}"
     args = ", ".join(to_infix(c) for c in node.children)
     return f"{node.data}({args})"
 
@@ -174,7 +173,7 @@ def to_latex(node: Node) -> str:
     args = []
     for i, c in enumerate(node.children):
         s = to_latex(c)
-        sum_child = c.is_op and OPS[c.data].infix in ("+", "-")
+        sum_child = c.is_op and OPS[c.data].prec == PREC_SUM
         signed = (c.is_const and c.value < 0) or c.data == "neg"
         # a sum under a product, a negation or a subtrahend, and a signed operand after an
         # infix operator or under a negation, need parentheses
@@ -327,4 +326,4 @@ def load_tree_file(path: str | Path) -> Node:
 
 
 def save_tree_file(node: Node, path: str | Path) -> None:
-    Path(path).write_text(to_json(node), encoding="utf-8")
+    atomic.write_text(path, to_json(node))

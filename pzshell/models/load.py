@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import PzError
+from ..paths import cache_dir
 from .arch import block_list_path, decoder_blocks
 
 log = logging.getLogger(__name__)
@@ -60,10 +61,6 @@ class LoadedModel:
             h.update(str(tuple(p.shape)).encode())
             h.update(p.detach().float().flatten()[:64].cpu().numpy().tobytes())
         return h.hexdigest()[:16]
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("PZSHELL_CACHE", Path.home() / ".cache" / "pzshell"))
 
 
 def pick_device(device: str | None) -> torch.device:
@@ -240,7 +237,7 @@ def _load_path_or_hub(spec: str, dtype: torch.dtype, dev: torch.device) -> Loade
             source = f"GGUF file {path}"
         elif path.is_dir() and (path / "pzshell_structure.json").is_file():
             # structurally pruned (pzshell structured): per-block shapes no stock config holds
-            from ..engine.structured_io import load_structured
+            from .structure import load_structured
 
             model, tok = load_structured(path, dtype=dtype)
             source = f"structurally pruned model {path}"

@@ -1,6 +1,6 @@
 """Genetic-programming search for pruning metrics (resumable, deduplicated, parallel)."""
 
-from .engine import Search, SearchError, SearchSettings
+from .evolution import Search, SearchError, SearchSettings
 from .fitness import Evaluator, FitnessSettings
 
 __all__ = ["Evaluator", "FitnessSettings", "Search", "SearchError", "SearchSettings"]

@@ -11,7 +11,7 @@ import json
 import sqlite3
 from pathlib import Path
 
-from ..models.load import cache_dir
+from ..paths import cache_dir
 
 
 class FitnessCache:

@@ -22,14 +22,13 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..data import load_text, tokenize
-from ..engine.calib import StatsCollector
-from ..engine.gradients import compute_gradients
 from ..engine.masks import make_mask, parse_sparsity_type
-from ..engine.prune import PruneConfig, grad_key, prune_model
+from ..engine.prune import PruneConfig, prune_model
+from ..engine.stats import activation_stats, compute_gradients, stat_key
 from ..evaluate.perplexity import perplexity
 from ..lang import DegenerateMetric, MetricError, Node, evaluate
 from ..models import LoadedModel, block_linears, load_model
-from ..models.load import cache_dir
+from ..paths import cache_dir
 
 WORST = math.inf
 
@@ -86,6 +85,8 @@ class Evaluator:
                 f"calibration text {text.name} is too short ({ids.numel()} tokens) for "
                 f"{s.heldout_windows} held-out windows of {s.heldout_seqlen} plus calibration"
             )
+        # the draw of pzshell.data.calibration_windows, over the calibration part only (that
+        # function samples a whole text's tokens; pzshell.data has no sampler over token ids yet)
         rng = random.Random(s.seed)
         self.calib_ids = torch.stack(
             [
@@ -110,8 +111,8 @@ class Evaluator:
     # ---- statistics, computed once and cached on disk ------------------------------------------
     def stats_key(self) -> str:
         s = self.settings
-        blob = json.dumps([s.model, self.lm.fingerprint(), self.text_digest, s.nsamples,
-                           s.grad_samples, s.seqlen, s.seed])  # fmt: skip
+        fields = [s.model, self.lm.fingerprint(), self.text_digest, s.nsamples, s.grad_samples]
+        blob = json.dumps([*fields, s.seqlen, s.seed])
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
     def _stats(self):
@@ -122,7 +123,9 @@ class Evaluator:
                 return d["X"], d["G"]
             except Exception:
                 path.unlink(missing_ok=True)
-        X = self._activation_stats()
+        # one statistics pass over the dense model (it ends at the last block's last linear from
+        # the second batch on: no LM head); G in its published fp16 form, as the prune path uses
+        X = {k: st.X.cpu() for k, st in activation_stats(self.lm.model, self.calib_ids).items()}
         G = compute_gradients(self.lm.model, self.calib_ids[: self.settings.grad_samples])
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -130,26 +133,16 @@ class Evaluator:
         tmp.replace(path)
         return X, G
 
-    @torch.no_grad()
-    def _activation_stats(self) -> dict[str, torch.Tensor]:
-        lins = {grad_key(n, i): lin for i, n, lin in self.linears}
-        # stop_early: from the second batch on, the forward ends at the last block's last
-        # linear (no LM head)
-        with StatsCollector(lins, want_h=False, stop_early=True) as col:
-            for start in range(0, self.calib_ids.shape[0], 8):
-                with col.chunk():
-                    self.lm.model(input_ids=self.calib_ids[start : start + 8], use_cache=False)
-        return {k: st.X.cpu() for k, st in col.stats.items()}
-
     # ---- fitness -------------------------------------------------------------------------------
     @torch.no_grad()
     def _apply_masks(self, tree: Node) -> None:
         s = self.settings
         for i, n, lin in self.linears:
             W = self.dense[(i, n)]
-            k = grad_key(n, i)
-            scores = evaluate(tree, W, G=self.G.get(k) if "G" in tree.terminals else None,
-                              X=self.X.get(k) if "X" in tree.terminals else None)  # fmt: skip
+            k = stat_key(n, i)
+            G = self.G.get(k) if "G" in tree.terminals else None
+            X = self.X.get(k) if "X" in tree.terminals else None
+            scores = evaluate(tree, W, G=G, X=X)
             mask = make_mask(scores, s.sparsity_ratio, self.n, self.m)  # per-row groups
             lin.weight.copy_(W.masked_fill(mask, 0))
 
@@ -194,8 +187,8 @@ class Evaluator:
     def final_fitness(self, tree: Node) -> dict:
         """The full layer-sequential prune with this tree, perplexity on the held-out windows."""
         t0 = time.perf_counter()
-        cfg = PruneConfig("metric", self.settings.sparsity_ratio, self.settings.sparsity_type,
-                          metric=tree)  # fmt: skip
+        s = self.settings
+        cfg = PruneConfig("metric", s.sparsity_ratio, s.sparsity_type, metric=tree)
         try:
             prune_model(self.lm.model, cfg, self.calib_ids, self.G)
             value = round_fitness(perplexity(self.lm.model, self.heldout).ppl)

@@ -6,6 +6,8 @@ import math
 import statistics
 from pathlib import Path
 
+from .. import atomic
+
 
 def plot_history(history: list[dict], path: str | Path, *, title: str = "") -> Path:
     import matplotlib
@@ -40,6 +42,7 @@ def plot_history(history: list[dict], path: str | Path, *, title: str = "") -> P
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path)
+    with atomic.writing_file(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
     return path

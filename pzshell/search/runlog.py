@@ -8,6 +8,8 @@ import logging
 import os
 from pathlib import Path
 
+from .. import atomic
+
 log = logging.getLogger(__name__)
 
 LOG_NAME = "candidates.jsonl"
@@ -53,9 +55,7 @@ class RunLog:
         return records, warnings
 
     def write_json(self, name: str, obj) -> None:
-        tmp = self.dir / (name + ".tmp")
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        tmp.replace(self.dir / name)
+        atomic.write_text(self.dir / name, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
     def read_json(self, name: str):
         p = self.dir / name

@@ -1,104 +1,41 @@
-"""Every message the app's parts send each other, as typed dataclasses in one place.
+"""The Textual messages the app's parts send each other.
 
-Worker events become these messages in the event-pump thread; progress messages override
-:meth:`can_replace` so that a burst of them collapses to the newest one in the queue.
+Everything the worker reports reaches the app as one message, :class:`WorkerEvent`, carrying
+the protocol's own event object (:data:`pzshell.worker.protocol.Event`); handlers dispatch on
+that object's type, so no event is declared twice. Progress events override
+:meth:`WorkerEvent.can_replace` so that a burst of them collapses to the newest one in the queue.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from textual.message import Message
+
+from ..search.events import SearchProgress
+from ..worker.protocol import Event, RunProgress, SearchEvent
 
 # ---- from the worker process ---------------------------------------------------------------
 
 
 @dataclass
-class WorkerStarted(Message):
-    pid: int
-    device: str
+class WorkerEvent(Message):
+    """One event from the worker (or :class:`~pzshell.worker.protocol.WorkerExited` from its
+    client), unchanged."""
 
-
-@dataclass
-class WorkerDied(Message):
-    reason: str
-
-
-@dataclass
-class RunStarted(Message):
-    run_id: str
-
-
-@dataclass
-class RunProgressed(Message):
-    run_id: str
-    stage: str
-    done: int
-    total: int
-    text: str = ""
+    event: Event
 
     def can_replace(self, message: Message) -> bool:
-        return isinstance(message, RunProgressed) and message.run_id == self.run_id
+        if not isinstance(message, WorkerEvent):
+            return False
+        new, old = message.event, self.event
+        if isinstance(old, RunProgress):
+            return isinstance(new, RunProgress) and new.run_id == old.run_id
+        return _is_search_progress(old) and _is_search_progress(new)
 
 
-@dataclass
-class RunCompleted(Message):
-    run_id: str
-    results: dict
-
-
-@dataclass
-class RunFailed(Message):
-    run_id: str
-    error: str
-    cancelled: bool = False
-
-
-@dataclass
-class SearchStarted(Message):
-    out_dir: str
-    budget: int
-    resumed_evaluations: int
-
-
-@dataclass
-class SearchProgressed(Message):
-    evaluations: int
-    budget: int
-    cache_hits: int
-    evals_per_minute: float
-    best_fitness: float
-    best_formula: str
-    hall_of_fame: list = field(default_factory=list)
-    paused: bool = False
-
-    def can_replace(self, message: Message) -> bool:
-        return isinstance(message, SearchProgressed)
-
-
-@dataclass
-class CandidateEvaluated(Message):
-    record: dict
-
-
-@dataclass
-class SearchEnded(Message):
-    out_dir: str
-    best_formula: str
-    best_fitness: float
-    evaluations: int
-    stopped: bool
-
-
-@dataclass
-class SearchFailed(Message):
-    error: str
-
-
-@dataclass
-class WorkerNote(Message):
-    text: str
-    level: str = "info"
+def _is_search_progress(ev: object) -> bool:
+    return isinstance(ev, SearchEvent) and isinstance(ev.event, SearchProgress)
 
 
 # ---- between the app's own parts -----------------------------------------------------------
@@ -134,40 +71,3 @@ class RunRequested(Message):
 @dataclass
 class CancelRequested(Message):
     run_id: str
-
-
-def from_worker_event(ev) -> Message | None:
-    """The message for one worker event (None for events the app does not show)."""
-    from ..search import events as se
-    from ..worker import protocol as p
-
-    if isinstance(ev, p.RunProgress):
-        return RunProgressed(ev.run_id, ev.stage, ev.done, ev.total, ev.message)
-    if isinstance(ev, p.RunStarted):
-        return RunStarted(ev.run_id)
-    if isinstance(ev, p.RunFinished):
-        return RunCompleted(ev.run_id, ev.results)
-    if isinstance(ev, p.RunFailed):
-        return RunFailed(ev.run_id, ev.error, ev.cancelled)
-    if isinstance(ev, p.WorkerReady):
-        return WorkerStarted(ev.pid, ev.device)
-    if isinstance(ev, p.WorkerNote):
-        return WorkerNote(ev.text, ev.level)
-    if isinstance(ev, p.SearchFailed):
-        return SearchFailed(ev.error)
-    if isinstance(ev, p.SearchEvent):
-        e = ev.event
-        if isinstance(e, se.SearchProgress):
-            return SearchProgressed(e.evaluations, e.budget, e.cache_hits, e.evals_per_minute,
-                                    e.best_fitness, e.best_formula, list(e.hall_of_fame),
-                                    e.paused)  # fmt: skip
-        if isinstance(e, se.CandidateDone):
-            return CandidateEvaluated(e.record)
-        if isinstance(e, se.SearchStarted):
-            return SearchStarted(e.out_dir, e.budget, e.resumed_evaluations)
-        if isinstance(e, se.SearchFinished):
-            return SearchEnded(e.out_dir, e.best_formula, e.best_fitness, e.evaluations,
-                               e.stopped)  # fmt: skip
-        if isinstance(e, se.SearchMessage):
-            return WorkerNote(e.text, e.level)
-    return None

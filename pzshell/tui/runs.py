@@ -5,19 +5,31 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass
+from enum import Enum
 
 from ..worker.protocol import PruneRequest, RunSettings
+from .store import matches_reference
 
 _ids = itertools.count(1)
 
 
+class RunStatus(Enum):
+    """Where a queued run is: waiting here, given to the worker, or being worked on."""
+
+    QUEUED = "queued"
+    SENT = "sent"
+    RUNNING = "running"
+
+
 @dataclass
-class Run:
+class QueuedRun:
+    """One prune-and-evaluate run the user asked for, from the queue until its result."""
+
     kind: str  # "metric" | "dense" | "wanda"
     formula: str | None
     settings: RunSettings
     id: str = ""
-    status: str = "queued"  # queued -> sent -> running
+    status: RunStatus = RunStatus.QUEUED
     stage: str = ""
     done: int = 0
     total: int = 0
@@ -44,42 +56,41 @@ class RunQueue:
     """Runs in order; the first one not yet sent goes to the worker when it is idle."""
 
     def __init__(self) -> None:
-        self.runs: list[Run] = []
+        self.runs: list[QueuedRun] = []
 
-    def add(self, run: Run) -> Run:
+    def add(self, run: QueuedRun) -> QueuedRun:
         self.runs.append(run)
         return run
 
-    def get(self, run_id: str) -> Run | None:
+    def get(self, run_id: str) -> QueuedRun | None:
         return next((r for r in self.runs if r.id == run_id), None)
 
-    def remove(self, run_id: str) -> Run | None:
+    def remove(self, run_id: str) -> QueuedRun | None:
         run = self.get(run_id)
         if run is not None:
             self.runs.remove(run)
         return run
 
     @property
-    def active(self) -> Run | None:
+    def active(self) -> QueuedRun | None:
         """The run the worker has (sent or running)."""
-        return next((r for r in self.runs if r.status in ("sent", "running")), None)
+        return next((r for r in self.runs if r.status is not RunStatus.QUEUED), None)
 
-    def next_to_send(self) -> Run | None:
+    @property
+    def waiting(self) -> list[QueuedRun]:
+        """The runs not yet given to the worker, in order."""
+        return [r for r in self.runs if r.status is RunStatus.QUEUED]
+
+    def next_to_send(self) -> QueuedRun | None:
         if self.active is not None:
             return None
-        return next((r for r in self.runs if r.status == "queued"), None)
+        return next(iter(self.waiting), None)
 
     def pending(self, kind: str, settings: RunSettings) -> bool:
         """Is a reference run of this kind for these settings already queued?"""
-        for r in self.runs:
-            if r.kind != kind or r.settings.reference_key() != settings.reference_key():
-                continue
-            if kind == "dense" or (
-                r.settings.sparsity_ratio == settings.sparsity_ratio
-                and r.settings.sparsity_type == settings.sparsity_type
-            ):
-                return True
-        return False
+        return any(
+            r.kind == kind and matches_reference(r.settings, kind, settings) for r in self.runs
+        )
 
     def __len__(self) -> int:
         return len(self.runs)

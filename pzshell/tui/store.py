@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+from .. import atomic
+from ..jobs.results import validate
 from ..worker.protocol import RunSettings
 
 
@@ -28,16 +29,7 @@ def data_home() -> Path:
 
 def write_json_atomic(path: Path, obj) -> None:
     """Write ``obj`` so that a crash leaves either the old or the new file, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic.write_text(path, json.dumps(obj, indent=1) + "\n")
 
 
 def read_json(path: Path, default):
@@ -72,8 +64,11 @@ class AppSettings:
     auto_reference: bool = True  # queue dense and Wanda rows for new settings
 
     def to_dict(self) -> dict:
-        return {"run": asdict(self.run), "search": asdict(self.search),
-                "auto_reference": self.auto_reference}  # fmt: skip
+        return {
+            "run": asdict(self.run),
+            "search": asdict(self.search),
+            "auto_reference": self.auto_reference,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> AppSettings:
@@ -113,15 +108,28 @@ class AppSettings:
 
         r, k = self.run, self.search
         fit = FitnessSettings(
-            model=r.model, sparsity_ratio=r.sparsity_ratio, sparsity_type=r.sparsity_type,
-            calib=r.calib, nsamples=k.nsamples, grad_samples=k.grad_samples, seqlen=k.seqlen,
-            heldout_windows=k.heldout_windows, heldout_seqlen=k.heldout_seqlen,
-            cheap_windows=k.cheap_windows, cheap_seqlen=k.cheap_seqlen, seed=r.seed,
-        )  # fmt: skip
+            model=r.model,
+            sparsity_ratio=r.sparsity_ratio,
+            sparsity_type=r.sparsity_type,
+            calib=r.calib,
+            nsamples=k.nsamples,
+            grad_samples=k.grad_samples,
+            seqlen=k.seqlen,
+            heldout_windows=k.heldout_windows,
+            heldout_seqlen=k.heldout_seqlen,
+            cheap_windows=k.cheap_windows,
+            cheap_seqlen=k.cheap_seqlen,
+            seed=r.seed,
+        )
         return SearchSettings(
-            fitness=fit, population=k.population, budget=k.budget, batch=k.batch, ops=k.ops,
-            seed=r.seed, final_top=k.final_top,
-        )  # fmt: skip
+            fitness=fit,
+            population=k.population,
+            budget=k.budget,
+            batch=k.batch,
+            ops=k.ops,
+            seed=r.seed,
+            final_top=k.final_top,
+        )
 
 
 class Store:
@@ -173,17 +181,19 @@ class Store:
         write_json_atomic(self.results_path, self.results)
 
     def has_reference(self, kind: str, settings: RunSettings) -> bool:
-        for r in self.results:
-            if r.get("kind") != kind or r.get("ppl") is None:
-                continue
-            if tuple(r.get("reference_key") or ()) != tuple(_jsonable(settings.reference_key())):
-                continue
-            if kind == "dense" or (
-                r.get("sparsity_ratio") == settings.sparsity_ratio
-                and r.get("sparsity_type") == settings.sparsity_type
-            ):
-                return True
-        return False
+        """Is there a finished reference row of ``kind`` for runs at ``settings``?"""
+        return any(
+            r.get("ppl") is not None and matches_reference(r, kind, settings) for r in self.results
+        )
+
+    def references_for(self, row: dict) -> dict[str, dict]:
+        """The newest dense and Wanda rows that ``row`` is comparable with, by kind."""
+        out = {}
+        for kind in REFERENCE_KINDS:
+            match = [r for r in self.results if matches_reference(r, kind, row)]
+            if match:
+                out[kind] = match[-1]
+        return out
 
     # ---- settings and search -------------------------------------------------------------------
     def load_settings(self) -> AppSettings:
@@ -191,7 +201,7 @@ class Store:
 
     def save_settings(self, settings: AppSettings) -> None:
         self.state["settings"] = settings.to_dict()
-        self._save_state()
+        self.save_state()
 
     @property
     def last_search(self) -> dict | None:
@@ -199,15 +209,16 @@ class Store:
 
     def set_last_search(self, out_dir: str, status: str) -> None:
         self.state["last_search"] = {"dir": out_dir, "status": status}
-        self._save_state()
+        self.save_state()
 
-    def _save_state(self) -> None:
+    def save_state(self) -> None:
         write_json_atomic(self.state_path, self.state)
 
 
 def result_row(kind: str, formula: str | None, settings: RunSettings, res: dict, **extra) -> dict:
-    """The results-table row for a finished run (what results.json keeps)."""
-    dense = kind == "dense"
+    """The results-table row for a finished run (what results.json keeps), from the run's
+    results in the jobs' schema (:mod:`pzshell.jobs.results`)."""
+    res = validate(res, f"the {kind} run's results")
     return {
         "kind": kind,
         "formula": formula,
@@ -215,8 +226,9 @@ def result_row(kind: str, formula: str | None, settings: RunSettings, res: dict,
         "seed": settings.seed,
         "calib": settings.calib,
         "model": settings.model,
-        "sparsity_ratio": 0.0 if dense else settings.sparsity_ratio,
-        "sparsity_type": "dense" if dense else settings.sparsity_type,
+        # what the job recorded (pzshell.jobs.results): a dense run is "unstructured" at ratio 0
+        "sparsity_ratio": res["sparsity_ratio"],
+        "sparsity_type": res["sparsity_type"],
         "ppl": res.get("ppl"),
         "seconds": round(
             float(res.get("prune_seconds", 0.0)) + float(res.get("grad_seconds", 0.0)), 2
@@ -245,6 +257,30 @@ def _canonical_key(formula: str | None) -> str | None:
         return canonical(parse(formula)).key
     except Exception:  # a row must never be lost for its key
         return None
+
+
+REFERENCE_KINDS = ("dense", "wanda")
+
+
+def matches_reference(ref: RunSettings | dict, kind: str, run: RunSettings | dict) -> bool:
+    """Is ``ref`` — a queued run's settings or a results row — the ``kind`` reference ("dense",
+    "wanda") for ``run`` (settings or a row)? Both must have the same model, data and evaluation
+    (:meth:`RunSettings.reference_key`); a pruned reference also the same sparsity. A row must
+    be of ``kind``; the caller checks a queued run's kind."""
+    if isinstance(ref, dict) and ref.get("kind") != kind:
+        return False
+    ref_key, ref_ratio, ref_type = _reference_fields(ref)
+    key, ratio, stype = _reference_fields(run)
+    if ref_key != key:
+        return False
+    return kind == "dense" or (ref_ratio, ref_type) == (ratio, stype)
+
+
+def _reference_fields(x: RunSettings | dict) -> tuple:
+    """(reference key as JSON would give it back, sparsity ratio, sparsity type)."""
+    if isinstance(x, RunSettings):
+        return _jsonable(x.reference_key()), x.sparsity_ratio, x.sparsity_type
+    return list(x.get("reference_key") or ()), x.get("sparsity_ratio"), x.get("sparsity_type")
 
 
 def _jsonable(t: tuple) -> list:

@@ -9,6 +9,7 @@ from .client import WorkerClient, describe_exit
 from .protocol import (
     CancelRun,
     ControlSearch,
+    Event,
     PruneRequest,
     RunFailed,
     RunFinished,
@@ -19,12 +20,28 @@ from .protocol import (
     SearchFailed,
     Shutdown,
     StartSearch,
+    WorkerExited,
     WorkerNote,
     WorkerReady,
 )
 
 __all__ = [
-    "CancelRun", "ControlSearch", "PruneRequest", "RunFailed", "RunFinished", "RunProgress",
-    "RunSettings", "RunStarted", "SearchEvent", "SearchFailed", "Shutdown", "StartSearch",
-    "WorkerClient", "WorkerNote", "WorkerReady", "describe_exit",
-]  # fmt: skip
+    "CancelRun",
+    "ControlSearch",
+    "Event",
+    "PruneRequest",
+    "RunFailed",
+    "RunFinished",
+    "RunProgress",
+    "RunSettings",
+    "RunStarted",
+    "SearchEvent",
+    "SearchFailed",
+    "Shutdown",
+    "StartSearch",
+    "WorkerClient",
+    "WorkerExited",
+    "WorkerNote",
+    "WorkerReady",
+    "describe_exit",
+]

@@ -40,9 +40,11 @@ class WorkerClient:
         self.jobs = self._ctx.Queue()
         self.events = self._ctx.Queue()
         self.proc = self._ctx.Process(
-            target=worker_main, args=(self.jobs, self.events, self.log_path),
-            name="pzshell-worker", daemon=True,
-        )  # fmt: skip
+            target=worker_main,
+            args=(self.jobs, self.events, self.log_path),
+            name="pzshell-worker",
+            daemon=True,
+        )
         with _real_std_streams():
             self.proc.start()
         self.generation += 1

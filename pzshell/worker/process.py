@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 from ..engine.events import Progress
@@ -26,6 +27,7 @@ from .protocol import (
     RunFailed,
     RunFinished,
     RunProgress,
+    RunSettings,
     RunStarted,
     SearchEvent,
     SearchFailed,
@@ -34,6 +36,17 @@ from .protocol import (
     WorkerNote,
     WorkerReady,
 )
+
+
+def specs_of(s: RunSettings) -> tuple:
+    """The app's flat run settings as the jobs' specs: (model, calibration, evaluation)."""
+    from ..jobs.specs import CalibSpec, EvalSpec, ModelSpec
+
+    return (
+        ModelSpec(s.model, s.device),
+        CalibSpec(s.calib, s.nsamples, s.seqlen, s.seed),
+        EvalSpec(s.eval, s.eval_seqlen, s.eval_windows),
+    )
 
 
 class Cancelled(Exception):
@@ -145,7 +158,7 @@ class Worker:
         return lm
 
     def run_one(self, job: PruneRequest) -> dict:
-        from ..jobs import PruneJob, evaluate_ppl, resolve_seqlen, run_prune
+        from ..jobs import EvalJob, PruneJob, run_eval, run_prune
         from ..lang import load_metric
 
         s = job.settings
@@ -163,21 +176,23 @@ class Worker:
         load_seconds = time.perf_counter() - t0
         progress(Progress("load", 1, 1, s.model))
         if job.kind == "dense":
-            seqlen = resolve_seqlen(lm, s.seqlen)
-            res = {
-                "model": s.model, "method": "dense", "metric": None, "sparsity_ratio": 0.0,
-                "sparsity_type": "dense", "prune_seconds": 0.0, "seqlen": seqlen, "nsamples": 0,
-                "device": str(lm.device), "load_seconds": load_seconds,
-            }  # fmt: skip
-            res.update(evaluate_ppl(lm, s.eval, s.eval_seqlen or seqlen, s.eval_windows, progress))
-            return res
-        pj = PruneJob(
-            model=s.model, method="metric" if metric is not None else job.kind,
-            sparsity_ratio=s.sparsity_ratio, sparsity_type=s.sparsity_type, metric=metric,
-            nsamples=s.nsamples, seed=s.seed, calib=s.calib, seqlen=s.seqlen, eval=s.eval,
-            eval_seqlen=s.eval_seqlen, eval_windows=s.eval_windows, device=s.device,
-        )  # fmt: skip
-        _, res = run_prune(pj, progress=progress, lm=lm)
+            model, _, evaluation = specs_of(s)
+            # the dense reference is measured on the runs' windows: eval length defaults to the
+            # calibration window length, as in a prune run
+            evaluation = replace(evaluation, seqlen=s.eval_seqlen or s.seqlen)
+            _, res = run_eval(EvalJob(model, evaluation), progress=progress, lm=lm)
+        else:
+            model, calib, evaluation = specs_of(s)
+            pj = PruneJob(
+                method="metric" if metric is not None else job.kind,
+                sparsity_ratio=s.sparsity_ratio,
+                sparsity_type=s.sparsity_type,
+                metric=metric,
+                model=model,
+                calib=calib,
+                eval=evaluation,
+            )
+            _, res = run_prune(pj, progress=progress, lm=lm)
         res.pop("layers", None)
         res["load_seconds"] = load_seconds
         return res

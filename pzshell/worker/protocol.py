@@ -3,6 +3,8 @@
 The terminal app (or any other client) never shares objects with the worker process; it sends
 these jobs and reads these events, so a crashed or killed worker costs only the job in flight.
 Search events (:mod:`pzshell.search.events`) travel unchanged inside :class:`SearchEvent`.
+:class:`WorkerExited` is the one event the worker cannot send: its client makes it when the
+process is gone, so that a reader sees every change in the worker as an :data:`Event`.
 """
 
 from __future__ import annotations
@@ -36,8 +38,16 @@ class RunSettings:
 
     def reference_key(self) -> tuple:
         """Runs with equal keys are comparable (same model, data and evaluation)."""
-        return (self.model, self.calib, self.eval, self.nsamples, self.seqlen,
-                self.eval_seqlen, self.eval_windows, self.seed)  # fmt: skip
+        return (
+            self.model,
+            self.calib,
+            self.eval,
+            self.nsamples,
+            self.seqlen,
+            self.eval_seqlen,
+            self.eval_windows,
+            self.seed,
+        )
 
 
 # ---- jobs (client -> worker) ---------------------------------------------------------------
@@ -142,7 +152,21 @@ class WorkerNote:
     level: str = "info"  # "info" | "warning" | "error"
 
 
+@dataclass(frozen=True)
+class WorkerExited:
+    """The worker process is gone (made by the client that noticed, never sent by the worker)."""
+
+    reason: str  # in words, e.g. from :func:`pzshell.worker.client.describe_exit`
+
+
 Event = (
-    WorkerReady | RunStarted | RunProgress | RunFinished | RunFailed | SearchEvent | SearchFailed
+    WorkerReady
+    | RunStarted
+    | RunProgress
+    | RunFinished
+    | RunFailed
+    | SearchEvent
+    | SearchFailed
     | WorkerNote
-)  # fmt: skip
+    | WorkerExited
+)

@@ -10,14 +10,9 @@ import torch
 from pzshell.cli import main
 from pzshell.data import calibration_windows, eval_windows, load_text
 from pzshell.engine.calib import capture_block_inputs, run_block, run_block_collecting
-from pzshell.engine.gradients import (
-    GradientError,
-    compute_gradients,
-    load_gradients,
-    save_gradients,
-)
 from pzshell.engine.masks import row_mask
 from pzshell.engine.prune import PruneConfig, PruneError, prune_model
+from pzshell.engine.stats import GradientError, compute_gradients, load_gradients, save_gradients
 from pzshell.evaluate import perplexity
 from pzshell.lang import evaluate, parse
 from pzshell.models import build_tiny, count_block_params, decoder_blocks, find_linears, load_model
@@ -113,8 +108,14 @@ def test_statistics_pass_stops_at_the_last_linear_and_stays_exact(tiny_lm, calib
     run_block(block, chunks)  # the reference: plain forwards, every linear sees every token
     for h in handles:
         h.remove()
-    counter = [lin.register_forward_hook(lambda m, a, o, n=n: ran.__setitem__(n, ran[n] + 1))
-               for n, lin in lins.items()]  # fmt: skip
+
+    def count(name):
+        def hook(module, args, out):
+            ran[name] += 1
+
+        return hook
+
+    counter = [lin.register_forward_hook(count(n)) for n, lin in lins.items()]
     stats = run_block_collecting(block, lins, chunks, want_h=True)
     for h in counter:
         h.remove()
@@ -237,9 +238,11 @@ def test_cli_prune_writes_results(tmp_path, capsys):
     import json
 
     res = json.loads((tmp_path / "run" / "results.json").read_text())
-    for key in ("model", "method", "metric", "sparsity_ratio", "sparsity_type", "actual_sparsity",
-                "nsamples", "seqlen", "seed", "calib_data", "eval_data", "eval_seqlen",
-                "eval_tokens", "ppl", "prune_seconds", "peak_rss_mb"):  # fmt: skip
+    keys = (
+        "model method metric sparsity_ratio sparsity_type actual_sparsity nsamples seqlen seed "
+        "calib_data eval_data eval_seqlen eval_tokens ppl prune_seconds peak_rss_mb"
+    )
+    for key in keys.split():
         assert key in res, key
     assert res["method"] == "metric" and res["metric"] == "W * sqrt(X)"
     assert res["actual_sparsity"] == pytest.approx(0.5)
@@ -251,8 +254,8 @@ def test_cli_grad_then_prune_with_original_flags(tmp_path, capsys):
     assert (
         main(["grad", "--model", "tiny", "--nsamples", "2", "--seqlen", "32", "-o", str(gp)]) == 0
     )
-    rc = main(["prune", *FAST, "--prune_method", "pruner-zero", "--gradient_path", str(gp),
-               "--sparsity_type", "2:4"])  # fmt: skip
+    flags = ["--prune_method", "pruner-zero", "--gradient_path", str(gp), "--sparsity_type", "2:4"]
+    rc = main(["prune", *FAST, *flags])
     assert rc == 0
 
 

@@ -10,8 +10,8 @@ import torch
 
 from pzshell.cli import main
 from pzshell.data import calibration_windows, eval_windows, load_text
-from pzshell.engine.gradients import compute_gradients
 from pzshell.engine.prune import PruneConfig, prune_model
+from pzshell.engine.stats import compute_gradients
 from pzshell.evaluate import perplexity
 from pzshell.models import count_block_params, decoder_blocks, find_linears
 
@@ -55,10 +55,9 @@ def test_smollm2_gradient_statistic_shapes(smollm2):
 
 def test_smollm2_cli_prune_2_4(tmp_path):
     calib_src, eval_src = shared_texts()
-    rc = main(["prune", "--model", "smollm2", "--prune_method", "sparsegpt", "--sparsity_type",
-               "2:4", "--nsamples", "2", "--seqlen", "128", "--calib", calib_src, "--eval",
-               eval_src, "--eval-seqlen", "256", "--eval-windows", "1",
-               "--save", str(tmp_path)])  # fmt: skip
+    flags = "--model smollm2 --prune_method sparsegpt --sparsity_type 2:4 --nsamples 2 --seqlen 128"
+    evals = ["--eval", eval_src, "--eval-seqlen", "256", "--eval-windows", "1"]
+    rc = main(["prune", *flags.split(), "--calib", calib_src, *evals, "--save", str(tmp_path)])
     assert rc == 0
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["actual_sparsity"] == pytest.approx(0.5, abs=1e-4)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pzshell.cli import main
-from pzshell.evaljobs import PROVENANCE_FILE
+from pzshell.jobs.provenance import PROVENANCE_FILE
 from pzshell.models import count_block_params, load_model
 
 FT = ["--finetune_samples", "3", "--finetune_seqlen", "32", "--finetune_lr", "1e-3"]

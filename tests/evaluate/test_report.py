@@ -7,7 +7,7 @@ import json
 import pytest
 
 from pzshell.cli import main
-from pzshell.evaluate.report import ReportError, find_runs, markdown_table, write_report
+from pzshell.report import ReportError, find_runs, markdown_table, write_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -20,8 +20,6 @@ settings.register_profile(
 settings.register_profile("thorough", max_examples=500, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "lang"))
 
-UNARY = tuple(n for n, op in OPS.items() if op.arity == 1)
-BINARY = tuple(n for n, op in OPS.items() if op.arity == 2)
 
 constants = st.one_of(
     st.sampled_from([0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5, 3.0, 0.001, 100.0]),

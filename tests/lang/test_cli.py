@@ -55,9 +55,12 @@ def test_empty_formula(capsys):
 
 def test_unknown_name_suggests(capsys):
     assert_user_error(
-        capsys, ["parse", "W * sqrtt(X)"], "unknown operator 'sqrtt'", "did you mean 'sqrt'",
+        capsys,
+        ["parse", "W * sqrtt(X)"],
+        "unknown operator 'sqrtt'",
+        "did you mean 'sqrt'",
         column=5,
-    )  # fmt: skip
+    )
     assert_user_error(capsys, ["parse", "W * w"], "unknown name 'w'", "did you mean 'W'", column=5)
     assert_user_error(capsys, ["parse", "Mms(G)"], "did you mean 'mms'", column=1)
 
@@ -124,8 +127,11 @@ def test_malformed_json(capsys, tmp_path):
 
 
 def test_json_unknown_operator_names_the_path(capsys, tmp_path):
-    tree = {"data": "mul", "left": {"data": "W"},
-            "right": {"data": "add", "left": {"data": "foo"}, "right": {"data": "G"}}}  # fmt: skip
+    tree = {
+        "data": "mul",
+        "left": {"data": "W"},
+        "right": {"data": "add", "left": {"data": "foo"}, "right": {"data": "G"}},
+    }
     f = tmp_path / "t.json"
     f.write_text(json.dumps(tree))
     assert_user_error(capsys, ["parse", str(f)], "right.left: unknown operator 'foo'")
@@ -140,9 +146,10 @@ def test_json_missing_children(capsys):
         "<root>: operator 'mul' takes 2 operands but 'right' is missing",
     )
     assert_user_error(
-        capsys, ["parse", '{"data": "sqrt", "left": {"data": "W"}, "right": {"data": "G"}}'],
+        capsys,
+        ["parse", '{"data": "sqrt", "left": {"data": "W"}, "right": {"data": "G"}}'],
         "unary",
-    )  # fmt: skip
+    )
     assert_user_error(capsys, ["parse", '{"data": "W", "left": {"data": "G"}}'], "leaf 'W'")
     assert_user_error(capsys, ["parse", '{"left": {"data": "G"}}'], "no 'data' key")
     assert_user_error(capsys, ["parse", "[1, 2]"], "unexpected character '['", column=1)
@@ -195,8 +202,15 @@ def test_parse_accepts_files_and_shipped_names(capsys):
 def test_parse_rich_view(capsys):
     rc, out, _ = run(capsys, "parse", "W^2 * X")
     assert rc == 0
-    for fragment in ("sqr", "W^2 * X", "same pruning rule as wanda", "W*sqrt(X)",
-                     r"W^{2} \cdot X", '"data": "mul"', "loads in the original"):  # fmt: skip
+    for fragment in (
+        "sqr",
+        "W^2 * X",
+        "same pruning rule as wanda",
+        "W*sqrt(X)",
+        r"W^{2} \cdot X",
+        '"data": "mul"',
+        "loads in the original",
+    ):
         assert fragment in out, fragment
     rc, out, _ = run(capsys, "parse", "rown(W) * 2")
     assert "needs pzshell" in out and "rown" in out

@@ -15,7 +15,7 @@ from pzshell.lang.ops import OPS, PUBLISHED
 from pzshell.lang.parse import _ToTree, parser
 from pzshell.lang.random_trees import random_tree
 from pzshell.lang.tree import EXTENDED_MARK, to_json_obj
-from pzshell.resources import trees_dir
+from pzshell.paths import trees_dir
 
 from .conftest import trees
 
@@ -209,5 +209,33 @@ def test_latex(text, latex):
 def test_node_measures():
     t = parse("abs(W*W)*mms(G)")
     assert (t.size, t.depth, t.terminals) == (7, 4, frozenset({"W", "G"}))
-    assert [p for p, _ in t.walk()] == ["", "left", "left.left", "left.left.left",
-                                        "left.left.right", "right", "right.left"]  # fmt: skip
+    assert [p for p, _ in t.walk()] == [
+        "",
+        "left",
+        "left.left",
+        "left.left.left",
+        "left.left.right",
+        "right",
+        "right.left",
+    ]
+
+
+def test_infix_forms_and_precedence_come_from_the_registry():
+    """Every operator with an infix symbol parses from it, and two infix operators group by
+    their registered precedence (the tighter one first; equal ones to the left)."""
+    infix = [op for op in OPS.values() if op.infix]
+    assert {op.name for op in infix} == {"add", "sub", "mul", "div"}
+    for a in infix:
+        assert parse(f"W {a.infix} G") == N(a.name, W, G)
+        for b in infix:
+            got = parse(f"W {a.infix} G {b.infix} X")
+            if b.prec > a.prec:
+                assert got == N(a.name, W, N(b.name, G, X))
+            else:
+                assert got == N(b.name, N(a.name, W, G), X)
+            assert parse(to_infix(got)) == got
+    for op in OPS.values():
+        if op.exponent is not None:
+            assert parse(f"W^{op.exponent}") == N(op.name, W)
+        if op.prefix:
+            assert parse(f"{op.prefix}W") == N(op.name, W)

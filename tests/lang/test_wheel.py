@@ -55,7 +55,7 @@ def test_installed_package_finds_its_data(wheel, tmp_path):
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     code = (
-        "import pzshell.resources as r\n"
+        "import pzshell.paths as r\n"
         "from pzshell.lang import load_metric, parse\n"
         "assert '_data' in str(r.grammar_path()), r.grammar_path()\n"
         "assert parse('W*sqrt(X)') == load_metric('wanda')\n"

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from pzshell.engine import structured as S
+from pzshell.jobs import CalibSpec, EvalSpec, ModelSpec, StructuredJob, run_structured
 from pzshell.models import load_model
-from pzshell.structured_job import StructuredJob, run_structured
+from pzshell.models.structure import save_structured
 
 from ..conftest import shared_texts
 
@@ -20,10 +21,15 @@ pytestmark = pytest.mark.smollm2
 def test_smollm2_global_taylor_2nd_save_reload(smollm2, tmp_path):
     calib, ev = shared_texts()
     job = StructuredJob(
-        model="smollm2", pruning_ratio=0.25, importance_method="taylor_2nd", num_samples=2,
-        calib=calib, seqlen=64, test_after_prune=True, eval=ev, eval_seqlen=128,
-        eval_windows=1, speed_windows=0, remove_empty_layers=True, device="cpu",
-    )  # fmt: skip
+        model=ModelSpec("smollm2", "cpu"),
+        pruning_ratio=0.25,
+        importance_method="taylor_2nd",
+        calib=CalibSpec(data=calib, nsamples=2, seqlen=64),
+        test_after_prune=True,
+        eval=EvalSpec(data=ev, seqlen=128, windows=1),
+        speed_windows=0,
+        remove_empty_layers=True,
+    )
     out = run_structured(job, lm=smollm2)
     res = out.results
     assert res["params_before"] == 30 * (576 * 576 * 2 + 576 * 192 * 2 + 3 * 576 * 1536)
@@ -32,12 +38,10 @@ def test_smollm2_global_taylor_2nd_save_reload(smollm2, tmp_path):
     assert S.prunable_params(parts) == res["params_after"]
     for p in parts:
         assert p.q_heads == 3 * p.kv_heads and p.head_dim == 64
-    assert math.isfinite(res["ppl_after"]) and res["ppl_after"] > res["ppl_before"] * 0.9
+    assert math.isfinite(res["ppl"]) and res["ppl"] > res["ppl_dense"] * 0.9
     ids = torch.arange(100, 132).reshape(1, -1)
     with torch.no_grad():
         want = smollm2.model(input_ids=ids).logits
-    from pzshell.engine.structured_io import save_structured
-
     save_structured(smollm2.model, smollm2.tokenizer, tmp_path / "m")
     again = load_model(str(tmp_path / "m"), device="cpu")
     with torch.no_grad():

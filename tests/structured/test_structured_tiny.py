@@ -12,8 +12,8 @@ import torch
 from pzshell.cli import main
 from pzshell.data import calibration_windows, load_text
 from pzshell.engine import structured as S
-from pzshell.engine.structured_io import STRUCTURE_FILE, load_structured, save_structured
 from pzshell.models import build_tiny, decoder_blocks, load_model
+from pzshell.models.structure import STRUCTURE_FILE, load_structured, save_structured
 
 
 @pytest.fixture(scope="module")
@@ -254,9 +254,8 @@ def test_layerwise_allocation(tiny, stats):
     att = S.make_plan(parts, imp, 0.3, strategy="uniform", distribution="10:0", block_importance=bi)
     assert all(r["intermediate_kept"] == 128 for r in att.blocks(parts))
     frz = S.make_plan(
-        parts, imp, 0.3, strategy="inverse", distribution="2:8", block_importance=bi,
-        freeze_top_n=1,
-    )  # fmt: skip
+        parts, imp, 0.3, strategy="inverse", distribution="2:8", block_importance=bi, freeze_top_n=1
+    )
     assert frz.frozen == [1]
     r1 = frz.blocks(parts)[1]
     assert r1["removed_fraction"] == 0 and r1["frozen"]
@@ -299,18 +298,24 @@ FAST = ["--model", "tiny", "--device", "cpu", "--num_samples", "2", "--seqlen", 
 
 def test_cli_run_directory(tmp_path, capsys):
     run = tmp_path / "run"
-    rc = main([
-        "structured", *FAST, "--pruning_ratio", "0.4", "--importance_method", "wanda",
-        "--pruning_strategy", "inverse", "--pruning_distribution", "2:8", "--test_after_prune",
-        "--eval-windows", "1", "--speed_windows", "1", "--save", str(run), "--save_model",
-    ])  # fmt: skip
+    flags = (
+        "--pruning_ratio 0.4 --importance_method wanda --pruning_strategy inverse "
+        "--pruning_distribution 2:8 --test_after_prune --eval-windows 1 --speed_windows 1"
+    )
+    rc = main(["structured", *FAST, *flags.split(), "--save", str(run), "--save_model"])
     assert rc == 0
-    for name in ("settings.json", "units.csv", "blocks.json", "kept.png", "results.json",
-                 "structured.log"):  # fmt: skip
+    for name in [
+        "settings.json",
+        "units.csv",
+        "blocks.json",
+        "kept.png",
+        "results.json",
+        "structured.log",
+    ]:
         assert (run / name).is_file(), name
     res = json.loads((run / "results.json").read_text())
-    for key in ("ppl_before", "ppl_after", "params_before", "params_after", "tokens_per_s_before",
-                "tokens_per_s_after", "model_params_after"):  # fmt: skip
+    keys = "ppl_dense ppl params_before params_after tokens_per_s_dense tokens_per_s"
+    for key in [*keys.split(), "model_params_after"]:
         assert key in res, key
     rows = list(csv.DictReader((run / "units.csv").open()))
     assert set(rows[0]) == {"block", "kind", "unit", "importance", "cost", "kept"}
@@ -326,26 +331,32 @@ def test_cli_run_directory(tmp_path, capsys):
 
 
 def test_cli_finetune_lora(tmp_path):
-    rc = main([
-        "structured", *FAST, "--pruning_ratio", "0.3", "--finetune", "--finetune_samples", "2",
-        "--finetune_seqlen", "16", "--save", str(tmp_path), "--eval", "none",
-    ])  # fmt: skip
+    flags = "--pruning_ratio 0.3 --finetune --finetune_samples 2 --finetune_seqlen 16 --eval none"
+    rc = main(["structured", *FAST, *flags.split(), "--save", str(tmp_path)])
     assert rc == 0
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["finetune"]["method"] == "lora" and res["finetune"]["steps"] == 2
-    assert "ppl_before" not in res
+    assert "ppl_dense" not in res and "ppl" not in res
 
 
 def test_cli_finetune_saved_structured_model_keeps_its_shapes(tmp_path):
     """`pzshell finetune` of a structurally pruned model saves it so that it reloads exactly."""
     run = tmp_path / "run"
-    rc = main(["structured", *FAST, "--pruning_ratio", "0.4", "--eval", "none",
-               "--save", str(run), "--save_model"])  # fmt: skip
+    flags = ["--pruning_ratio", "0.4", "--eval", "none", "--save", str(run), "--save_model"]
+    rc = main(["structured", *FAST, *flags])
     assert rc == 0
     out = tmp_path / "recovered"
-    rc = main(["finetune", "--model", str(run / "model"), "--finetune_samples", "2",
-               "--finetune_seqlen", "16", "--eval-seqlen", "32", "--eval-windows", "1",
-               "--save_model", str(out)])  # fmt: skip
+    flags = [
+        "--finetune_samples",
+        "2",
+        "--finetune_seqlen",
+        "16",
+        "--eval-seqlen",
+        "32",
+        "--eval-windows",
+        "1",
+    ]
+    rc = main(["finetune", "--model", str(run / "model"), *flags, "--save_model", str(out)])
     assert rc == 0
     assert (out / STRUCTURE_FILE).is_file()
     a = load_model(str(run / "model"), device="cpu").model
@@ -380,17 +391,17 @@ def opt_dir(tmp_path_factory):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--pruning_ratio", "0"], "pruning_ratio"),
-        (["--pruning_ratio", "1"], "pruning_ratio"),
-        (["--pruning_ratio", "1.5"], "pruning_ratio"),
-        (["--pruning_ratio", "-0.2"], "pruning_ratio"),
+        (["--pruning_ratio", "0"], "pruning ratio"),
+        (["--pruning_ratio", "1"], "pruning ratio"),
+        (["--pruning_ratio", "1.5"], "pruning ratio"),
+        (["--pruning_ratio", "-0.2"], "pruning ratio"),
         (["--pruning_strategy", "inverse", "--pruning_distribution", "2-8"], "does not parse"),
         (["--pruning_strategy", "inverse", "--pruning_distribution", "0:0"], "not both 0"),
         (["--pruning_distribution", "2:8"], "layer-wise"),
         (["--freeze_top_n_layers", "2"], "freezes every block"),
         (["--freeze_top_n_layers", "7"], "freezes every block"),
         (["--freeze_top_n_layers", "-1"], ">= 0"),
-        (["--importance_method", "W*(X"], "importance_method"),
+        (["--importance_method", "W*(X"], "importance method"),
         (
             [
                 "--pruning_strategy",
@@ -401,7 +412,7 @@ def opt_dir(tmp_path_factory):
                 "0.5",
             ],
             "holds only",
-        ),  # fmt: skip
+        ),
         (["--save_model"], "--save"),
     ],
 )
@@ -412,8 +423,8 @@ def test_cli_bad_input_exits_2(extra, message, capsys):
 
 
 def test_cli_non_gqa_model_exits_2(opt_dir, capsys):
-    rc = main(["structured", "--model", str(opt_dir), "--device", "cpu", "--num_samples", "1",
-               "--seqlen", "16", "--eval", "none"])  # fmt: skip
+    flags = ["--device", "cpu", "--num_samples", "1", "--seqlen", "16", "--eval", "none"]
+    rc = main(["structured", "--model", str(opt_dir), *flags])
     assert rc == 2
     err = capsys.readouterr().err.replace("\n", " ")
     assert "structured pruning" in err or "GQA" in err
@@ -436,7 +447,7 @@ def test_build_tiny_variants_prune(ids):
 
 
 def test_save_model_picks_the_format(tiny, stats, ids, tmp_path):
-    from pzshell.engine.structured_io import has_custom_structure, save_model
+    from pzshell.models.structure import has_custom_structure, save_model
 
     assert not has_custom_structure(tiny.model)
     save_model(tiny.model, tiny.tokenizer, tmp_path / "m")

@@ -8,8 +8,9 @@ import time
 import pytest
 
 from pzshell.tui.app import PzShellApp
+from pzshell.tui.messages import WorkerEvent
 from pzshell.tui.store import AppSettings, SearchKnobs
-from pzshell.worker.protocol import RunSettings
+from pzshell.worker.protocol import RunSettings, SearchEvent
 
 from .fake_worker import FakeWorker
 
@@ -29,8 +30,12 @@ def fake() -> FakeWorker:
 @pytest.fixture
 def make_app(tmp_path, fake):
     def make(settings: AppSettings | None = None, *, formula: str = "", home=None, client=None):
-        return PzShellApp(settings or tiny_settings(), home=home or tmp_path / "home",
-                          client=client or fake, formula=formula)  # fmt: skip
+        return PzShellApp(
+            settings or tiny_settings(),
+            home=home or tmp_path / "home",
+            client=client or fake,
+            formula=formula,
+        )
 
     return make
 
@@ -46,6 +51,21 @@ async def wait_for(pilot, cond, timeout: float = 10.0, what: str = "condition"):
             )
         await pilot.pause(0.02)
         await asyncio.sleep(0)
+
+
+def worker_events(seen: list, kind: type) -> list:
+    """The worker's events of type ``kind`` among the messages ``seen`` (a search's own events,
+    :mod:`pzshell.search.events`, are taken out of their :class:`SearchEvent`)."""
+    out = []
+    for msg in seen:
+        if not isinstance(msg, WorkerEvent):
+            continue
+        ev = msg.event
+        if isinstance(ev, SearchEvent) and not issubclass(kind, SearchEvent):
+            ev = ev.event
+        if isinstance(ev, kind):
+            out.append(ev)
+    return out
 
 
 def static_text(app, selector: str) -> str:

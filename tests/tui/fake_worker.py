@@ -7,10 +7,12 @@ pause / resume / stop / inject. :meth:`die` simulates a killed process.
 
 from __future__ import annotations
 
+import math
 import queue
 import zlib
 from pathlib import Path
 
+from pzshell.jobs.results import validate
 from pzshell.search import events as se
 from pzshell.worker import protocol as p
 from pzshell.worker.client import describe_exit
@@ -22,6 +24,38 @@ def fake_ppl(kind: str, formula: str | None) -> float:
     if kind == "wanda":
         return 41.57
     return 30.0 + zlib.crc32((formula or "").encode()) % 5000 / 100
+
+
+def fake_results(kind: str, settings: p.RunSettings, ppl: float) -> dict:
+    """What a worker run reports: a results dict in the jobs' schema (checked here)."""
+    dense = kind == "dense"
+    res = {
+        "schema": 1,
+        "job": "eval" if dense else "prune",
+        "model": settings.model,
+        "model_source": "fake (no model)",
+        "device": "cpu",
+        "method": "dense" if dense else ("metric" if kind == "metric" else kind),
+        "sparsity_ratio": 0.0 if dense else settings.sparsity_ratio,
+        "sparsity_type": "unstructured" if dense else settings.sparsity_type,
+        "actual_sparsity": 0.0 if dense else settings.sparsity_ratio,
+        "nsamples": 0 if dense else 8,
+        "seqlen": 128,
+        "seed": settings.seed,
+        "calib_data": None if dense else "builtin",
+        "prune_seconds": 0.0 if dense else 1.5,
+        "grad_seconds": 0.0,
+        "load_seconds": 0.0,
+        "ppl": ppl,
+        "eval_nll": math.log(ppl),
+        "eval_data": "builtin",
+        "eval_windows": 4,
+        "eval_seqlen": 128,
+        "eval_tokens": 512,
+        "peak_rss_mb": 100.0,
+        "torch_threads": 1,
+    }
+    return validate(res, "fake worker results")
 
 
 class FakeWorker:
@@ -93,12 +127,16 @@ class FakeWorker:
     # ---- scripting -----------------------------------------------------------------------------
     def finish(self, run_id: str, ppl: float | None = None) -> None:
         job = self.running.pop(run_id)
-        self.events.put(p.RunFinished(run_id, {
-            "ppl": ppl if ppl is not None else fake_ppl(job.kind, job.formula),
-            "prune_seconds": 1.5, "grad_seconds": 0.0, "eval_data": "builtin",
-            "eval_windows": 4, "eval_seqlen": 128, "eval_tokens": 512, "nsamples": 8,
-            "seqlen": 128, "device": "cpu",
-        }))  # fmt: skip
+        self.events.put(
+            p.RunFinished(
+                run_id,
+                fake_results(
+                    job.kind,
+                    job.settings,
+                    ppl if ppl is not None else fake_ppl(job.kind, job.formula),
+                ),
+            )
+        )
 
     def die(self, exitcode: int = -9) -> None:
         """The process is gone (like SIGKILL from the OOM killer)."""
@@ -120,8 +158,15 @@ class FakeWorker:
     def _candidate(self, formula: str) -> None:
         self.evaluations += 1
         fit = fake_ppl("metric", formula)
-        rec = {"id": self.evaluations - 1, "formula": formula, "stage": "full", "fitness": fit,
-               "seconds": 2.0, "size": len(formula), "canonical": formula}  # fmt: skip
+        rec = {
+            "id": self.evaluations - 1,
+            "formula": formula,
+            "stage": "full",
+            "fitness": fit,
+            "seconds": 2.0,
+            "size": len(formula),
+            "canonical": formula,
+        }
         self._emit(se.CandidateDone(rec))
         hof = [(1, fake_ppl("metric", "W"), "W")]
         self._emit(se.SearchProgress(self.evaluations, 24, 0, 6.0, fit, formula, hof, False))
@@ -138,6 +183,9 @@ class FakeWorker:
             self._finish_search(stopped=True)
 
     def _finish_search(self, stopped: bool) -> None:
-        self._emit(se.SearchFinished(self.search.out_dir, "W", fake_ppl("metric", "W"),
-                                     self.evaluations, stopped))  # fmt: skip
+        self._emit(
+            se.SearchFinished(
+                self.search.out_dir, "W", fake_ppl("metric", "W"), self.evaluations, stopped
+            )
+        )
         self.search = None

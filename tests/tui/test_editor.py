@@ -16,8 +16,9 @@ async def test_typing_a_formula_shows_parse_simplified_canonical_and_equivalence
         await pilot.press(*"abs(W*W)*mms(G)")
         assert app.editor.text == "abs(W*W)*mms(G)"
         assert "✓ parses" in static_text(app, "#parse-status")
-        await wait_for(pilot, lambda: "same pruning rule" in static_text(app, "#analysis"),
-                       what="the analysis")  # fmt: skip
+        await wait_for(
+            pilot, lambda: "same pruning rule" in static_text(app, "#analysis"), what="the analysis"
+        )
         analysis = static_text(app, "#analysis")
         assert "simplified  W^2 * mms(G)" in analysis
         assert "canonical   f78a3b2fdcb5cdab" in analysis
@@ -37,8 +38,11 @@ def _walk(node):
 async def test_rank_equivalent_formula_names_wanda(make_app):
     app = make_app(formula="W^2*X")
     async with app.run_test() as pilot:
-        await wait_for(pilot, lambda: "same pruning rule as wanda" in static_text(app, "#analysis"),
-                       what="the wanda equivalence")  # fmt: skip
+        await wait_for(
+            pilot,
+            lambda: "same pruning rule as wanda" in static_text(app, "#analysis"),
+            what="the wanda equivalence",
+        )
 
 
 async def test_parse_error_shows_the_caret_at_the_column(make_app):
@@ -68,3 +72,17 @@ async def test_run_refuses_a_formula_that_does_not_parse(make_app, fake):
         assert len(app.queue) == 0
         assert not any(type(j).__name__ == "PruneRequest" for j in fake.jobs)
         assert any("does not parse" in n.message for n in app._notifications)
+
+
+async def test_a_long_formula_error_keeps_its_caret_at_a_narrow_width(make_app):
+    app = make_app()
+    formula = "W*G + " * 20 + "foo(X)" + " + W*G" * 20
+    async with app.run_test(size=(60, 24)) as pilot:
+        app.editor.set_formula(formula)
+        await pilot.pause()
+        for width in (60, 40):
+            *_, line, caret = static_text(app, "#parse-status").splitlines()
+            assert len(line) <= width - 2 and len(caret) <= width - 2  # the padding
+            assert line[caret.index("^")] == "f"
+            await pilot.resize_terminal(40, 24)
+            await pilot.pause()

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import pytest
 
+from pzshell.search import events as se
 from pzshell.tui import messages as m
+from pzshell.tui.session import SearchState
 from pzshell.tui.widgets.evolve_panel import EvolvePanel, FormulaTable
 from pzshell.tui.widgets.fitness_chart import FitnessChart
 from pzshell.worker import protocol as p
 
-from .conftest import static_text, wait_for
+from .conftest import static_text, wait_for, worker_events
 
 pytestmark = pytest.mark.asyncio
 
@@ -23,16 +25,22 @@ async def test_search_start_pause_resume_inject_stop(make_app, fake):
         await pilot.press("f5")
         await wait_for(pilot, lambda: app.focused is app.query_one("#candidates"), what="focus")
         await pilot.press("s")
-        await wait_for(pilot, lambda: app.search_state == "running", what="the search")
+        await wait_for(pilot, lambda: app.search_state is SearchState.RUNNING, what="the search")
         start = next(j for j in fake.jobs if isinstance(j, p.StartSearch))
         assert not start.resume and start.settings.fitness.model == "tiny"
         assert start.out_dir.startswith(str(app.store.searches_dir))
         assert app.store.last_search == {"dir": start.out_dir, "status": "running"}
-        await wait_for(pilot, lambda: app.query_one("#candidates", FormulaTable).row_count == 3,
-                       what="three candidates")  # fmt: skip
-        assert [type(x) for x in seen if isinstance(x, (m.SearchStarted, m.SearchProgressed))][0] \
-            is m.SearchStarted  # fmt: skip
-        assert any(isinstance(x, m.CandidateEvaluated) for x in seen)
+        await wait_for(
+            pilot,
+            lambda: app.query_one("#candidates", FormulaTable).row_count == 3,
+            what="three candidates",
+        )
+        search_events = worker_events(seen, object)
+        started_or_progress = (se.SearchStarted, se.SearchProgress)
+        assert isinstance(
+            next(x for x in search_events if isinstance(x, started_or_progress)), se.SearchStarted
+        )
+        assert worker_events(seen, se.CandidateDone)
         assert len(app.query_one(FitnessChart).points) == 3
         assert app.query_one("#hall-of-fame", FormulaTable).row_count == 1
         assert "3/24 evaluations" in static_text(app, "#search-status")
@@ -41,25 +49,28 @@ async def test_search_start_pause_resume_inject_stop(make_app, fake):
         cands.focus()
         await wait_for(pilot, lambda: app.focused is cands, what="focus on the candidates")
         await pilot.press("p")
-        await wait_for(pilot, lambda: app.search_state == "paused", what="the pause")
+        await wait_for(pilot, lambda: app.search_state is SearchState.PAUSED, what="the pause")
         assert str(app.query_one("#search-pause").label) == "Resume"
         cands.focus()
         await wait_for(pilot, lambda: app.focused is cands, what="focus on the candidates")
         await pilot.press("p")
-        await wait_for(pilot, lambda: app.search_state == "running", what="the resume")
+        await wait_for(pilot, lambda: app.search_state is SearchState.RUNNING, what="the resume")
         actions = [j.action for j in fake.jobs if isinstance(j, p.ControlSearch)]
         assert actions == ["pause", "resume"]
 
         await pilot.press("ctrl+e")  # the editor's formula into the population
         await wait_for(pilot, lambda: fake.injected == ["W*sqrt(X)+G"], what="the injection")
-        await wait_for(pilot, lambda: app.query_one("#candidates", FormulaTable).row_count == 4,
-                       what="the injected candidate")  # fmt: skip
+        await wait_for(
+            pilot,
+            lambda: app.query_one("#candidates", FormulaTable).row_count == 4,
+            what="the injected candidate",
+        )
 
         assert not any(isinstance(x, m.OpenFormula) for x in seen), "nothing opened yet"
         cands.focus()
         await wait_for(pilot, lambda: app.focused is cands, what="focus on the candidates")
         await pilot.press("x")
-        await wait_for(pilot, lambda: app.search_state == "stopped", what="the stop")
+        await wait_for(pilot, lambda: app.search_state is SearchState.STOPPED, what="the stop")
         assert app.store.last_search == {"dir": start.out_dir, "status": "stopped"}
         assert "resumable" in static_text(app, "#search-status")
 
@@ -78,7 +89,9 @@ async def test_search_start_pause_resume_inject_stop(make_app, fake):
         await pilot.press("f5")
         await wait_for(pilot, lambda: app.focused is app.query_one("#candidates"), what="focus")
         await pilot.press("c")
-        await wait_for(pilot, lambda: app.search_state == "running", what="the continued search")
+        await wait_for(
+            pilot, lambda: app.search_state is SearchState.RUNNING, what="the continued search"
+        )
         again = [j for j in fake.jobs if isinstance(j, p.StartSearch)][-1]
         assert again.resume and again.out_dir == start.out_dir and again.settings is None
 
@@ -98,7 +111,7 @@ async def test_panel_buttons_follow_the_state(make_app):
         panel = app.query_one(EvolvePanel)
         assert not panel.query_one("#search-start").disabled
         assert panel.query_one("#search-stop").disabled
-        panel.set_state("running")
+        panel.set_state(SearchState.RUNNING)
         assert panel.query_one("#search-start").disabled
         assert not panel.query_one("#search-stop").disabled
         assert not panel.query_one("#search-inject").disabled

@@ -6,12 +6,11 @@ import math
 
 import pytest
 
-from pzshell.tui import messages as m
 from pzshell.tui.store import AppSettings
-from pzshell.worker import WorkerClient
+from pzshell.worker import RunProgress, WorkerClient
 from pzshell.worker.protocol import RunSettings
 
-from .conftest import wait_for
+from .conftest import wait_for, worker_events
 
 pytestmark = pytest.mark.asyncio
 
@@ -25,8 +24,9 @@ async def test_run_a_formula_end_to_end_on_tiny(make_app, tmp_path):
     seen: list = []
     app = make_app(settings, formula="abs(W*W)*mms(G)", client=client)
     async with app.run_test(message_hook=seen.append) as pilot:
-        await wait_for(pilot, lambda: app.device.startswith("cpu"), timeout=120,
-                       what="the worker process")  # fmt: skip
+        await wait_for(
+            pilot, lambda: app.device.startswith("cpu"), timeout=120, what="the worker process"
+        )
         await pilot.press("ctrl+r")
         await wait_for(pilot, lambda: app.store.results, timeout=180, what="the perplexity")
         row = app.store.results[0]
@@ -34,7 +34,7 @@ async def test_run_a_formula_end_to_end_on_tiny(make_app, tmp_path):
         assert math.isfinite(row["ppl"]) and row["ppl"] > 1
         assert row["eval_windows"] == 2 and row["eval_seqlen"] == 64
         assert row["actual_sparsity"] == pytest.approx(0.5, abs=0.01)
-        stages = {x.stage for x in seen if isinstance(x, m.RunProgressed)}
+        stages = {x.stage for x in worker_events(seen, RunProgress)}
         assert {"load", "grad", "prune", "eval"} <= stages
         pid = client.pid
         await pilot.press("ctrl+q")
@@ -49,13 +49,14 @@ async def test_run_a_formula_on_smollm2(make_app, tmp_path):
     settings = AppSettings(
         run=RunSettings(
             model="smollm2", nsamples=2, seqlen=64, eval_seqlen=128, eval_windows=1, device="cpu"
-        ),  # fmt: skip
+        ),
         auto_reference=False,
     )
     app = make_app(settings, formula="abs(W*W)*mms(G)", client=client)
     async with app.run_test() as pilot:
-        await wait_for(pilot, lambda: app.device.startswith("cpu"), timeout=120,
-                       what="the worker process")  # fmt: skip
+        await wait_for(
+            pilot, lambda: app.device.startswith("cpu"), timeout=120, what="the worker process"
+        )
         await pilot.press("ctrl+r")
         await wait_for(pilot, lambda: app.store.results, timeout=300, what="the perplexity")
         row = app.store.results[0]

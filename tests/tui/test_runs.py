@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from pzshell.tui import messages as m
+from pzshell.search import events as se
+from pzshell.tui.messages import WorkerEvent
+from pzshell.tui.runs import RunStatus
 from pzshell.tui.widgets.results_table import ResultsTable
 from pzshell.worker import protocol as p
 
-from .conftest import static_text, wait_for
+from .conftest import static_text, wait_for, worker_events
 from .fake_worker import FakeWorker, fake_ppl
 
 pytestmark = pytest.mark.asyncio
@@ -38,10 +40,10 @@ async def test_run_gives_a_results_row_with_reference_rows(make_app, fake):
         sent = [j for j in fake.jobs if isinstance(j, p.PruneRequest)]
         assert [j.kind for j in sent] == ["metric", "dense", "wanda"]
         assert sent[0].settings.model == "tiny"
-        # the worker's events arrived as typed messages
-        progressed = [x for x in seen if isinstance(x, m.RunProgressed)]
+        # the worker's events arrived unchanged, each in one WorkerEvent message
+        progressed = worker_events(seen, p.RunProgress)
         assert progressed and progressed[-1].stage == "prune"
-        done = [x for x in seen if isinstance(x, m.RunCompleted)]
+        done = worker_events(seen, p.RunFinished)
         assert [x.run_id for x in done] == [j.run_id for j in sent]
         table = app.query_one(ResultsTable)
         assert table.row_count == 3
@@ -56,13 +58,22 @@ async def test_run_gives_a_results_row_with_reference_rows(make_app, fake):
 
 
 async def test_progress_messages_collapse():
-    a = m.RunProgressed("r1", "prune", 1, 30)
-    assert m.RunProgressed("r1", "prune", 2, 30).can_replace(a)
-    assert not m.RunProgressed("r2", "prune", 2, 30).can_replace(a)
-    assert not m.RunCompleted("r1", {}).can_replace(a)
-    assert m.SearchProgressed(2, 10, 0, 1.0, 3.0, "W").can_replace(
-        m.SearchProgressed(1, 10, 0, 1.0, 3.0, "W")
-    )
+    def progress(run_id: str, done: int) -> WorkerEvent:
+        return WorkerEvent(p.RunProgress(run_id, "prune", done, 30))
+
+    def search(evaluations: int) -> WorkerEvent:
+        return WorkerEvent(p.SearchEvent("s", se.SearchProgress(evaluations, 10, 0, 1.0, 3.0, "W")))
+
+    # the queued (older) message is replaced by a newer one of the same kind
+    a = progress("r1", 1)
+    assert a.can_replace(progress("r1", 2))
+    assert not a.can_replace(progress("r2", 2))
+    assert not a.can_replace(WorkerEvent(p.RunFinished("r1", {})))
+    assert not WorkerEvent(p.RunFinished("r1", {})).can_replace(progress("r1", 2))
+    assert search(1).can_replace(search(2))
+    assert not search(1).can_replace(WorkerEvent(p.SearchEvent("s", se.CandidateDone({}))))
+    assert not WorkerEvent(p.SearchEvent("s", se.CandidateDone({}))).can_replace(search(2))
+    assert not search(1).can_replace(progress("r1", 2))
 
 
 async def test_runs_queue_and_cancel(make_app, tmp_path):
@@ -73,8 +84,11 @@ async def test_runs_queue_and_cancel(make_app, tmp_path):
         await pilot.press("ctrl+r")
         app.editor.set_formula("W*X")
         await pilot.press("ctrl+r")
-        await wait_for(pilot, lambda: app.queue.active is not None
-                       and app.queue.active.status == "running", what="a running run")  # fmt: skip
+        await wait_for(
+            pilot,
+            lambda: app.queue.active is not None and app.queue.active.status is RunStatus.RUNNING,
+            what="a running run",
+        )
         titles = [r.title for r in app.queue]
         assert titles == ["W", "(dense)", "(wanda)", "W*X"]
         running = app.queue.active
@@ -85,8 +99,11 @@ async def test_runs_queue_and_cancel(make_app, tmp_path):
         assert [r.title for r in app.queue] == ["W", "(dense)", "(wanda)"]
         # cancel the running one (ctrl+k): the worker is told, the next run starts
         await pilot.press("ctrl+k")
-        await wait_for(pilot, lambda: app.queue.runs and app.queue.runs[0].title == "(dense)",
-                       what="the cancellation")  # fmt: skip
+        await wait_for(
+            pilot,
+            lambda: app.queue.runs and app.queue.runs[0].title == "(dense)",
+            what="the cancellation",
+        )
         assert any(isinstance(j, p.CancelRun) and j.run_id == running.id for j in fake.jobs)
         assert "cancelled" in static_text(app, "#last-result")
         assert app.store.results == []
@@ -114,8 +131,7 @@ async def test_results_persist_and_sort(make_app, tmp_path):
         await pilot.pause()
 
         def column(key):
-            return [str(table.get_row(rk)[list(table.columns).index(key)])
-                    for rk in table.rows]  # fmt: skip
+            return [str(table.get_row(rk)[list(table.columns).index(key)]) for rk in table.rows]
 
         ppls = [float(x) for x in column("ppl")]
         assert ppls == sorted(ppls)  # sorted by perplexity by default

@@ -12,6 +12,7 @@ from pzshell.tui.screens.confirm import ConfirmScreen
 from pzshell.tui.screens.help import HelpScreen
 from pzshell.tui.screens.save_tree import SaveTreeScreen
 from pzshell.tui.screens.settings import SettingsScreen
+from pzshell.tui.session import SearchState
 from pzshell.tui.widgets.library_panel import LibraryPanel
 
 from .conftest import wait_for
@@ -144,7 +145,7 @@ async def test_quit_while_work_runs_asks_first_and_leaves_the_search_resumable(m
         await wait_for(pilot, lambda: app.device != "starting …", what="the worker")
         await pilot.press("ctrl+r")
         app.action_search_start()
-        await wait_for(pilot, lambda: app.search_state == "running", what="the search")
+        await wait_for(pilot, lambda: app.search_state is SearchState.RUNNING, what="the search")
         await pilot.press("ctrl+q")
         await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the question")
         question = app.screen.question

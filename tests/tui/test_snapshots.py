@@ -35,8 +35,14 @@ async def _settle(pilot, app) -> None:
 async def _with_results(pilot, app, formula: str = "abs(W*W)*mms(G)") -> None:
     await wait_for(pilot, lambda: app.device == "fake (no model)", what="the worker")
     app.editor.set_formula(formula)
-    await wait_for(pilot, lambda: "same pruning rule" in static_text(app, "#analysis")
-                   or "canonical" in static_text(app, "#analysis"), what="analysis")  # fmt: skip
+    await wait_for(
+        pilot,
+        lambda: (
+            "same pruning rule" in static_text(app, "#analysis")
+            or "canonical" in static_text(app, "#analysis")
+        ),
+        what="analysis",
+    )
     app.action_run_formula()
     await wait_for(pilot, lambda: len(app.store.results) == 3, what="results")
     await _settle(pilot, app)

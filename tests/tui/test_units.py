@@ -10,11 +10,13 @@ import pytest
 
 from pzshell.cli import _default_to_tui, build_parser
 from pzshell.cli.tui_cmd import settings_from_args
-from pzshell.tui.runs import Run, RunQueue
-from pzshell.tui.store import AppSettings, Store, result_row
+from pzshell.tui.runs import QueuedRun, RunQueue, RunStatus
+from pzshell.tui.store import AppSettings, Store, matches_reference, result_row
 from pzshell.tui.widgets.fitness_chart import render_chart
 from pzshell.worker import describe_exit
 from pzshell.worker.protocol import RunSettings
+
+from .fake_worker import fake_results
 
 
 def test_domain_never_imports_textual():
@@ -35,14 +37,16 @@ def test_domain_never_imports_textual():
     ("argv", "expected"),
     [
         ([], ["tui"]),
-        (["--model", "tiny", "--sparsity_ratio", "0.5"], ["tui", "--model", "tiny",
-                                                          "--sparsity_ratio", "0.5"]),
+        (
+            ["--model", "tiny", "--sparsity_ratio", "0.5"],
+            ["tui", "--model", "tiny", "--sparsity_ratio", "0.5"],
+        ),
         (["--help"], ["--help"]),
         (["--version"], ["--version"]),
         (["parse", "W"], ["parse", "W"]),
         (["prune", "--model", "tiny"], ["prune", "--model", "tiny"]),
     ],
-)  # fmt: skip
+)
 def test_plain_pzshell_opens_the_app(argv, expected):
     assert _default_to_tui(argv) == expected
 
@@ -70,13 +74,19 @@ def test_store_round_trip_and_references(tmp_path, monkeypatch):
     assert store.home == tmp_path / "h"
     s = RunSettings(model="tiny")
     assert not store.has_reference("dense", s)
-    store.add_result(result_row("dense", None, s, {"ppl": 10.0, "prune_seconds": 0}))
-    store.add_result(result_row("wanda", None, s, {"ppl": 12.0, "prune_seconds": 3}))
+    store.add_result(result_row("dense", None, s, fake_results("dense", s, 10.0)))
+    store.add_result(result_row("wanda", None, s, fake_results("wanda", s, 12.0)))
     assert store.has_reference("dense", s)
     assert store.has_reference("dense", RunSettings(model="tiny", sparsity_ratio=0.7))
     assert store.has_reference("wanda", s)
     assert not store.has_reference("wanda", RunSettings(model="tiny", sparsity_ratio=0.7))
     assert not store.has_reference("dense", RunSettings(model="tiny", nsamples=3))
+    refs = store.references_for(result_row("metric", "W", s, fake_results("metric", s, 11.0)))
+    assert {k: r["ppl"] for k, r in refs.items()} == {"dense": 10.0, "wanda": 12.0}
+    other = RunSettings(model="tiny", sparsity_ratio=0.7)
+    assert list(
+        store.references_for(result_row("metric", "W", other, fake_results("metric", other, 11.0)))
+    ) == ["dense"]
     settings = AppSettings(run=s)
     store.save_settings(settings)
     store.set_last_search("/x", "stopped")
@@ -104,15 +114,50 @@ def test_settings_from_old_or_damaged_state():
 def test_run_queue_sends_one_at_a_time():
     q = RunQueue()
     s = RunSettings()
-    a = q.add(Run("metric", "W", s))
-    b = q.add(Run("dense", None, s))
+    a = q.add(QueuedRun("metric", "W", s))
+    b = q.add(QueuedRun("dense", None, s))
     assert q.next_to_send() is a
-    a.status = "sent"
+    a.status = RunStatus.SENT
     assert q.next_to_send() is None and q.active is a
     assert q.pending("dense", s) and not q.pending("wanda", s)
     q.remove(a.id)
     assert q.next_to_send() is b
     assert b.title == "(dense)" and b.reference and a.request().formula == "W"
+
+
+def test_one_rule_says_which_reference_row_matches_a_run():
+    s = RunSettings(model="tiny")
+    dense = result_row("dense", None, s, fake_results("dense", s, 10.0))
+    wanda = result_row("wanda", None, s, fake_results("wanda", s, 12.0))
+    metric = result_row("metric", "W", s, fake_results("metric", s, 11.0))
+    other_sparsity = RunSettings(model="tiny", sparsity_ratio=0.7, sparsity_type="2:4")
+    other_data = RunSettings(model="tiny", nsamples=3)
+    # dense: the same model, data and evaluation, whatever the sparsity
+    for run in (
+        s,
+        other_sparsity,
+        metric,
+        result_row("metric", "W", other_sparsity, fake_results("metric", other_sparsity, 11.0)),
+    ):
+        assert matches_reference(dense, "dense", run)
+    assert not matches_reference(dense, "dense", other_data)
+    # Wanda: also the same sparsity
+    assert matches_reference(wanda, "wanda", s) and matches_reference(wanda, "wanda", metric)
+    assert not matches_reference(wanda, "wanda", other_sparsity)
+    assert not matches_reference(wanda, "wanda", other_data)
+    # a row is a reference only of its own kind; queued runs' settings match the same way
+    assert not matches_reference(wanda, "dense", s) and not matches_reference(metric, "wanda", s)
+    assert matches_reference(s, "wanda", metric) and not matches_reference(
+        other_sparsity, "wanda", s
+    )
+    assert matches_reference(other_sparsity, "dense", s)
+    # a row read back from results.json (lists, not tuples) still matches
+    assert matches_reference(json.loads(json.dumps(wanda)), "wanda", s)
+    # the store, the queue and the summary all ask it
+    q = RunQueue()
+    q.add(QueuedRun("wanda", None, s))
+    assert q.pending("wanda", s) and not q.pending("wanda", other_sparsity)
+    assert not q.pending("dense", s)
 
 
 def test_exit_codes_in_words():

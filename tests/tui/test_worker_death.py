@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from pzshell.tui import messages as m
+from pzshell.tui.session import SearchState
 from pzshell.worker import protocol as p
 
-from .conftest import static_text, wait_for
+from .conftest import static_text, wait_for, worker_events
 from .fake_worker import FakeWorker
 
 pytestmark = pytest.mark.asyncio
@@ -27,13 +27,12 @@ async def test_worker_death_restarts_and_keeps_state(make_app):
         await wait_for(pilot, lambda: len(app.store.results) == 1, what="a result")
         lost = app.queue.active
         app.action_search_start()
-        await wait_for(pilot, lambda: app.search_state == "running", what="the search")
+        await wait_for(pilot, lambda: app.search_state is SearchState.RUNNING, what="the search")
         settings = app.settings
 
         fake.die(-9)  # SIGKILL, as the OOM killer does
-        await wait_for(pilot, lambda: any(isinstance(x, m.WorkerDied) for x in seen),
-                       what="the death")  # fmt: skip
-        died = next(x for x in seen if isinstance(x, m.WorkerDied))
+        await wait_for(pilot, lambda: worker_events(seen, p.WorkerExited), what="the death")
+        died = worker_events(seen, p.WorkerExited)[0]
         assert "killed (SIGKILL; out of memory" in died.reason
         await wait_for(pilot, lambda: fake.generation == 2 and fake.alive, what="the restart")
         await wait_for(pilot, lambda: app.device == "fake (no model)", what="the new worker")
@@ -47,7 +46,7 @@ async def test_worker_death_restarts_and_keeps_state(make_app):
         # results, settings and the search directory are kept; the search can be continued
         assert len(app.store.results) == 1
         assert app.settings is settings
-        assert app.search_state == "stopped"
+        assert app.search_state is SearchState.STOPPED
         assert app.store.last_search["status"] == "interrupted"
         assert "press c to continue" in static_text(app, "#search-status")
 

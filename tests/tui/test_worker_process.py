@@ -57,29 +57,42 @@ def test_runs_cancel_and_search_in_process(tmp_path):
         assert not c.cancelled and "nope" in c.error
 
         # a search: started, candidates, pause / inject / stop obeyed
-        fit = FitnessSettings(model="tiny", nsamples=2, grad_samples=1, seqlen=32,
-                              heldout_windows=1, heldout_seqlen=32, cheap_windows=0)  # fmt: skip
+        fit = FitnessSettings(
+            model="tiny",
+            nsamples=2,
+            grad_samples=1,
+            seqlen=32,
+            heldout_windows=1,
+            heldout_seqlen=32,
+            cheap_windows=0,
+        )
         s = SearchSettings(fitness=fit, population=4, budget=40, batch=2, final_top=0)
         out = tmp_path / "search"
         w.handle(p.StartSearch("s1", str(out), s, device="cpu"))
-        _until(events, lambda e: isinstance(e, p.SearchEvent)
-               and isinstance(e.event, se.CandidateDone))  # fmt: skip
+        _until(
+            events, lambda e: isinstance(e, p.SearchEvent) and isinstance(e.event, se.CandidateDone)
+        )
         w.handle(p.ControlSearch("inject", "W*X+G"))
         _until(events, lambda e: isinstance(e, p.WorkerNote) and "injected" in e.text)
         w.handle(p.ControlSearch("stop"))
-        got = _until(events, lambda e: isinstance(e, p.SearchEvent)
-                     and isinstance(e.event, se.SearchFinished))  # fmt: skip
+        got = _until(
+            events,
+            lambda e: isinstance(e, p.SearchEvent) and isinstance(e.event, se.SearchFinished),
+        )
         assert got[-1].event.stopped
         assert (out / "candidates.jsonl").exists()
         # it can be continued from the directory alone
         w.handle(p.StartSearch("s2", str(out), None, resume=True, device="cpu"))
-        got = _until(events, lambda e: isinstance(e, p.SearchEvent)
-                     and isinstance(e.event, se.SearchStarted))  # fmt: skip
+        got = _until(
+            events, lambda e: isinstance(e, p.SearchEvent) and isinstance(e.event, se.SearchStarted)
+        )
         assert got[-1].event.out_dir == str(out)
         assert not any(isinstance(e, p.SearchFailed) for e in got)
         w.handle(p.ControlSearch("stop"))
-        _until(events, lambda e: isinstance(e, p.SearchEvent)
-               and isinstance(e.event, se.SearchFinished))  # fmt: skip
+        _until(
+            events,
+            lambda e: isinstance(e, p.SearchEvent) and isinstance(e.event, se.SearchFinished),
+        )
     finally:
         w.shutdown(timeout=30)
 

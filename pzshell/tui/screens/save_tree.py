@@ -29,10 +29,12 @@ class SaveTreeScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Static(f"Save [b]{self.formula}[/b] as Pruner-Zero JSON in {self.folder}/",
-                         markup=True)  # fmt: skip
-            yield Input(self.suggestion, placeholder="name (letters, digits, _ . -)",
-                        id="tree-name")  # fmt: skip
+            yield Static(
+                f"Save [b]{self.formula}[/b] as Pruner-Zero JSON in {self.folder}/", markup=True
+            )
+            yield Input(
+                self.suggestion, placeholder="name (letters, digits, _ . -)", id="tree-name"
+            )
             yield Static("", id="save-error")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:

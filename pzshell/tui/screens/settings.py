@@ -131,8 +131,9 @@ class SettingsScreen(ModalScreen[AppSettings | None]):
         with Horizontal(classes="row"):
             yield Label(label)
             if isinstance(kind, tuple):
-                yield Select([(c, c) for c in kind], value=value, allow_blank=False, id=wid,
-                             compact=True)  # fmt: skip
+                yield Select(
+                    [(c, c) for c in kind], value=value, allow_blank=False, id=wid, compact=True
+                )
             else:
                 yield Input("" if value is None else str(value), id=wid, compact=True)
             yield Static(HINTS.get(name, "") if prefix == "run" else "", classes="hint")
@@ -161,8 +162,10 @@ class SettingsScreen(ModalScreen[AppSettings | None]):
     def read(self) -> tuple[AppSettings | None, list[str]]:
         errs: list[str] = []
         run_vals, knob_vals = {}, {}
-        for prefix, spec, out in (("run", RUN_FIELDS, run_vals),
-                                  ("search", SEARCH_FIELDS, knob_vals)):  # fmt: skip
+        for prefix, spec, out in (
+            ("run", RUN_FIELDS, run_vals),
+            ("search", SEARCH_FIELDS, knob_vals),
+        ):
             for name, label, kind in spec:
                 w = self.query_one(f"#{prefix}-{name}")
                 raw = str(w.value)

@@ -11,7 +11,9 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, DataTable, Static
 
-from ..messages import CandidateEvaluated, OpenFormula, SearchProgressed
+from ...search.events import SearchFinished, SearchProgress, SearchStarted
+from ..messages import OpenFormula
+from ..session import SearchState
 from .fitness_chart import FitnessChart
 
 
@@ -63,40 +65,48 @@ class EvolvePanel(Vertical):
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="search-controls"):
-            yield Button("Start", id="search-start", action="app.search_start", compact=True,
-                         variant="success")  # fmt: skip
-            yield Button("Pause", id="search-pause", action="app.search_pause", compact=True)
-            yield Button("Stop", id="search-stop", action="app.search_stop", compact=True,
-                         variant="error")  # fmt: skip
-            yield Button("Continue", id="search-continue", action="app.search_continue",
-                         compact=True)  # fmt: skip
-            yield Button("Inject", id="search-inject", action="app.search_inject",
-                         compact=True, variant="primary")  # fmt: skip
-        yield Static(Text("no search yet: press s to start one at the current settings", "dim"),
-                     id="search-status")  # fmt: skip
+            for label, name, variant in (
+                ("Start", "start", "success"),
+                ("Pause", "pause", "default"),
+                ("Stop", "stop", "error"),
+                ("Continue", "continue", "default"),
+                ("Inject", "inject", "primary"),
+            ):
+                yield Button(
+                    label,
+                    id=f"search-{name}",
+                    action=f"app.search_{name}",
+                    compact=True,
+                    variant=variant,
+                )
+        yield Static(
+            Text("no search yet: press s to start one at the current settings", "dim"),
+            id="search-status",
+        )
         with Horizontal(id="search-plots"):
             yield FitnessChart(id="fitness-chart")
-            yield FormulaTable((("size", 4), ("ppl", 7), ("formula", 60)),
-                               id="hall-of-fame")  # fmt: skip
-        yield FormulaTable((("id", 3), ("stage", 6), ("ppl", 7), ("s", 5), ("formula", 100)),
-                           id="candidates")  # fmt: skip
+            yield FormulaTable((("size", 4), ("ppl", 7), ("formula", 60)), id="hall-of-fame")
+        yield FormulaTable(
+            (("id", 3), ("stage", 6), ("ppl", 7), ("s", 5), ("formula", 100)), id="candidates"
+        )
 
     def on_mount(self) -> None:
         self.query_one("#hall-of-fame").border_title = "hall of fame (best per size)"
         self.query_one("#candidates").border_title = "latest candidates"
         self.evaluated = 0
-        self.set_state("idle")
+        self.set_state(SearchState.IDLE)
 
     # ---- state ---------------------------------------------------------------------------------
-    def set_state(self, state: str, detail: str = "") -> None:
-        """idle | starting | running | paused | stopping | finished | stopped | failed."""
-        running = state in ("starting", "running", "paused", "stopping")
+    def set_state(self, state: SearchState, detail: Text | str = "") -> None:
+        """Enable the buttons that make sense in ``state``; show ``detail`` when given."""
+        running = state.active
         self.query_one("#search-start", Button).disabled = running
         self.query_one("#search-continue", Button).disabled = running
-        self.query_one("#search-stop", Button).disabled = not running or state == "stopping"
+        stop = self.query_one("#search-stop", Button)
+        stop.disabled = not running or state is SearchState.STOPPING
         pause = self.query_one("#search-pause", Button)
-        pause.disabled = state not in ("running", "paused")
-        pause.label = "Resume" if state == "paused" else "Pause"
+        pause.disabled = state not in (SearchState.RUNNING, SearchState.PAUSED)
+        pause.label = "Resume" if state is SearchState.PAUSED else "Pause"
         self.query_one("#search-inject", Button).disabled = not running
         self.state = state
         if detail:
@@ -112,10 +122,47 @@ class EvolvePanel(Vertical):
     def show_dir(self, out_dir: str) -> None:
         self.query_one("#candidates").border_title = f"latest candidates · {out_dir}"
 
-    def show_progress(self, p: SearchProgressed) -> None:
+    # ---- the search's phases, as the app's session reports them --------------------------------
+    def show_sent(self, state: SearchState, out_dir: str, resume: bool) -> None:
+        """A new search (or the continued one) went to the worker: clear the old one."""
+        self.reset()
+        verb = "continuing" if resume else "starting"
+        detail = f"{verb} a search in {out_dir}: loading the model and statistics …"
+        self.set_state(state, Text(detail, "yellow"))
+
+    def show_started(self, state: SearchState, ev: SearchStarted, shown_dir: str) -> None:
+        """The worker started the search (``shown_dir``: its directory, as the user sees it)."""
+        self.show_dir(shown_dir)
+        before = ev.resumed_evaluations
+        resumed = f", {before} evaluations from before" if before else ""
+        detail = f"running: budget {ev.budget}{resumed}; waiting for the first candidate …"
+        self.set_state(state, Text(detail))
+
+    def show_control(self, state: SearchState) -> None:
+        """The user paused, resumed or stopped the search: ``state`` is the new one."""
+        detail = {
+            SearchState.PAUSED: Text("paused (p resumes)", "yellow"),
+            SearchState.RUNNING: Text("resuming …", "green"),
+            SearchState.STOPPING: Text("stopping after the current candidate …", "yellow"),
+        }.get(state, "")
+        self.set_state(state, detail)
+
+    def show_finished(self, state: SearchState, ev: SearchFinished) -> None:
+        """The end of a search (``state``: FINISHED, or STOPPED when stopped early)."""
+        fit = f"{ev.best_fitness:.2f}" if ev.best_fitness != float("inf") else "—"
+        detail = Text()
+        detail.append(f"{state.value} after {ev.evaluations} evaluations", "bold")
+        if ev.stopped:
+            detail.append(" (resumable: press c)", "dim")
+        detail.append(f"\nbest {fit}  ", "bold green")
+        detail.append(ev.best_formula)
+        self.set_state(state, detail)
+        self.notify(f"search {state.value}: best {ev.best_formula} ({fit})", timeout=8)
+
+    def show_progress(self, p: SearchProgress) -> None:
         rate = p.cache_hits / max(p.cache_hits + p.evaluations, 1)
         t = Text(no_wrap=True, overflow="ellipsis")
-        state = "paused" if p.paused else self.state
+        state = "paused" if p.paused else self.state.value
         t.append(f"{state}  ", "bold yellow" if p.paused else "bold")
         t.append(f"{p.evaluations}/{p.budget} evaluations", "bold")
         t.append(f"  {p.evals_per_minute:.1f}/min  cache hits {p.cache_hits} ({rate:.0%})")
@@ -131,8 +178,8 @@ class EvolvePanel(Vertical):
             hof.add_row(str(size), _ppl(fit), formula, key=key)
             hof.formulas[key] = formula
 
-    def add_candidate(self, msg: CandidateEvaluated) -> None:
-        r = msg.record
+    def add_candidate(self, r: dict) -> None:
+        """One evaluated candidate (its search-log record)."""
         table = self.query_one("#candidates", FormulaTable)
         key = f"c{r.get('id')}-{r.get('stage')}"
         if key in table.formulas:
@@ -142,8 +189,8 @@ class EvolvePanel(Vertical):
         text = r.get("formula", "")
         if stage not in ("full", "final") and r.get("reason"):
             text = f"{text}  ({r['reason']})"
-        table.add_row(str(r.get("id")), stage, _ppl(fit), f"{r.get('seconds', 0):.1f}", text,
-                      key=key)  # fmt: skip
+        seconds = f"{r.get('seconds', 0):.1f}"
+        table.add_row(str(r.get("id")), stage, _ppl(fit), seconds, text, key=key)
         table.formulas[key] = r.get("formula", "")
         table.move_cursor(row=table.row_count - 1)  # follow the newest
         if stage != "final":

@@ -22,8 +22,9 @@ def render_chart(points: list[tuple[int, float]], width: int, height: int) -> Te
     if width < 12 or height < 3:
         return Text("")
     if not pts:
-        return Text("\n" * (height // 2) + "  waiting for the first evaluation …".center(width),
-                    style="dim")  # fmt: skip
+        return Text(
+            "\n" * (height // 2) + "  waiting for the first evaluation …".center(width), style="dim"
+        )
     label_w = 7
     plot_w, plot_h = width - label_w - 1, height - 1
     cols, rows = plot_w * 2, plot_h * 4

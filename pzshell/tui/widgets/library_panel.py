@@ -19,7 +19,7 @@ from textual.widgets.option_list import Option
 
 from ...lang import MetricError, Node, load_tree_file, to_infix
 from ...lang.tree import to_json_obj
-from ...resources import trees_dir
+from ...paths import trees_dir
 from ..messages import OpenFormula
 
 
@@ -99,13 +99,13 @@ class LibraryPanel(Horizontal):
         user = [e for e in self.entries if e.origin == "user"]
         ol.add_option(Option(Text("shipped with pzshell", "dim"), disabled=True))
         ol.add_options([Option(entry_prompt(e), id=f"{e.origin}:{e.name}") for e in shipped])
-        ol.add_option(Option(Text(f"yours ({display_path(self.user_dir)})", "dim"),
-                             disabled=True))  # fmt: skip
+        ol.add_option(Option(Text(f"yours ({display_path(self.user_dir)})", "dim"), disabled=True))
         if user:
             ol.add_options([Option(entry_prompt(e), id=f"{e.origin}:{e.name}") for e in user])
         else:
-            ol.add_option(Option(Text("  none yet: ctrl+s saves the editor's formula", "dim"),
-                                 disabled=True))  # fmt: skip
+            ol.add_option(
+                Option(Text("  none yet: ctrl+s saves the editor's formula", "dim"), disabled=True)
+            )
         if select:
             with contextlib.suppress(Exception):
                 ol.highlighted = ol.get_option_index(select)

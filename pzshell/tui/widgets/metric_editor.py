@@ -14,6 +14,7 @@ from textual.widgets import Input, Static, Tree
 from textual.worker import get_current_worker
 
 from ...lang import MetricError, Node, parse
+from ...lang.errors import CARET_WIDTH, caret_lines
 from ..messages import MetricAnalysed
 
 
@@ -32,18 +33,18 @@ def analyse(text: str) -> MetricAnalysed:
         return MetricAnalysed(text, error=f"{type(e).__name__}: {e}")
 
 
-def caret_text(err: MetricError) -> Text:
-    """The error message with the formula and a caret under the offending column."""
+def caret_text(err: MetricError, width: int = CARET_WIDTH) -> Text:
+    """The error message, then the formula and a caret under the offending column, drawn by
+    :func:`~pzshell.lang.errors.caret_lines` to fit ``width`` columns (the message may wrap;
+    the formula and caret lines never do)."""
     out = Text()
     out.append("✗ ", "bold red")
     out.append(err.message, "red")
     if err.source is not None and err.column is not None:
-        line = err.source.replace("\n", " ")
-        out.append(f"  (column {err.column})\n", "red")
-        col = max(1, min(err.column, len(line) + 1))
-        start = max(0, col - 60) if len(line) > 70 else 0
-        out.append("  " + line[start : start + 70] + "\n", "bold")
-        out.append("  " + " " * (col - 1 - start) + "^", "bold red")
+        line, caret = caret_lines(err.source, err.column, width)
+        out.append(f" (column {err.column})\n", "red")
+        out.append(line + "\n", "bold")
+        out.append(caret, "bold red")
     return out
 
 
@@ -53,7 +54,7 @@ class MetricEditor(Vertical):
     DEFAULT_CSS = """
     MetricEditor { height: 1fr; }
     MetricEditor #formula { margin: 0 0; }
-    MetricEditor #parse-status { height: auto; max-height: 3; padding: 0 1; }
+    MetricEditor #parse-status { height: auto; padding: 0 1; }
     MetricEditor #analysis { height: auto; padding: 0 1; }
     MetricEditor #editor-bottom { height: 1fr; }
     MetricEditor #metric-tree { width: 1fr; height: 1fr; min-height: 3; border: round $panel; }
@@ -66,6 +67,7 @@ class MetricEditor(Vertical):
         self._initial = value
         self._side = side
         self.node: Node | None = None
+        self._error: MetricError | None = None
 
     def compose(self) -> ComposeResult:
         yield Input(self._initial, placeholder="a metric, e.g. abs(W*W)*mms(G)", id="formula")
@@ -106,6 +108,7 @@ class MetricEditor(Vertical):
         self.formula = text
         if not text.strip():
             self.node = None
+            self._error = None
             status.update(Text("type a metric over W, G and X; F1 for help", "dim"))
             analysis.update("")
             self._show_tree(None)
@@ -114,10 +117,12 @@ class MetricEditor(Vertical):
             node = parse(text)
         except MetricError as e:
             self.node = None
-            status.update(caret_text(e))
+            self._error = e
+            self._show_error()
             analysis.update("")
             self.set_class(True, "-error")
             return
+        self._error = None
         self.set_class(False, "-error")
         self.node = node
         head = Text()
@@ -130,6 +135,16 @@ class MetricEditor(Vertical):
         analysis.update(Text("simplifying …", "dim"))
         self._show_tree(node)
         self._analyse(text)
+
+    def _show_error(self) -> None:
+        status = self.query_one("#parse-status", Static)
+        # the caret lines fit the status line's width (the editor's, less the padding)
+        width = self.size.width - status.styles.gutter.width
+        status.update(caret_text(self._error, width if width > 0 else CARET_WIDTH))
+
+    def on_resize(self) -> None:
+        if self._error is not None:
+            self._show_error()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="analysis")
     def _analyse(self, text: str) -> None:

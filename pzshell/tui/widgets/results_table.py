@@ -12,9 +12,14 @@ from textual.widgets import DataTable
 from ..messages import OpenFormula
 
 COLUMNS = (
-    ("formula", "formula"), ("sparsity", "sparsity"), ("type", "type"), ("ppl", "ppl"),
-    ("seconds", "s"), ("model", "model"), ("eval", "eval"),
-)  # fmt: skip
+    ("formula", "formula"),
+    ("sparsity", "sparsity"),
+    ("type", "type"),
+    ("ppl", "ppl"),
+    ("seconds", "s"),
+    ("model", "model"),
+    ("eval", "eval"),
+)
 
 
 def _num(x) -> float:
@@ -27,7 +32,7 @@ def sort_value(row: dict, column: str):
     if column == "sparsity":
         return _num(row.get("sparsity_ratio"))
     if column == "type":
-        return row.get("sparsity_type") or ""
+        return type_label(row)
     if column == "ppl":
         return _num(row.get("ppl"))
     if column == "seconds":
@@ -35,6 +40,12 @@ def sort_value(row: dict, column: str):
     if column == "model":
         return row.get("model") or ""
     return row.get("finished_at") or ""
+
+
+def type_label(row: dict) -> str:
+    """The type column: the sparsity pattern, or "dense" for the dense reference (whose
+    results record the pattern "unstructured" at ratio 0, like every job's)."""
+    return "dense" if row.get("kind") == "dense" else str(row.get("sparsity_type") or "")
 
 
 def cells(row: dict) -> list:
@@ -49,7 +60,7 @@ def cells(row: dict) -> list:
     return [
         Text(name, style=style, overflow="ellipsis", no_wrap=True),
         Text("—" if ref and row.get("kind") == "dense" else f"{row.get('sparsity_ratio', 0):.0%}"),
-        Text(str(row.get("sparsity_type") or "")),
+        Text(type_label(row)),
         Text(ppl_s, style="bold", justify="right"),
         Text(f"{row.get('seconds', 0):.1f}", justify="right"),
         Text(str(row.get("model") or "")),

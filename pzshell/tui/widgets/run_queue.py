@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from pathlib import Path
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -14,7 +15,7 @@ from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
 from ..messages import CancelRequested
-from ..runs import Run
+from ..runs import QueuedRun, RunStatus
 
 
 def bar(done: int, total: int, width: int = 10) -> str:
@@ -24,10 +25,10 @@ def bar(done: int, total: int, width: int = 10) -> str:
     return "█" * filled + "░" * (width - filled)
 
 
-def run_prompt(run: Run) -> Text:
+def run_prompt(run: QueuedRun) -> Text:
     t = Text(no_wrap=True, overflow="ellipsis")
     label = "dense model" if run.kind == "dense" else run.settings.label()
-    if run.status == "queued":
+    if run.status is RunStatus.QUEUED:
         t.append("◦ ", "dim")
         t.append(run.title, "italic" if run.reference else "")
         t.append(f"  {label}  queued", "dim")
@@ -35,7 +36,7 @@ def run_prompt(run: Run) -> Text:
     t.append("▶ ", "bold yellow")
     t.append(run.title, "bold")
     t.append(f"  {label}\n  ")
-    if run.status == "sent":
+    if run.status is RunStatus.SENT:
         t.append("waiting for the worker …", "dim")
         return t
     elapsed = f"{time.monotonic() - run.started:.0f}s" if run.started else ""
@@ -45,6 +46,28 @@ def run_prompt(run: Run) -> Text:
     if run.message:
         t.append(f"\n  {run.message}", "dim")
     return t
+
+
+def result_summary(row: dict, references: dict[str, dict]) -> Text:
+    """A finished run's row, with the perplexity of its ``references`` (rows by kind: see
+    :meth:`pzshell.tui.store.Store.references_for`) for comparison."""
+    text = Text()
+    text.append("✓ ", "bold green")
+    text.append(row.get("formula") or "", "bold")
+    ppl = row.get("ppl")
+    text.append(f"  {row['sparsity_ratio']:.0%} {row['sparsity_type']}\n  ")
+    text.append(f"ppl {ppl:.2f}" if ppl is not None else "no perplexity", "bold green")
+    for kind, ref in references.items():
+        if ref.get("ppl") is not None:
+            text.append(f" · {kind} {ref['ppl']:.2f}", "cyan")
+    if row.get("eval_windows"):
+        data = Path(str(row.get("eval_data") or "")).name
+        text.append(
+            f"\n  {row['eval_windows']}×{row['eval_seqlen']} tokens of {data}, "
+            f"{row['seconds']:.0f} s",
+            "dim",
+        )
+    return text
 
 
 class RunQueueView(Vertical):
@@ -63,15 +86,15 @@ class RunQueueView(Vertical):
 
     def on_mount(self) -> None:
         self.border_title = "runs"
-        self._runs: list[Run] = []
+        self._runs: list[QueuedRun] = []
         self.set_interval(1.0, self._tick)  # the elapsed time moves even between blocks
 
     def _tick(self) -> None:
         for run in self._runs:
-            if run.status == "running":
+            if run.status is RunStatus.RUNNING:
                 self.update_run(run)
 
-    def show(self, runs: list[Run]) -> None:
+    def show(self, runs: list[QueuedRun]) -> None:
         self._runs = list(runs)
         ol = self.query_one(OptionList)
         highlighted = ol.highlighted
@@ -81,7 +104,7 @@ class RunQueueView(Vertical):
             ol.highlighted = min(highlighted or 0, len(runs) - 1)
         self.border_title = f"runs ({len(runs)})" if runs else "runs"
 
-    def update_run(self, run: Run) -> None:
+    def update_run(self, run: QueuedRun) -> None:
         ol = self.query_one(OptionList)
         with contextlib.suppress(Exception):
             ol.replace_option_prompt(run.id, run_prompt(run))

@@ -12,13 +12,14 @@ object API on an Agg canvas (no pyplot state, no display needed):
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import PzError
+from . import atomic
+from .errors import PzError
+from .jobs.results import ResultsError, read_results
 
 
 class ReportError(PzError):
@@ -26,7 +27,7 @@ class ReportError(PzError):
 
 
 @dataclass
-class Run:
+class SavedRun:
     path: Path  # the results.json file
     data: dict
 
@@ -73,7 +74,7 @@ class Run:
         return method + (f" + {self.get('finetuned')}" if self.get("finetuned") else "")
 
 
-def find_runs(paths: list[str | Path]) -> list[Run]:
+def find_runs(paths: list[str | Path]) -> list[SavedRun]:
     """Every readable ``results.json`` under ``paths`` (files or directories), once each."""
     files: list[Path] = []
     for p in map(Path, paths):
@@ -87,18 +88,17 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
             continue
         seen.add(key)
         try:
-            data = json.loads(f.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise ReportError(f"{f}: not a readable results.json ({e})") from None
-        if isinstance(data, dict) and "model" in data:
-            runs.append(Run(f, data))
+            runs.append(SavedRun(f, read_results(f)))
+        except ResultsError as e:  # the file is named, with its bad field
+            raise ReportError(f"not a readable run: {e}") from None
     if not runs:
         raise ReportError(
             f"no results.json found under {', '.join(map(str, paths))}; write runs with "
             f"`pzshell prune --save DIR` (or eval / finetune --save DIR)"
         )
-    runs.sort(key=lambda r: (r.model, not r.is_dense, r.series,
-                             r.get("sparsity_ratio") or 0, str(r.path)))  # fmt: skip
+    runs.sort(
+        key=lambda r: (r.model, not r.is_dense, r.series, r.get("sparsity_ratio") or 0, str(r.path))
+    )
     return runs
 
 
@@ -124,7 +124,7 @@ def data_name(name) -> str:
     return Path(text).name if "/" in text else text.split(" (")[0]
 
 
-def _eval_desc(r: Run) -> str:
+def _eval_desc(r: SavedRun) -> str:
     if r.get("ppl") is None and r.get("ppl_after_finetune") is None:
         return "-"
     return (
@@ -133,7 +133,7 @@ def _eval_desc(r: Run) -> str:
     )
 
 
-def _calib_desc(r: Run) -> str:
+def _calib_desc(r: SavedRun) -> str:
     parts = []
     if r.get("calib_data") and r.get("nsamples"):
         parts.append(f"{data_name(r.get('calib_data'))}: {r.get('nsamples')}x{r.get('seqlen')}")
@@ -143,7 +143,7 @@ def _calib_desc(r: Run) -> str:
     return "; ".join(parts) or "-"
 
 
-def _ft_desc(r: Run) -> str:
+def _ft_desc(r: SavedRun) -> str:
     ft = r.get("finetune")
     if not ft:
         return "-"
@@ -151,7 +151,7 @@ def _ft_desc(r: Run) -> str:
     return f"{how}, {ft.get('samples')}x{ft.get('seqlen')}, {ft.get('steps')} steps"
 
 
-def _method(r: Run) -> str:
+def _method(r: SavedRun) -> str:
     m = str(r.get("method", "?"))
     return m + (f" + {r.get('finetuned')}" if r.get("finetuned") else "")
 
@@ -163,7 +163,7 @@ COLUMNS = (
 )  # fmt: skip
 
 
-def table_rows(runs: list[Run]) -> list[list[str]]:
+def table_rows(runs: list[SavedRun]) -> list[list[str]]:
     rows = []
     for r in runs:
         metric = r.get("metric") if r.get("metric") else "-"
@@ -178,14 +178,14 @@ def table_rows(runs: list[Run]) -> list[list[str]]:
     return rows
 
 
-def markdown_table(runs: list[Run]) -> str:
+def markdown_table(runs: list[SavedRun]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
     for row in table_rows(runs):
         lines.append("| " + " | ".join(_md(c) for c in row) + " |")
     return "\n".join(lines)
 
 
-def zero_shot_table(runs: list[Run]) -> str | None:
+def zero_shot_table(runs: list[SavedRun]) -> str | None:
     """Per-task accuracy (± standard error) of every run that has zero-shot results."""
     entries = _zero_shot_entries(runs)
     if not entries:
@@ -204,7 +204,7 @@ def zero_shot_table(runs: list[Run]) -> str | None:
     return "\n".join(lines)
 
 
-def _zero_shot_entries(runs: list[Run]) -> list[tuple[str, dict]]:
+def _zero_shot_entries(runs: list[SavedRun]) -> list[tuple[str, dict]]:
     out = []
     for r in runs:
         for suffix, tag in (("", ""), ("_after_finetune", " + finetune")):
@@ -233,17 +233,17 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:60] or "run"
 
 
-def _model_name(runs: list[Run]) -> str:
+def _model_name(runs: list[SavedRun]) -> str:
     return ", ".join(sorted({r.model for r in runs}))
 
 
-def _eval_name(r: Run) -> str:
+def _eval_name(r: SavedRun) -> str:
     return data_name(r.get("eval_data", "?"))
 
 
-def plot_perplexity(runs: list[Run], out_dir: Path) -> list[Path]:
+def plot_perplexity(runs: list[SavedRun], out_dir: Path) -> list[Path]:
     """Perplexity per method at each sparsity, one PNG per (model, eval data, window length)."""
-    groups: dict[tuple, list[Run]] = {}
+    groups: dict[tuple, list[SavedRun]] = {}
     for r in runs:
         if r.get("ppl") is None and r.get("ppl_after_finetune") is None:
             continue
@@ -253,7 +253,7 @@ def plot_perplexity(runs: list[Run], out_dir: Path) -> list[Path]:
     for (model, data, seqlen, tokens), group in groups.items():
         fig = _figure()
         ax = fig.add_subplot()
-        series: dict[str, list[Run]] = {}
+        series: dict[str, list[SavedRun]] = {}
         for r in group:
             if not r.is_dense:
                 series.setdefault(r.series, []).append(r)
@@ -284,7 +284,8 @@ def plot_perplexity(runs: list[Run], out_dir: Path) -> list[Path]:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
         path = out_dir / f"ppl_{_slug(model)}_{_slug(data)}.png"
-        fig.savefig(path)
+        with atomic.writing_file(path) as tmp:
+            fig.savefig(tmp)
         paths.append(path)
     return paths
 
@@ -311,7 +312,7 @@ def _block_sparsity(layers: list[dict]) -> list[tuple[int, float]]:
     return [(b, z / t) for b, (z, t) in sorted(acc.items()) if t]
 
 
-def plot_layers(runs: list[Run], out_dir: Path) -> Path | None:
+def plot_layers(runs: list[SavedRun], out_dir: Path) -> Path | None:
     """Per-block sparsity of every pruned run (from results.json "layers")."""
     rs = [r for r in runs if not r.is_dense and r.get("layers")]
     if not rs:
@@ -338,11 +339,12 @@ def plot_layers(runs: list[Run], out_dir: Path) -> Path | None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     path = out_dir / "block_sparsity.png"
-    fig.savefig(path)
+    with atomic.writing_file(path) as tmp:
+        fig.savefig(tmp)
     return path
 
 
-def plot_zero_shot(runs: list[Run], out_dir: Path) -> Path | None:
+def plot_zero_shot(runs: list[SavedRun], out_dir: Path) -> Path | None:
     """Grouped bars: accuracy per task for every run (and after fine-tuning), ± stderr."""
     entries = _zero_shot_entries(runs)
     if not entries:
@@ -378,7 +380,8 @@ def plot_zero_shot(runs: list[Run], out_dir: Path) -> Path | None:
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     path = out_dir / "zero_shot.png"
-    fig.savefig(path)
+    with atomic.writing_file(path) as tmp:
+        fig.savefig(tmp)
     return path
 
 
@@ -433,13 +436,13 @@ def write_report(paths: list[str | Path], out_dir: str | Path) -> dict:
     if plots:
         parts += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     md = out / "report.md"
-    md.write_text("\n".join(parts) + "\n", encoding="utf-8")
+    atomic.write_text(md, "\n".join(parts) + "\n")
     return {"report": md, "plots": plots, "runs": runs, "table": table}
 
 
 __all__ = [
     "ReportError",
-    "Run",
+    "SavedRun",
     "find_runs",
     "markdown_table",
     "plot_layers",

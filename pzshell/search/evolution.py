@@ -20,113 +20,21 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import PzError
 from ..lang import Node, load_metric, to_infix, to_json_obj
 from ..lang.algebra import canonical, simplify
-from ..lang.ops import EXTENDED, PUBLISHED, UNARY
 from ..lang.random_trees import ramped_half_and_half
-from ..lang.tree import MetricError, from_json_obj, save_tree_file
+from ..lang.tree import from_json_obj, save_tree_file
 from .backends import InProcessBackend, ProcessBackend, RayBackend, Task
 from .cache import FitnessCache
 from .events import CandidateDone, SearchFinished, SearchMessage, SearchProgress, SearchStarted
-from .fitness import WORST, FitnessSettings
+from .fitness import WORST
 from .gp import crossover, mutate, tournament
+from .ranking import multifidelity, pareto_front, sort_key, spearman
 from .runlog import SETTINGS_NAME, STATE_NAME, RunLog
-
-KNOWN_SEEDS = ("W", "W*sqrt(X)", "abs(W*W)*mms(G)", "W*G")
-
-
-class SearchError(PzError):
-    pass
-
-
-@dataclass
-class SearchSettings:
-    fitness: FitnessSettings = field(default_factory=FitnessSettings)
-    population: int = 16
-    budget: int = 64  # evaluations (distinct pruning rules)
-    batch: int = 8
-    tournament: int = 3
-    p_crossover: float = 0.7
-    p_mutation: float = 0.3
-    max_depth: int = 6
-    max_size: int = 31
-    init_depth: int = 4
-    ops: str = "published"  # or "extended"
-    p_const: float = 0.0
-    promote_quantile: float = 0.5  # cheap stage: only the better half pays for the full stage
-    seed: int = 0
-    seed_known: bool = True
-    seed_formulas: tuple[str, ...] = ()
-    final_top: int = 3
-    time_limit: float | None = None  # seconds
-
-    def validate(self) -> None:
-        if self.population < 2:
-            raise SearchError(f"population must be at least 2, got {self.population}")
-        if self.budget < self.population:
-            raise SearchError(
-                f"budget ({self.budget} evaluations) must be at least the population "
-                f"({self.population})"
-            )
-        if self.batch < 1:
-            raise SearchError(f"batch must be at least 1, got {self.batch}")
-        if self.tournament < 1:
-            raise SearchError(f"tournament size must be at least 1, got {self.tournament}")
-        for name in ("p_crossover", "p_mutation"):
-            v = getattr(self, name)
-            if not 0 <= v <= 1:
-                raise SearchError(f"{name.replace('_', '-')} must be in [0, 1], got {v}")
-        if self.ops not in ("published", "extended"):
-            raise SearchError(f"--ops must be 'published' or 'extended', got '{self.ops}'")
-        if self.max_depth < 2:
-            raise SearchError(f"max depth must be at least 2, got {self.max_depth}")
-        for f in self.seed_formulas:
-            try:
-                tree = load_metric(f)
-            except MetricError as e:
-                raise SearchError(f"seed formula {f!r}: {e}") from None
-            bad = {n.data for _, n in tree.walk() if n.is_op and n.data not in self.op_names}
-            if bad:
-                raise SearchError(
-                    f"seed formula {f!r} uses {', '.join(sorted(bad))}, outside the "
-                    f"'{self.ops}' operator set (use --ops extended)"
-                )
-
-    @property
-    def op_names(self) -> tuple[str, ...]:
-        return PUBLISHED + EXTENDED if self.ops == "extended" else PUBLISHED
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["seed_formulas"] = list(self.seed_formulas)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SearchSettings:
-        d = dict(d)
-        d["fitness"] = FitnessSettings(**d["fitness"])
-        d["seed_formulas"] = tuple(d.get("seed_formulas", ()))
-        return cls(**d)
-
-    def identity(self) -> dict:
-        """What a resumed run must share with the original (the trajectory depends on it)."""
-        d = self.to_dict()
-        for k in ("budget", "time_limit", "final_top"):
-            d.pop(k)
-        return d
-
-
-def sort_key(rec: dict) -> tuple:
-    """Full-stage candidates beat cheap-stage rejects, which beat degenerate ones; then by
-    fitness, then smaller formulas, then earlier candidates."""
-    stage_rank = {"full": 0, "cheap": 1}.get(rec["stage"], 2)
-    value = rec["fitness"] if stage_rank == 0 else (rec.get("cheap") or WORST)
-    return (stage_rank, value if value is not None else WORST, rec["size"], rec["id"])
+from .settings import KNOWN_SEEDS, SearchError, SearchSettings, settings_diff
 
 
 class Search:
@@ -165,7 +73,7 @@ class Search:
                 raise SearchError(f"{out_dir} is not a search directory (no {SETTINGS_NAME})")
             old = SearchSettings.from_dict(saved["settings"])
             if old.identity() != settings.identity():
-                diff = _diff(settings.identity(), old.identity())
+                diff = settings_diff(settings.identity(), old.identity())
                 raise SearchError(
                     f"cannot resume {out_dir}: it was run with other settings ({', '.join(diff)} "
                     f"differ); resume with the same settings or start a new --out directory"
@@ -412,19 +320,6 @@ class Search:
         r["_tree"] = from_json_obj(rec["tree"])
         return r
 
-    def hall_of_fame(self, history: list[dict]) -> list[tuple[int, float, str]]:
-        """Pareto front of fitness vs formula size (best fitness for each size, dominated ones
-        dropped)."""
-        ok = sorted(
-            (r for r in history if r["stage"] == "full"), key=lambda r: (r["size"], r["fitness"])
-        )
-        front, best = [], WORST
-        for r in ok:
-            if r["fitness"] < best:
-                front.append((r["size"], r["fitness"], r["formula"]))
-                best = r["fitness"]
-        return front
-
     def _progress(self, history, evaluated, hits, t_start) -> None:
         ok = [r for r in history if r["stage"] == "full"]
         best = min(ok, key=sort_key) if ok else None
@@ -432,7 +327,7 @@ class Search:
         self.on_event(SearchProgress(
             evaluated, self.s.budget, hits, evaluated / minutes if evaluated else 0.0,
             best["fitness"] if best else WORST, best["formula"] if best else "-",
-            self.hall_of_fame(history), self.paused,
+            pareto_front(history), self.paused,
         ))  # fmt: skip
 
     def _finals(self, backend, history: list[dict]) -> list[dict]:
@@ -467,9 +362,9 @@ class Search:
         if best is not None:
             save_tree_file(from_json_obj(best["tree"]), out / "best.json")
         self.log.write_json("hall_of_fame.json", [
-            {"size": s, "fitness": f, "formula": t} for s, f, t in self.hall_of_fame(history)
+            {"size": s, "fitness": f, "formula": t} for s, f, t in pareto_front(history)
         ])  # fmt: skip
-        summary = self._multifidelity(history)
+        summary = multifidelity(history)
         summary.update(evaluations=evaluated, stopped=stopped, finals=finals,
                        best=best["formula"] if best else None)  # fmt: skip
         self.log.write_json("summary.json", summary)
@@ -492,49 +387,6 @@ class Search:
             f"{f.heldout_windows}x{f.heldout_seqlen} tokens of {f.calib}, seed {self.s.seed}"
         )
 
-    @staticmethod
-    def _multifidelity(history: list[dict]) -> dict:
-        both = [(r["cheap"], r["full"]) for r in history
-                if r.get("cheap") is not None and r.get("full") is not None
-                and math.isfinite(r["cheap"]) and math.isfinite(r["full"])]  # fmt: skip
-        rho = spearman([a for a, _ in both], [b for _, b in both]) if len(both) >= 3 else None
-        return {"cheap_full_pairs": len(both), "cheap_full_spearman": rho}
-
-
-def spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    def ranks(v):
-        order = sorted(range(len(v)), key=lambda i: v[i])
-        r = [0.0] * len(v)
-        i = 0
-        while i < len(order):
-            j = i
-            while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
-                j += 1
-            for k in range(i, j + 1):
-                r[order[k]] = (i + j) / 2
-            i = j + 1
-        return r
-
-    ra, rb = ranks(a), ranks(b)
-    n = len(a)
-    ma, mb = sum(ra) / n, sum(rb) / n
-    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
-    va = math.sqrt(sum((x - ma) ** 2 for x in ra))
-    vb = math.sqrt(sum((y - mb) ** 2 for y in rb))
-    return cov / (va * vb) if va and vb else 0.0
-
-
-def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += _diff(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            out.append(f"{prefix}{k}: {vb!r} then, {va!r} now")
-    return out
-
-
 def _json_num(x):
     return None if x is None or not math.isfinite(x) else x
 
@@ -551,4 +403,4 @@ def _to_state(obj) -> tuple:
     return (obj[0], tuple(obj[1]), obj[2])
 
 
-__all__ = ["Search", "SearchError", "SearchSettings", "sort_key", "spearman", "UNARY"]
+__all__ = ["Search", "SearchError", "SearchSettings", "sort_key", "spearman"]

@@ -1,0 +1,126 @@
+"""``pzshell prune`` as a function: load -> calibrate -> prune -> evaluate [-> zero-shot ->
+recover -> evaluate again]. The CLI, the benchmarks, the search's final re-runs and the terminal
+app's worker all run this, so a prune started anywhere reports the same fields."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..data import calibration_windows, load_text
+from ..engine.events import ProgressFn
+from ..engine.stats import compute_gradients, load_gradients, save_gradients
+from ..engine.prune import PruneConfig, prune_model
+from ..evaluate.zeroshot import prepare_tasks
+from ..lang import Node, to_infix
+from ..models import LoadedModel, count_block_params, load_model
+from . import results as schema
+from .specs import CalibSpec, EvalSpec, FinetuneSpec, ModelSpec, ZeroShotSpec
+from .stages import Evaluation, finetune_stage, footer, resolve_seqlen, zero_shot_stage
+
+
+@dataclass
+class PruneJob:
+    method: str = "wanda"
+    sparsity_ratio: float = 0.5
+    sparsity_type: str = "unstructured"
+    metric: Node | None = None
+    reconstruct: bool = False
+    use_variant: bool = False
+    model: ModelSpec = field(default_factory=ModelSpec)
+    calib: CalibSpec = field(default_factory=CalibSpec)
+    eval: EvalSpec = field(default_factory=EvalSpec)
+    gradient_path: str | None = None
+    batch_size: int = 8
+    zero_shot: ZeroShotSpec | None = None
+    finetune: FinetuneSpec | None = None
+
+    def config(self) -> PruneConfig:
+        """The engine's settings; building it checks method, sparsity and metric."""
+        return PruneConfig(
+            method=self.method, sparsity_ratio=self.sparsity_ratio,
+            sparsity_type=self.sparsity_type, metric=self.metric, reconstruct=self.reconstruct,
+            use_variant=self.use_variant, batch_size=self.batch_size,
+        )  # fmt: skip
+
+    def check(self) -> PruneConfig:
+        """Everything that needs no model, before the slow work starts."""
+        self.calib.check()
+        self.eval.check()
+        if self.zero_shot:
+            self.zero_shot.check()
+        if self.finetune:
+            self.finetune.check()
+        return self.config()
+
+
+def run_prune(
+    job: PruneJob, progress: ProgressFn | None = None, lm: LoadedModel | None = None
+) -> tuple[LoadedModel, dict]:
+    """Run a prune job; returns the pruned model and its results dict (schema-checked)."""
+    cfg = job.check()
+    prepared = prepare_tasks(job.zero_shot.tasks) if job.zero_shot else None  # fail fast
+    t_load = time.perf_counter()
+    lm = lm or load_model(job.model.name, device=job.model.device)
+    load_seconds = time.perf_counter() - t_load
+    seqlen = resolve_seqlen(lm, job.calib.seqlen)
+    evaluation = Evaluation(lm, job.eval, seqlen) if job.eval.enabled else None  # before pruning
+    calib_text = calib_ids = None
+    have_grads = bool(job.gradient_path) and Path(job.gradient_path).exists()
+    if cfg.needs_calibration or (cfg.needs_gradients and not have_grads):
+        calib_text = load_text(job.calib.data, role="calib")
+        calib_ids = calibration_windows(
+            lm.tokenizer, calib_text, job.calib.nsamples, seqlen, job.calib.seed
+        )
+    grads = None
+    grad_seconds = 0.0
+    if cfg.needs_gradients:
+        if have_grads:
+            grads = load_gradients(job.gradient_path, lm.model)
+        else:
+            t = time.perf_counter()
+            grads = compute_gradients(lm.model, calib_ids, progress=progress)
+            grad_seconds = time.perf_counter() - t
+            if job.gradient_path:
+                save_gradients(grads, job.gradient_path)
+    pr = prune_model(lm.model, cfg, calib_ids, grads, progress=progress)
+    zeros, total = count_block_params(lm.model)
+    results = {
+        "model": job.model.name,
+        "model_source": lm.source,
+        "device": str(lm.device),
+        "method": cfg.method
+        + ("+reconstruct" if cfg.reconstruct and cfg.method != "sparsegpt" else ""),
+        "metric": to_infix(cfg.metric) if cfg.metric is not None else None,
+        "sparsity_ratio": job.sparsity_ratio,
+        "sparsity_type": job.sparsity_type,
+        "use_variant": job.use_variant,
+        "actual_sparsity": zeros / total,
+        "pruned_fraction": pr.sparsity,
+        "nsamples": job.calib.nsamples if calib_ids is not None else 0,
+        "seqlen": seqlen,
+        "seed": job.calib.seed,
+        "calib_data": calib_text.name if calib_text is not None else None,
+        "gradient_path": job.gradient_path,
+        "grad_seconds": grad_seconds,
+        "prune_seconds": pr.seconds,
+        "load_seconds": load_seconds,
+        "layers": [asdict(r) for r in pr.layers],
+    }
+    if evaluation is not None:
+        results.update(evaluation.measure(lm, progress))
+    if prepared is not None:
+        results.update(zero_shot_stage(lm, prepared, job.zero_shot, progress))
+    if job.finetune is not None:
+        results.update(
+            finetune_stage(
+                lm, job.finetune, default_data=job.calib.data, default_seqlen=seqlen,
+                evaluation=evaluation, progress=progress,
+            )
+        )  # fmt: skip
+        if prepared is not None:
+            suffix = "_after_finetune"
+            results.update(zero_shot_stage(lm, prepared, job.zero_shot, progress, suffix=suffix))
+    results.update(footer())
+    return lm, schema.finish(results, "prune")
