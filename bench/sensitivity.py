@@ -55,8 +55,8 @@ def main() -> int:
     import torch
     from rich.console import Console
 
-    from pzshell.engine.stats import load_gradients
     from pzshell.engine.prune import PruneConfig, prune_model
+    from pzshell.engine.stats import load_gradients
     from pzshell.jobs import Evaluation
     from pzshell.lang import load_metric
     from pzshell.models import load_model

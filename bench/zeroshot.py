@@ -49,7 +49,6 @@ def main() -> int:
 
     from rich.console import Console
 
-    from pzshell.report import write_report
     from pzshell.jobs import (
         EvalJob,
         FinetuneSpec,
@@ -60,6 +59,7 @@ def main() -> int:
         run_prune,
         write_results,
     )
+    from pzshell.report import write_report
 
     q = args.quick
     s = {

@@ -43,7 +43,9 @@ def writing_file(path: str | Path) -> Iterator[Path]:
     """Yields a temporary path beside ``path`` for a writer that wants a file name (``torch.save``,
     ``savefig``); renamed onto ``path`` only if the block finishes."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=path.parent
+    )
     os.close(fd)
     try:
         yield Path(tmp)
@@ -54,6 +56,31 @@ def writing_file(path: str | Path) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def writing_into(directory: str | Path) -> Iterator[Path]:
+    """Yields a temporary directory for a writer that fills a directory (``save_pretrained``); on
+    success each file it wrote is renamed into ``directory`` (created if needed), one atomic
+    rename per file, leaving other files there alone. On failure nothing in ``directory``
+    changes."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".incoming.", suffix=".tmp", dir=directory))
+    try:
+        yield tmp
+        for f in sorted(tmp.rglob("*")):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        for f in sorted(tmp.rglob("*")):
+            dest = directory / f.relative_to(tmp)
+            if f.is_dir():
+                dest.mkdir(exist_ok=True)
+            else:
+                os.replace(f, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -8,14 +8,16 @@ from pathlib import Path
 
 import pytest
 
+from pzshell.paths import wikitext_test, wikitext_valid
+
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = ROOT.parent / "shared" / "data"
-WIKI_TEST = SHARED_DATA / "wikitext-2-raw" / "wiki.test.raw"
-WIKI_VALID = SHARED_DATA / "wikitext-2" / "valid.txt"
+WIKI_TEST = wikitext_test()
+WIKI_VALID = wikitext_valid()
 
 
 def shared_texts() -> tuple[str, str]:
-    """(calibration, evaluation) text: WikiText-2 from ../shared when it is there, else builtin."""
+    """(calibration, evaluation) text: WikiText-2 from the offline data directory
+    (:mod:`pzshell.paths`) when it is there, else builtin."""
     if WIKI_TEST.exists() and WIKI_VALID.exists():
         return str(WIKI_VALID), str(WIKI_TEST)
     return "builtin", "builtin"
@@ -25,8 +27,11 @@ def zero_pattern(model) -> list:
     """Which weights of every decoder-block linear are zero (bool tensors, in module order)."""
     import torch
 
-    return [m.weight.detach() == 0 for m in model.model.layers.modules()
-            if isinstance(m, torch.nn.Linear)]  # fmt: skip
+    return [
+        m.weight.detach() == 0
+        for m in model.model.layers.modules()
+        if isinstance(m, torch.nn.Linear)
+    ]
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..errors import PzError
-from ..lang.errors import MetricError
+from ..lang.diagnostics import MetricError
 
 # Subcommand modules, in the order `pzshell --help` lists them. Each is imported for real: a
 # command that fails to import is a bug to see, never a command that silently disappears.

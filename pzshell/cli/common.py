@@ -11,10 +11,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..engine.events import Progress as ProgressEvent
 from ..errors import PzError
 from ..jobs import CalibSpec, EvalSpec, ModelSpec, write_provenance, write_results
 from ..models.structure import save_model
+from ..progress import Progress as ProgressEvent
 
 console = Console(stderr=True, highlight=False)
 
@@ -40,8 +40,13 @@ def add_calib_args(
     dest: str = "nsamples",
 ) -> None:
     """``--nsamples`` (or ``flags``), ``--calib``, ``--seqlen``."""
-    p.add_argument(*flags, dest=dest, type=int, default=nsamples,
-                   help=f"calibration windows (default {nsamples})")  # fmt: skip
+    p.add_argument(
+        *flags,
+        dest=dest,
+        type=int,
+        default=nsamples,
+        help=f"calibration windows (default {nsamples})",
+    )
     p.add_argument(
         "--calib",
         default="builtin",
@@ -157,6 +162,7 @@ def save_outputs(args: argparse.Namespace, lm, res: dict, what: str = "model") -
     """``--save DIR`` (results.json) and ``--save_model DIR`` (the model, reloadable by
     ``load_model(DIR)``, with a note of how it was made) of a finished command."""
     if getattr(args, "save", None):
+        Path(args.save).mkdir(parents=True, exist_ok=True)  # checked before the model loaded
         out = write_results(Path(args.save) / "results.json", res)
         console.print(f"results written to {out}")
     if getattr(args, "save_model", None) and lm is not None:

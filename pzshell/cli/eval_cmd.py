@@ -6,8 +6,8 @@ import argparse
 
 from rich.table import Table
 
-from ..jobs import EvalJob, ZeroShotSpec, run_eval
 from ..evaluate.zeroshot import DEFAULT_TASKS, LOCAL_TASK, parse_tasks
+from ..jobs import EvalJob, ZeroShotSpec, run_eval
 from .common import (
     add_eval_args,
     add_model_args,
@@ -112,13 +112,19 @@ def print_zero_shot(res: dict) -> None:
         if not zs:
             continue
         limit = f", first {zs['limit']} items per task" if zs.get("limit") else ""
-        t = Table(title=f"zero-shot accuracy{label} (lm-eval {zs['lm_eval_version']}{limit})",
-                  title_justify="left")  # fmt: skip
+        t = Table(
+            title=f"zero-shot accuracy{label} (lm-eval {zs['lm_eval_version']}{limit})",
+            title_justify="left",
+        )
         for col in ("task", "items", "acc", "acc_norm"):
             t.add_column(col, justify="left" if col == "task" else "right")
         for name, r in zs["tasks"].items():
-            t.add_row(name, str(r["n"]), _pm(r["acc"], r["acc_stderr"]),
-                      _pm(r["acc_norm"], r["acc_norm_stderr"]))  # fmt: skip
+            t.add_row(
+                name,
+                str(r["n"]),
+                _pm(r["acc"], r["acc_stderr"]),
+                _pm(r["acc_norm"], r["acc_norm_stderr"]),
+            )
         if zs.get("mean_acc") is not None and len(zs["tasks"]) > 1:
             t.add_row("[bold]mean[/]", "", f"[bold]{zs['mean_acc']:.4f}[/]", "")
         console.print(t)

@@ -50,42 +50,72 @@ def add_finetune_args(p: argparse.ArgumentParser, *, with_switch: bool) -> None:
             action="store_true",
             help="after pruning, recover with LoRA (merged, mask re-applied) and re-measure",
         )
-    g.add_argument("--finetune_method", default="lora", choices=("lora", "full"),
-                   help="lora (default) or full fine-tuning")  # fmt: skip
+    g.add_argument(
+        "--finetune_method",
+        default="lora",
+        choices=("lora", "full"),
+        help="lora (default) or full fine-tuning",
+    )
     g.add_argument("--lora_r", type=int, default=8, help="LoRA rank (default 8)")
     g.add_argument("--lora_alpha", type=float, default=16, help="LoRA alpha (default 16)")
     g.add_argument("--lora_dropout", type=float, default=0.0, help="LoRA dropout (default 0)")
-    g.add_argument("--lora_mask_aware", action="store_true",
-                   help="train the masked LoRA update, exactly what the masked merge keeps "
-                   "(slower; default: plain LoRA, mask re-applied after the merge)")  # fmt: skip
-    g.add_argument("--finetune_samples", type=int, default=64,
-                   help="training windows (default 64)")  # fmt: skip
-    g.add_argument("--finetune_seqlen", type=int, default=None,
-                   help="training window length (default: min(512, calibration))")  # fmt: skip
-    g.add_argument("--finetune_lr", type=float, default=None,
-                   help=f"learning rate (default {DEFAULT_LR['lora']:g} for LoRA, "
-                   f"{DEFAULT_LR['full']:g} for full)")  # fmt: skip
+    g.add_argument(
+        "--lora_mask_aware",
+        action="store_true",
+        help="train the masked LoRA update, exactly what the masked merge keeps "
+        "(slower; default: plain LoRA, mask re-applied after the merge)",
+    )
+    g.add_argument("--finetune_samples", type=int, default=64, help="training windows (default 64)")
+    g.add_argument(
+        "--finetune_seqlen",
+        type=int,
+        default=None,
+        help="training window length (default: min(512, calibration))",
+    )
+    g.add_argument(
+        "--finetune_lr",
+        type=float,
+        default=None,
+        help=f"learning rate (default {DEFAULT_LR['lora']:g} for LoRA, "
+        f"{DEFAULT_LR['full']:g} for full)",
+    )
     g.add_argument("--finetune_epochs", type=int, default=1, help="epochs (default 1)")
-    g.add_argument("--finetune_batch_size", type=int, default=1,
-                   help="windows per optimizer step (default 1)")  # fmt: skip
-    g.add_argument("--finetune_data", default=None,
-                   help="training text (default: the calibration text, other windows)")  # fmt: skip
+    g.add_argument(
+        "--finetune_batch_size", type=int, default=1, help="windows per optimizer step (default 1)"
+    )
+    g.add_argument(
+        "--finetune_data",
+        default=None,
+        help="training text (default: the calibration text, other windows)",
+    )
 
 
 def finetune_spec(args: argparse.Namespace) -> FinetuneSpec:
     return FinetuneSpec(
-        method=args.finetune_method, r=args.lora_r, alpha=args.lora_alpha,
-        dropout=args.lora_dropout, samples=args.finetune_samples, seqlen=args.finetune_seqlen,
-        lr=args.finetune_lr, epochs=args.finetune_epochs, batch_size=args.finetune_batch_size,
-        data=args.finetune_data, seed=getattr(args, "seed", 0), mask_aware=args.lora_mask_aware,
-    )  # fmt: skip
+        method=args.finetune_method,
+        r=args.lora_r,
+        alpha=args.lora_alpha,
+        dropout=args.lora_dropout,
+        samples=args.finetune_samples,
+        seqlen=args.finetune_seqlen,
+        lr=args.finetune_lr,
+        epochs=args.finetune_epochs,
+        batch_size=args.finetune_batch_size,
+        data=args.finetune_data,
+        seed=getattr(args, "seed", 0),
+        mask_aware=args.lora_mask_aware,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     job = FinetuneJob(
-        model=ModelSpec(args.model, args.device), finetune=finetune_spec(args), data=args.data,
-        eval=eval_spec(args), eval_before=args.eval_before, zero_shot=zero_shot_spec(args),
-    )  # fmt: skip
+        model=ModelSpec(args.model, args.device),
+        finetune=finetune_spec(args),
+        data=args.data,
+        eval=eval_spec(args),
+        eval_before=args.eval_before,
+        zero_shot=zero_shot_spec(args),
+    )
     job.check()
     check_outputs(args)
     console.print(f"[bold]pzshell finetune[/] model={job.model.name} ({job.finetune.method})")
@@ -119,8 +149,11 @@ def print_finetune(res: dict) -> None:
         how = f"LoRA r={ft['r']} alpha={ft['alpha']}" + (", mask-aware" if ft["mask_aware"] else "")
     t.add_row("method", f"{how}, lr {ft['lr']}, {ft['epochs']} epoch(s), {ft['steps']} steps")
     t.add_row("data", f"{ft['samples']} x {ft['seqlen']} tokens of {ft['data']}")
-    t.add_row("loss", f"{ft['loss_start']:.3f} -> {ft['loss_end']:.3f} "
-                      f"(mean over the first / last quarter of the steps)")  # fmt: skip
+    t.add_row(
+        "loss",
+        f"{ft['loss_start']:.3f} -> {ft['loss_end']:.3f} "
+        f"(mean over the first / last quarter of the steps)",
+    )
     sp = f"{res['sparsity_before_finetune']:.4f} -> {res['sparsity_after_finetune']:.4f}"
     if "sparsity_after_merge" in ft:
         sp += f"  (plain merge would leave {ft['sparsity_after_merge']:.4f})"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from ..engine.prune import ALIASES, METHODS
+from ..engine.prune import METHOD_ALIASES, METHODS
 from ..errors import PzError
 from ..jobs import PruneJob, run_prune
 from ..lang import load_metric
@@ -36,7 +36,7 @@ def register(sub) -> None:
         "`python main.py` work unchanged.",
     )
     add_model_args(p)
-    methods = list(METHODS) + list(ALIASES)
+    methods = list(METHODS) + list(METHOD_ALIASES)
     p.add_argument(
         "--prune_method",
         "--method",
@@ -93,7 +93,7 @@ def job_from_args(args: argparse.Namespace) -> PruneJob:
         metric = load_metric(Path(args.json_tree) if args.json_tree else args.metric)
         # An explicit tree replaces the method's own; `sparsegpt` / `ablate_*_seq` with a tree
         # mean "this tree's mask with SparseGPT's update", as in the reference code.
-        method = ALIASES.get(method, method)
+        method = METHOD_ALIASES.get(method, method)
         if method.endswith("+reconstruct") or method == "sparsegpt":
             reconstruct = True
         method = "metric"
@@ -143,19 +143,31 @@ def print_summary(res: dict) -> None:
     rows = [
         ("model", f"{res['model']}  ({res['model_source']})"),
         ("method", res["method"] + (f"  metric {res['metric']}" if res.get("metric") else "")),
-        ("sparsity", f"{res['sparsity_ratio']} {res['sparsity_type']}  "
-                     f"(achieved {res['actual_sparsity']:.4f} of block linear weights)"),
-        ("calibration", f"{res['nsamples']} x {res['seqlen']} tokens of {res['calib_data']}, "
-                        f"seed {res['seed']}" if res["calib_data"] else "none needed"),
-        ("prune time", f"{res['prune_seconds']:.1f} s" +
-         (f" (+ gradients {res['grad_seconds']:.1f} s)" if res["grad_seconds"] else "")),
-    ]  # fmt: skip
+        (
+            "sparsity",
+            f"{res['sparsity_ratio']} {res['sparsity_type']}  "
+            f"(achieved {res['actual_sparsity']:.4f} of block linear weights)",
+        ),
+        (
+            "calibration",
+            f"{res['nsamples']} x {res['seqlen']} tokens of {res['calib_data']}, seed {res['seed']}"
+            if res["calib_data"]
+            else "none needed",
+        ),
+        (
+            "prune time",
+            f"{res['prune_seconds']:.1f} s"
+            + (f" (+ gradients {res['grad_seconds']:.1f} s)" if res["grad_seconds"] else ""),
+        ),
+    ]
     if "ppl" in res:
-        rows.append((
-            "perplexity",
-            f"[bold green]{res['ppl']:.3f}[/] on {res['eval_data']}: {res['eval_windows']} "
-            f"windows x {res['eval_seqlen']} = {res['eval_tokens']} tokens",
-        ))  # fmt: skip
+        rows.append(
+            (
+                "perplexity",
+                f"[bold green]{res['ppl']:.3f}[/] on {res['eval_data']}: {res['eval_windows']} "
+                f"windows x {res['eval_seqlen']} = {res['eval_tokens']} tokens",
+            )
+        )
     rows.append(("peak RSS", f"{res['peak_rss_mb']:.0f} MiB"))
     for k, v in rows:
         t.add_row(k, v)

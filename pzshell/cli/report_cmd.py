@@ -11,8 +11,15 @@ from ..report import COLUMNS, table_rows, write_report
 from .common import console
 
 # the columns worth a terminal's width; report.md has them all
-_SHOWN = {"run": "run", "method": "method", "sparsity": "sparsity", "type": "type",
-          "ppl": "ppl", "ppl after finetune": "ppl+ft", "zero-shot mean": "0-shot"}  # fmt: skip
+_SHOWN = {
+    "run": "run",
+    "method": "method",
+    "sparsity": "sparsity",
+    "type": "type",
+    "ppl": "ppl",
+    "ppl after finetune": "ppl+ft",
+    "zero-shot mean": "0-shot",
+}
 
 
 def register(sub) -> None:

@@ -37,33 +37,67 @@ def register(sub) -> None:
     p.add_argument("--seqlen", type=int, default=256, help="calibration window length")
     p.add_argument("--heldout_windows", type=int, default=4)
     p.add_argument("--heldout_seqlen", type=int, default=256)
-    p.add_argument("--cheap_windows", type=int, default=1,
-                   help="cheap first stage windows (0: no multi-fidelity)")  # fmt: skip
+    p.add_argument(
+        "--cheap_windows",
+        type=int,
+        default=1,
+        help="cheap first stage windows (0: no multi-fidelity)",
+    )
     p.add_argument("--cheap_seqlen", type=int, default=64)
     p.add_argument("--population", type=int, default=16)
     p.add_argument("--budget", type=int, default=64, help="evaluations (distinct pruning rules)")
     p.add_argument("--batch", type=int, default=8, help="children per steady-state batch")
-    p.add_argument("--time-limit", "--time_limit", dest="time_limit", type=float, default=None,
-                   help="stop after this many minutes")  # fmt: skip
+    p.add_argument(
+        "--time-limit",
+        "--time_limit",
+        dest="time_limit",
+        type=float,
+        default=None,
+        help="stop after this many minutes",
+    )
     p.add_argument("--tournament", type=int, default=3)
     p.add_argument("--p-crossover", "--p_crossover", dest="p_crossover", type=float, default=0.7)
     p.add_argument("--p-mutation", "--p_mutation", dest="p_mutation", type=float, default=0.3)
     p.add_argument("--max-depth", "--max_depth", dest="max_depth", type=int, default=6)
     p.add_argument("--max-size", "--max_size", dest="max_size", type=int, default=31)
     p.add_argument("--ops", default="published", choices=("published", "extended"))
-    p.add_argument("--seed-formula", dest="seed_formulas", action="append", default=[],
-                   help="a formula to put in the initial population (repeatable)")  # fmt: skip
-    p.add_argument("--no-known-seeds", dest="seed_known", action="store_false",
-                   help="do not seed with magnitude, Wanda and Pruner-Zero")  # fmt: skip
-    p.add_argument("--final-top", dest="final_top", type=int, default=3,
-                   help="re-run the best N with a full layer-sequential prune")  # fmt: skip
+    p.add_argument(
+        "--seed-formula",
+        dest="seed_formulas",
+        action="append",
+        default=[],
+        help="a formula to put in the initial population (repeatable)",
+    )
+    p.add_argument(
+        "--no-known-seeds",
+        dest="seed_known",
+        action="store_false",
+        help="do not seed with magnitude, Wanda and Pruner-Zero",
+    )
+    p.add_argument(
+        "--final-top",
+        dest="final_top",
+        type=int,
+        default=3,
+        help="re-run the best N with a full layer-sequential prune",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1, help="local worker processes")
-    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
-                   help="Ray actors: a local Ray, or the cluster at ADDRESS")  # fmt: skip
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="Ray actors: a local Ray, or the cluster at ADDRESS",
+    )
     p.add_argument("--device", default="cpu")
-    p.add_argument("--no-cache", dest="use_cache", action="store_false",
-                   help="do not use the persistent fitness cache")  # fmt: skip
+    p.add_argument(
+        "--no-cache",
+        dest="use_cache",
+        action="store_false",
+        help="do not use the persistent fitness cache",
+    )
     p.add_argument("--out", default=None, help="run directory (default runs/search-<time>)")
     p.add_argument("--resume", default=None, metavar="DIR", help="continue the search in DIR")
     p.set_defaults(func=run)
@@ -71,20 +105,36 @@ def register(sub) -> None:
 
 def settings_from_args(args) -> SearchSettings:
     fit = FitnessSettings(
-        model=args.model, sparsity_ratio=args.sparsity_ratio, sparsity_type=args.sparsity_type,
-        calib=args.calib, nsamples=args.nsamples, grad_samples=args.grad_samples,
-        seqlen=args.seqlen, heldout_windows=args.heldout_windows,
-        heldout_seqlen=args.heldout_seqlen, cheap_windows=args.cheap_windows,
-        cheap_seqlen=args.cheap_seqlen, seed=args.seed,
-    )  # fmt: skip
+        model=args.model,
+        sparsity_ratio=args.sparsity_ratio,
+        sparsity_type=args.sparsity_type,
+        calib=args.calib,
+        nsamples=args.nsamples,
+        grad_samples=args.grad_samples,
+        seqlen=args.seqlen,
+        heldout_windows=args.heldout_windows,
+        heldout_seqlen=args.heldout_seqlen,
+        cheap_windows=args.cheap_windows,
+        cheap_seqlen=args.cheap_seqlen,
+        seed=args.seed,
+    )
     return SearchSettings(
-        fitness=fit, population=args.population, budget=args.budget, batch=args.batch,
-        tournament=args.tournament, p_crossover=args.p_crossover, p_mutation=args.p_mutation,
-        max_depth=args.max_depth, max_size=args.max_size, ops=args.ops, seed=args.seed,
-        seed_known=args.seed_known, seed_formulas=tuple(args.seed_formulas),
+        fitness=fit,
+        population=args.population,
+        budget=args.budget,
+        batch=args.batch,
+        tournament=args.tournament,
+        p_crossover=args.p_crossover,
+        p_mutation=args.p_mutation,
+        max_depth=args.max_depth,
+        max_size=args.max_size,
+        ops=args.ops,
+        seed=args.seed,
+        seed_known=args.seed_known,
+        seed_formulas=tuple(args.seed_formulas),
         final_top=args.final_top,
         time_limit=args.time_limit * 60 if args.time_limit else None,
-    )  # fmt: skip
+    )
 
 
 class _Display:
@@ -128,8 +178,12 @@ class _Display:
         for r in self.recent:
             f = r.get("fitness")
             fs = f"{f:.3f}" if isinstance(f, (int, float)) and math.isfinite(f) else "-"
-            rec.add_row(str(r.get("id")), r.get("stage", ""), fs,
-                        (r.get("reason") or r.get("formula", ""))[:70])  # fmt: skip
+            rec.add_row(
+                str(r.get("id")),
+                r.get("stage", ""),
+                fs,
+                (r.get("reason") or r.get("formula", ""))[:70],
+            )
         parts = [head, hof, rec]
         if self.messages:
             parts.append(Text("\n".join(self.messages), style="yellow"))
@@ -163,10 +217,16 @@ def run(args: argparse.Namespace) -> int:
     backend = "ray" if args.ray else ("processes" if args.workers > 1 else "in-process")
     display = _Display(settings.budget)
     search = Search(
-        settings, out, backend=backend, workers=max(1, args.workers),
-        ray_address=None if args.ray in (None, "local") else args.ray, device=args.device,
-        cache=cache, on_event=display, resume=resume,
-    )  # fmt: skip
+        settings,
+        out,
+        backend=backend,
+        workers=max(1, args.workers),
+        ray_address=None if args.ray in (None, "local") else args.ray,
+        device=args.device,
+        cache=cache,
+        on_event=display,
+        resume=resume,
+    )
     console.print(f"[bold]pzshell search[/] -> {out}  (backend {backend}, workers {args.workers})")
     try:
         with Live(display.render(), console=console, refresh_per_second=4) as live:

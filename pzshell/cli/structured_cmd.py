@@ -84,8 +84,9 @@ def register(sub) -> None:
         action="store_true",
         help="remove blocks whose attention and MLP were both pruned away",
     )
-    add_calib_args(p, nsamples=32, seqlen_cap=512, flags=("--num_samples", "--nsamples"),
-                   dest="num_samples")  # fmt: skip
+    add_calib_args(
+        p, nsamples=32, seqlen_cap=512, flags=("--num_samples", "--nsamples"), dest="num_samples"
+    )
     p.add_argument(
         "--batch_size",
         type=int,
@@ -202,23 +203,41 @@ def print_summary(res: dict, blocks: list[dict]) -> None:
     rows = [
         ("model", f"{res['model']}  ({res['model_source']})"),
         ("importance", res["importance"]),
-        ("allocation", res["pruning_strategy"]
-         + (f"  attention:mlp {dist[0]:.2f}:{dist[1]:.2f}" if dist else "")
-         + (f"  frozen {res['frozen_blocks']}" if res["frozen_blocks"] else "")),
-        ("calibration", f"{res['nsamples']} x {res['seqlen']} tokens of {res['calib_data']}, "
-                        f"seed {res['seed']}"),
-        ("block params", f"{res['params_before']:,} -> {res['params_after']:,}  ("
-                         f"{res['achieved_ratio']:.2%} removed, asked {res['pruning_ratio']:.0%})"),
+        (
+            "allocation",
+            res["pruning_strategy"]
+            + (f"  attention:mlp {dist[0]:.2f}:{dist[1]:.2f}" if dist else "")
+            + (f"  frozen {res['frozen_blocks']}" if res["frozen_blocks"] else ""),
+        ),
+        (
+            "calibration",
+            f"{res['nsamples']} x {res['seqlen']} tokens of {res['calib_data']}, "
+            f"seed {res['seed']}",
+        ),
+        (
+            "block params",
+            f"{res['params_before']:,} -> {res['params_after']:,}  ("
+            f"{res['achieved_ratio']:.2%} removed, asked {res['pruning_ratio']:.0%})",
+        ),
         ("model params", f"{res['model_params_before']:,} -> {res['model_params_after']:,}"),
-        ("by kind", "  ".join(f"{k}: {v['units_removed']}/{v['units']} units, "
-                              f"{v['params_removed']:,} params"
-                              for k, v in res["by_kind"].items())),
-        ("blocks", f"{res['num_blocks_after']} left"
-                   + (f", removed {res['removed_blocks']}" if res["removed_blocks"] else "")),
-    ]  # fmt: skip
+        (
+            "by kind",
+            "  ".join(
+                f"{k}: {v['units_removed']}/{v['units']} units, {v['params_removed']:,} params"
+                for k, v in res["by_kind"].items()
+            ),
+        ),
+        (
+            "blocks",
+            f"{res['num_blocks_after']} left"
+            + (f", removed {res['removed_blocks']}" if res["removed_blocks"] else ""),
+        ),
+    ]
     if "ppl" in res:
-        where = (f"{res['eval_data']}: {res['eval_windows']} x {res['eval_seqlen']} = "
-                 f"{res['eval_tokens']} tokens")  # fmt: skip
+        where = (
+            f"{res['eval_data']}: {res['eval_windows']} x {res['eval_seqlen']} = "
+            f"{res['eval_tokens']} tokens"
+        )
         ppl = f"{res['ppl_dense']:.3f} -> [bold green]{res['ppl']:.3f}[/]"
         if "ppl_after_finetune" in res:
             ppl += f" -> [bold green]{res['ppl_after_finetune']:.3f}[/] (fine-tuned)"
@@ -230,11 +249,17 @@ def print_summary(res: dict, blocks: list[dict]) -> None:
         rows.append(("tokens/s", sp + " (forward)"))
     if "finetune" in res:
         f = res["finetune"]
-        rows.append(("fine-tuning", f"{f['method']}: {f['steps']} steps, loss "
-                                    f"{f['loss_first']:.3f} -> {f['loss_last']:.3f}, "
-                                    f"{f['seconds']:.0f} s"))  # fmt: skip
-    rows.append(("time", f"statistics {res['stats_seconds']:.1f} s, surgery "
-                         f"{res['prune_seconds']:.1f} s"))  # fmt: skip
+        rows.append(
+            (
+                "fine-tuning",
+                f"{f['method']}: {f['steps']} steps, loss "
+                f"{f['loss_first']:.3f} -> {f['loss_last']:.3f}, "
+                f"{f['seconds']:.0f} s",
+            )
+        )
+    rows.append(
+        ("time", f"statistics {res['stats_seconds']:.1f} s, surgery {res['prune_seconds']:.1f} s")
+    )
     for k, v in rows:
         t.add_row(k, v)
     console.print(t)

@@ -23,25 +23,41 @@ def register(sub) -> None:
     )
     p.add_argument("--model", default=None, help="smollm2, tiny, a HF directory or a .gguf file")
     p.add_argument("--sparsity_ratio", "--sparsity-ratio", type=float, default=None)
-    p.add_argument("--sparsity_type", "--sparsity-type", default=None,
-                   help="unstructured, 2:4, 4:8, ...")  # fmt: skip
+    p.add_argument(
+        "--sparsity_type", "--sparsity-type", default=None, help="unstructured, 2:4, 4:8, ..."
+    )
     p.add_argument("--calib", default=None, help="calibration text: builtin, wikitext2, a file")
     p.add_argument("--eval", default=None, help="evaluation text: builtin, wikitext2, a file")
     p.add_argument("--nsamples", type=int, default=None, help="calibration windows")
     p.add_argument("--seqlen", type=int, default=None, help="calibration window length")
     p.add_argument("--eval-seqlen", "--eval_seqlen", dest="eval_seqlen", type=int, default=None)
-    p.add_argument("--eval-windows", "--eval_windows", dest="eval_windows", type=int,
-                   default=None)  # fmt: skip
+    p.add_argument("--eval-windows", "--eval_windows", dest="eval_windows", type=int, default=None)
     p.add_argument("--device", default=None, help="auto (CUDA if present), cpu, cuda")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--metric", "--formula", dest="formula", default=None,
-                   help="the formula to start the editor with")  # fmt: skip
+    p.add_argument(
+        "--metric",
+        "--formula",
+        dest="formula",
+        default=None,
+        help="the formula to start the editor with",
+    )
     p.add_argument("--home", default=None, help="data directory (default $PZSHELL_HOME)")
     p.set_defaults(func=run)
 
 
-RUN_FLAGS = ("model", "sparsity_ratio", "sparsity_type", "calib", "eval", "nsamples", "seqlen",
-             "eval_seqlen", "eval_windows", "device", "seed")  # fmt: skip
+RUN_FLAGS = (
+    "model",
+    "sparsity_ratio",
+    "sparsity_type",
+    "calib",
+    "eval",
+    "nsamples",
+    "seqlen",
+    "eval_seqlen",
+    "eval_windows",
+    "device",
+    "seed",
+)
 
 
 def settings_from_args(args, base):
@@ -57,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         raise PzError("the terminal app needs an interactive terminal; see `pzshell --help`")
     try:
         from ..tui.app import PzShellApp
-        from ..tui.screens.settings import validate
+        from ..tui.screens.run_settings import validate
         from ..tui.store import Store
     except ImportError as e:  # pragma: no cover - textual is a dependency
         raise PzError(f"the terminal app needs the 'textual' package: {e}") from None

@@ -121,17 +121,25 @@ def tokenize(tokenizer, text: Text) -> torch.Tensor:
 def calibration_windows(
     tokenizer, text: Text, nsamples: int, seqlen: int, seed: int = 0
 ) -> torch.Tensor:
-    """``nsamples`` windows of ``seqlen`` tokens at random offsets (seeded), shape (n, seqlen).
+    """``nsamples`` windows of ``seqlen`` tokens at random offsets (seeded) of the whole text,
+    shape (n, seqlen); see :func:`sample_windows`."""
+    return sample_windows(tokenize(tokenizer, text), nsamples, seqlen, seed, name=text.name)
+
+
+def sample_windows(
+    ids: torch.Tensor, nsamples: int, seqlen: int, seed: int = 0, *, name: str = "text"
+) -> torch.Tensor:
+    """``nsamples`` windows of ``seqlen`` tokens at random offsets of the 1-D token ids ``ids``.
 
     Offsets are drawn as in the Wanda/SparseGPT WikiText loaders:
-    ``random.seed(seed); i = random.randint(0, len - seqlen - 1)``.
+    ``random.seed(seed); i = random.randint(0, len - seqlen - 1)``. The one calibration sampler:
+    the prune jobs and the search's fitness both draw through it.
     """
-    ids = tokenize(tokenizer, text)
     if nsamples < 1:
         raise DataError(f"nsamples must be at least 1, got {nsamples}")
     if ids.numel() < seqlen + 2:
         raise DataError(
-            f"calibration text {text.name} has {ids.numel()} tokens, fewer than one window "
+            f"calibration text {name} has {ids.numel()} tokens, fewer than one window "
             f"of {seqlen}; use a longer text or a smaller --seqlen"
         )
     rng = random.Random(seed)
@@ -168,5 +176,6 @@ __all__ = [
     "calibration_windows",
     "eval_windows",
     "load_text",
+    "sample_windows",
     "tokenize",
 ]

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..errors import PzError
 from ..models.arch import block_linears, block_list_path, count_block_params
-from .events import ProgressFn, emit
+from ..progress import ProgressFn, emit
 
 
 class FinetuneError(PzError):
@@ -269,9 +269,16 @@ def lora_finetune(
         params = [p for p in peft_model.parameters() if p.requires_grad]
         trainable = sum(p.numel() for p in params)
         report = _train_loop(
-            peft_model, params, train_ids, lr=lr, epochs=epochs, batch_size=batch_size,
-            seed=seed, max_grad_norm=max_grad_norm, progress=progress,
-        )  # fmt: skip
+            peft_model,
+            params,
+            train_ids,
+            lr=lr,
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+            max_grad_norm=max_grad_norm,
+            progress=progress,
+        )
     finally:
         # Merge (or, on failure, just unload) so `model` is a plain model again either way.
         merged = peft_model.merge_and_unload()
@@ -348,10 +355,18 @@ def full_finetune(
 
     try:
         report = _train_loop(
-            model, params, train_ids, lr=lr, epochs=epochs, batch_size=batch_size, seed=seed,
-            max_grad_norm=max_grad_norm, progress=progress, after_backward=after_backward,
+            model,
+            params,
+            train_ids,
+            lr=lr,
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+            max_grad_norm=max_grad_norm,
+            progress=progress,
+            after_backward=after_backward,
             after_step=after_step,
-        )  # fmt: skip
+        )
     finally:
         for p, flag in saved_flags.items():
             p.requires_grad_(flag)

@@ -1,6 +1,6 @@
 """Pure mask rules: scores in, boolean mask out (True = prune). No hooks, no models.
 
-Comparison groups (SPEC "Pruning"): each output row for unstructured pruning (Wanda's rule),
+Comparison groups (see docs/protocol.md): each output row for unstructured pruning (Wanda's rule),
 the whole layer for magnitude, each run of M consecutive inputs of a row for N:M.
 """
 

@@ -16,10 +16,10 @@ import torch
 
 from ..errors import PzError
 from ..lang import Node, evaluate, load_metric
-from ..lang.errors import DegenerateMetric
+from ..lang.diagnostics import DegenerateMetric
 from ..models.arch import decoder_blocks, find_linears
+from ..progress import ProgressFn, emit
 from .calib import capture_block_inputs, run_block, run_block_collecting
-from .events import ProgressFn, emit
 from .masks import SparsityError, make_mask, parse_sparsity_type
 from .sparsegpt import sparsegpt_prune
 from .stats import stat_key
@@ -47,7 +47,7 @@ METHODS: dict[str, Method] = {
     )
 }
 # Names used by the published Pruner-Zero / Wanda command lines.
-ALIASES = {
+METHOD_ALIASES = {
     "pruner_zero": "pruner-zero",
     "prunerzero": "pruner-zero",
     "mag": "magnitude",
@@ -75,7 +75,7 @@ class PruneConfig:
         if not 0 <= self.sparsity_ratio < 1:
             raise PruneError(f"sparsity ratio must be in [0, 1), got {self.sparsity_ratio}")
         self.n, self.m = parse_sparsity_type(self.sparsity_type)
-        name = ALIASES.get(self.method, self.method)
+        name = METHOD_ALIASES.get(self.method, self.method)
         if name.endswith("+reconstruct"):
             name = name[: -len("+reconstruct")]
             self.reconstruct = True

@@ -42,9 +42,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .. import atomic
 from ..errors import PzError
 from ..models.arch import block_linears
-from .events import ProgressFn, emit
+from ..progress import ProgressFn, emit
 
 G_SCALE = 100.0  # G = sqrt(sum_s (G_SCALE * dL_s/dw)^2), as in the Pruner-Zero code
 
@@ -327,8 +328,8 @@ def save_gradients(grads: dict[str, torch.Tensor], path: str | Path) -> None:
     """Write ``G`` as the Pruner-Zero code does: ``torch.save`` of the dict of fp16 tensors."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        torch.save(grads, f)
+    with atomic.writing_file(path) as tmp:
+        torch.save(grads, tmp)
 
 
 def load_gradients(path: str | Path, model: nn.Module | None = None) -> dict[str, torch.Tensor]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..engine.events import ProgressFn, emit
+from ..progress import ProgressFn, emit
 
 
 @dataclass(frozen=True)

@@ -33,15 +33,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from ..engine.events import ProgressFn, emit
 from ..errors import PzError
+from ..progress import ProgressFn, emit
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 LOCAL_TASK = "pzshell_mc"
 # The zero-shot suite of the Wanda and Pruner-Zero papers (lm-eval task names).
 DEFAULT_TASKS = (
-    "boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa",
-)  # fmt: skip
+    "boolq",
+    "rte",
+    "hellaswag",
+    "winogrande",
+    "arc_easy",
+    "arc_challenge",
+    "openbookqa",
+)
 # Where lm-eval keeps those (and a few more common) tasks: indexing only these directories takes
 # well under a second, where indexing all of lm-eval's ~15,000 task files takes ~25 s.
 _KNOWN_TASK_DIRS = {

@@ -53,4 +53,5 @@ __all__ = [
     "run_structured",
     "write_provenance",
     "write_results",
+    "write_run_dir",
 ]

@@ -9,11 +9,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from ..engine.events import ProgressFn
 from ..engine.finetune import block_sparsity
 from ..errors import PzError
 from ..evaluate.zeroshot import prepare_tasks
 from ..models import LoadedModel, count_block_params, load_model, sparsity_report
+from ..progress import ProgressFn
 from . import results as schema
 from .provenance import MODEL_FIELDS, read_provenance, source_of
 from .specs import EvalSpec, FinetuneSpec, ModelSpec, ZeroShotSpec
@@ -127,10 +127,14 @@ def run_finetune(job: FinetuneJob, progress: ProgressFn | None = None) -> tuple[
         results.update(zero_shot_stage(lm, prepared, job.zero_shot, progress))
     results.update(
         finetune_stage(
-            lm, job.finetune, default_data=data, default_seqlen=calib_seqlen,
-            evaluation=evaluation, progress=progress,
+            lm,
+            job.finetune,
+            default_data=data,
+            default_seqlen=calib_seqlen,
+            evaluation=evaluation,
+            progress=progress,
         )
-    )  # fmt: skip
+    )
     if prepared is not None:
         results.update(
             zero_shot_stage(lm, prepared, job.zero_shot, progress, suffix="_after_finetune")

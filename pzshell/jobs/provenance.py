@@ -13,11 +13,29 @@ from ..data import BUILTIN, HUB_SOURCES
 PROVENANCE_FILE = "pzshell_prune.json"
 # Fields of a run that describe the model itself (carried over by later jobs on it).
 MODEL_FIELDS = (
-    "model", "model_source", "method", "metric", "sparsity_ratio", "sparsity_type",
-    "use_variant", "nsamples", "seqlen", "calib_data", "seed", "structured", "base_model",
-    "base_model_source", "finetuned", "importance", "pruning_strategy", "pruning_ratio",
-    "params_before", "params_after", "model_params_before", "model_params_after",
-)  # fmt: skip
+    "model",
+    "model_source",
+    "method",
+    "metric",
+    "sparsity_ratio",
+    "sparsity_type",
+    "use_variant",
+    "nsamples",
+    "seqlen",
+    "calib_data",
+    "seed",
+    "structured",
+    "base_model",
+    "base_model_source",
+    "finetuned",
+    "importance",
+    "pruning_strategy",
+    "pruning_ratio",
+    "params_before",
+    "params_after",
+    "model_params_before",
+    "model_params_after",
+)
 
 
 def read_provenance(model: str | Path) -> dict:

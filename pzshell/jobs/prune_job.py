@@ -9,12 +9,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..data import calibration_windows, load_text
-from ..engine.events import ProgressFn
-from ..engine.stats import compute_gradients, load_gradients, save_gradients
 from ..engine.prune import PruneConfig, prune_model
+from ..engine.stats import compute_gradients, load_gradients, save_gradients
 from ..evaluate.zeroshot import prepare_tasks
 from ..lang import Node, to_infix
 from ..models import LoadedModel, count_block_params, load_model
+from ..progress import ProgressFn
 from . import results as schema
 from .specs import CalibSpec, EvalSpec, FinetuneSpec, ModelSpec, ZeroShotSpec
 from .stages import Evaluation, finetune_stage, footer, resolve_seqlen, zero_shot_stage
@@ -39,10 +39,14 @@ class PruneJob:
     def config(self) -> PruneConfig:
         """The engine's settings; building it checks method, sparsity and metric."""
         return PruneConfig(
-            method=self.method, sparsity_ratio=self.sparsity_ratio,
-            sparsity_type=self.sparsity_type, metric=self.metric, reconstruct=self.reconstruct,
-            use_variant=self.use_variant, batch_size=self.batch_size,
-        )  # fmt: skip
+            method=self.method,
+            sparsity_ratio=self.sparsity_ratio,
+            sparsity_type=self.sparsity_type,
+            metric=self.metric,
+            reconstruct=self.reconstruct,
+            use_variant=self.use_variant,
+            batch_size=self.batch_size,
+        )
 
     def check(self) -> PruneConfig:
         """Everything that needs no model, before the slow work starts."""
@@ -115,10 +119,14 @@ def run_prune(
     if job.finetune is not None:
         results.update(
             finetune_stage(
-                lm, job.finetune, default_data=job.calib.data, default_seqlen=seqlen,
-                evaluation=evaluation, progress=progress,
+                lm,
+                job.finetune,
+                default_data=job.calib.data,
+                default_seqlen=seqlen,
+                evaluation=evaluation,
+                progress=progress,
             )
-        )  # fmt: skip
+        )
         if prepared is not None:
             suffix = "_after_finetune"
             results.update(zero_shot_stage(lm, prepared, job.zero_shot, progress, suffix=suffix))

@@ -122,8 +122,15 @@ class ResultsError(PzError):
 
 
 def _type_name(types: tuple[type, ...]) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true/false",
-             list: "a list", dict: "an object", type(None): "null"}  # fmt: skip
+    names = {
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        bool: "true/false",
+        list: "a list",
+        dict: "an object",
+        type(None): "null",
+    }
     if set(types) >= {int, float}:
         types = tuple(t for t in types if t is not int)
     return " or ".join(names.get(t, t.__name__) for t in types)
@@ -150,8 +157,11 @@ def problems(results: dict) -> list[str]:
                 f"({type(v).__name__})"
             )
     if "ppl" in results or "eval_nll" in results:
-        out += [f"field '{k}' is missing (perplexity must name its data)" for k in EVAL_GROUP
-                if k not in results]  # fmt: skip
+        out += [
+            f"field '{k}' is missing (perplexity must name its data)"
+            for k in EVAL_GROUP
+            if k not in results
+        ]
     for k in _PPL_FIELDS:
         v = results.get(k)
         if isinstance(v, _NUM) and not isinstance(v, bool) and not (v >= 1 or math.isnan(v)):
@@ -203,8 +213,13 @@ def normalise(data: dict) -> dict:
     d.setdefault("method", "dense")
     d.setdefault("sparsity_ratio", 0.0)
     d.setdefault("sparsity_type", "unstructured")
-    for k, default in (("model_source", "?"), ("device", "?"), ("load_seconds", 0.0),
-                       ("peak_rss_mb", 0.0), ("torch_threads", 0)):  # fmt: skip
+    for k, default in (
+        ("model_source", "?"),
+        ("device", "?"),
+        ("load_seconds", 0.0),
+        ("peak_rss_mb", 0.0),
+        ("torch_threads", 0),
+    ):
         d.setdefault(k, default)
     d["schema"] = SCHEMA
     return d

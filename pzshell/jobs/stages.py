@@ -11,13 +11,13 @@ import time
 import torch
 
 from ..data import calibration_windows, eval_windows, load_text
-from ..engine.events import ProgressFn
 from ..engine.finetune import FinetuneError, full_finetune, lora_finetune
 from ..errors import PzError
 from ..evaluate.perplexity import perplexity
 from ..evaluate.throughput import forward_tokens_per_second
 from ..evaluate.zeroshot import PreparedTasks, evaluate_zero_shot
 from ..models import LoadedModel, block_linears
+from ..progress import ProgressFn
 from ..util import peak_rss_mb
 from .specs import EvalSpec, FinetuneSpec, ZeroShotSpec
 
@@ -49,9 +49,13 @@ class Evaluation:
         }
 
     def measure(
-        self, lm: LoadedModel, progress: ProgressFn | None = None, *, suffix: str = "",
+        self,
+        lm: LoadedModel,
+        progress: ProgressFn | None = None,
+        *,
+        suffix: str = "",
         speed_windows: int = 0,
-    ) -> dict:  # fmt: skip
+    ) -> dict:
         """``ppl<suffix>``, ``eval_nll<suffix>`` (+ ``tokens_per_s<suffix>`` over the first
         ``speed_windows`` windows) and the fields naming the data."""
         t = time.perf_counter()
@@ -87,9 +91,13 @@ def zero_shot_stage(
 ) -> dict:
     """``{"zero_shot<suffix>": {...}, "zero_shot_mean<suffix>": mean acc}``."""
     zs = evaluate_zero_shot(
-        lm.model, lm.tokenizer, prepared, limit=spec.limit, batch_size=spec.batch_size,
+        lm.model,
+        lm.tokenizer,
+        prepared,
+        limit=spec.limit,
+        batch_size=spec.batch_size,
         progress=progress,
-    )  # fmt: skip
+    )
     return {f"zero_shot{suffix}": zs, f"zero_shot_mean{suffix}": zs["mean_acc"]}
 
 
@@ -114,12 +122,24 @@ def finetune_stage(
     ids = calibration_windows(lm.tokenizer, text, spec.samples, seqlen, spec.seed + 1)
     zeros_before = _zero_masks(lm.model) if spec.preserve_sparsity else None
     common = dict(
-        lr=spec.learning_rate, epochs=spec.epochs, batch_size=spec.batch_size,
-        preserve_sparsity=spec.preserve_sparsity, progress=progress, seed=spec.seed,
-    )  # fmt: skip
+        lr=spec.learning_rate,
+        epochs=spec.epochs,
+        batch_size=spec.batch_size,
+        preserve_sparsity=spec.preserve_sparsity,
+        progress=progress,
+        seed=spec.seed,
+    )
     if spec.method == "lora":
-        rep = lora_finetune(lm.model, lm.tokenizer, ids, r=spec.r, alpha=spec.alpha,
-                            dropout=spec.dropout, mask_aware=spec.mask_aware, **common)  # fmt: skip
+        rep = lora_finetune(
+            lm.model,
+            lm.tokenizer,
+            ids,
+            r=spec.r,
+            alpha=spec.alpha,
+            dropout=spec.dropout,
+            mask_aware=spec.mask_aware,
+            **common,
+        )
     else:
         rep = full_finetune(lm.model, lm.tokenizer, ids, **common)
     lm.model.eval()
@@ -138,9 +158,7 @@ def finetune_stage(
     }
     if evaluation is not None:
         out.update(
-            evaluation.measure(
-                lm, progress, suffix="_after_finetune", speed_windows=speed_windows
-            )
+            evaluation.measure(lm, progress, suffix="_after_finetune", speed_windows=speed_windows)
         )
     return out
 

@@ -14,10 +14,31 @@ from pathlib import Path
 
 from .. import atomic
 from ..data import calibration_windows, load_text
-from ..engine import structured as se
-from ..engine.events import ProgressFn, emit
+from ..engine.structured import (
+    LAYER_IMPORTANCE,
+    STRATEGIES,
+    CalibStats,
+    Importance,
+    Plan,
+    SurgeryReport,
+    apply_plan,
+    check_feasible,
+    check_ratio,
+    collect_stats,
+    kind_summary,
+    make_plan,
+    model_parts,
+    parse_distribution,
+    parse_importance,
+    plot_kept,
+    save_structured,
+    structure_of,
+    unit_importance,
+    write_units_csv,
+)
 from ..errors import PzError
 from ..models import LoadedModel, load_model
+from ..progress import ProgressFn, emit
 from . import results as schema
 from .provenance import write_provenance
 from .specs import CalibSpec, EvalSpec, FinetuneSpec, ModelSpec
@@ -47,13 +68,13 @@ class StructuredJob:
     finetune: FinetuneSpec | None = None
     batch_size: int = 8
 
-    def check(self) -> se.Importance:
+    def check(self) -> Importance:
         """Every setting that needs no model; returns the parsed importance."""
-        se.check_ratio(self.pruning_ratio)
-        if self.pruning_strategy not in se.STRATEGIES:
+        check_ratio(self.pruning_ratio)
+        if self.pruning_strategy not in STRATEGIES:
             raise PzError(
                 f"unknown --pruning_strategy '{self.pruning_strategy}'; choose from "
-                f"{', '.join(se.STRATEGIES)} (global: importance/cost knapsack over the whole "
+                f"{', '.join(STRATEGIES)} (global: importance/cost knapsack over the whole "
                 f"model; inverse, uniform: layer-wise budgets)"
             )
         if self.pruning_distribution is not None:
@@ -62,11 +83,11 @@ class StructuredJob:
                     "--pruning_distribution applies to layer-wise allocation (--pruning_strategy "
                     "inverse or uniform); global allocation balances attention and MLP itself"
                 )
-            se.parse_distribution(self.pruning_distribution)
-        if self.layer_importance not in se.LAYER_IMPORTANCE:
+            parse_distribution(self.pruning_distribution)
+        if self.layer_importance not in LAYER_IMPORTANCE:
             raise PzError(
                 f"unknown --layer_importance '{self.layer_importance}'; choose from "
-                f"{', '.join(se.LAYER_IMPORTANCE)}"
+                f"{', '.join(LAYER_IMPORTANCE)}"
             )
         if self.freeze_top_n_layers < 0:
             raise PzError(f"--freeze_top_n_layers must be >= 0, got {self.freeze_top_n_layers}")
@@ -78,7 +99,7 @@ class StructuredJob:
             raise PzError(f"--speed_windows must be >= 0, got {self.speed_windows}")
         if self.batch_size < 1:
             raise PzError(f"--batch_size must be at least 1, got {self.batch_size}")
-        return se.parse_importance(self.importance_method)
+        return parse_importance(self.importance_method)
 
     @property
     def evaluates(self) -> bool:
@@ -91,9 +112,9 @@ class StructuredOutcome:
 
     lm: LoadedModel
     results: dict
-    plan: se.Plan
+    plan: Plan
     blocks: list[dict]  # per original block: plan + removed flag
-    surgery: se.SurgeryReport
+    surgery: SurgeryReport
 
 
 def run_structured(
@@ -101,7 +122,7 @@ def run_structured(
     progress: ProgressFn | None = None,
     *,
     lm: LoadedModel | None = None,
-    stats: se.CalibStats | None = None,
+    stats: CalibStats | None = None,
     evaluation: Evaluation | None = None,
     dense: dict | None = None,
 ) -> StructuredOutcome:
@@ -112,11 +133,14 @@ def run_structured(
     t0 = time.perf_counter()
     lm = lm or load_model(job.model.name, device=job.model.device)
     load_seconds = time.perf_counter() - t0
-    parts = se.model_parts(lm.model)  # fails early, clearly, on non-GQA models
-    se.check_feasible(
-        parts, job.pruning_ratio, job.pruning_strategy, job.pruning_distribution,
+    parts = model_parts(lm.model)  # fails early, clearly, on non-GQA models
+    check_feasible(
+        parts,
+        job.pruning_ratio,
+        job.pruning_strategy,
+        job.pruning_distribution,
         job.freeze_top_n_layers,
-    )  # fmt: skip
+    )
     seqlen = resolve_seqlen(lm, job.calib.seqlen or min(DEFAULT_SEQLEN, lm.max_positions))
     calib_text = load_text(job.calib.data, role="calib")
     if job.evaluates and evaluation is None:
@@ -141,10 +165,14 @@ def run_structured(
             lm.tokenizer, calib_text, job.calib.nsamples, seqlen, job.calib.seed
         )
         t = time.perf_counter()
-        stats = se.collect_stats(
-            lm.model, calib_ids, gradients=imp.needs_gradients,
-            activations=imp.needs_activations, batch_size=job.batch_size, progress=progress,
-        )  # fmt: skip
+        stats = collect_stats(
+            lm.model,
+            calib_ids,
+            gradients=imp.needs_gradients,
+            activations=imp.needs_activations,
+            batch_size=job.batch_size,
+            progress=progress,
+        )
         stats_seconds = time.perf_counter() - t
         log.info(
             "statistics over %d x %d tokens in %.1f s", job.calib.nsamples, seqlen, stats_seconds
@@ -152,24 +180,32 @@ def run_structured(
     elif imp.needs_gradients and not stats.grad_mean:
         raise PzError(f"importance {imp.label} needs gradient statistics")
     t = time.perf_counter()
-    importance = se.unit_importance(parts, imp, stats)
-    plan = se.make_plan(
-        parts, importance, job.pruning_ratio, strategy=job.pruning_strategy,
+    importance = unit_importance(parts, imp, stats)
+    plan = make_plan(
+        parts,
+        importance,
+        job.pruning_ratio,
+        strategy=job.pruning_strategy,
         distribution=job.pruning_distribution,
         block_importance=stats.block_importance(job.layer_importance),
-        freeze_top_n=job.freeze_top_n_layers, alpha=job.inverse_alpha,
-    )  # fmt: skip
+        freeze_top_n=job.freeze_top_n_layers,
+        alpha=job.inverse_alpha,
+    )
     blocks = plan.blocks(parts)
-    surgery = se.apply_plan(lm.model, plan, remove_empty_layers=job.remove_empty_layers)
+    surgery = apply_plan(lm.model, plan, remove_empty_layers=job.remove_empty_layers)
     prune_seconds = time.perf_counter() - t
     for b in blocks:
         b["removed"] = b["block"] in surgery.removed_blocks
     emit(progress, "prune", 1, 1, f"{plan.achieved_ratio:.1%} of block parameters removed")
     log.info(
         "removed %d of %d block parameters (%.2f%%), %d blocks removed; model %d -> %d params",
-        plan.params_removed, plan.params_before, 100 * plan.achieved_ratio,
-        len(surgery.removed_blocks), surgery.model_params_before, surgery.model_params_after,
-    )  # fmt: skip
+        plan.params_removed,
+        plan.params_before,
+        100 * plan.achieved_ratio,
+        len(surgery.removed_blocks),
+        surgery.model_params_before,
+        surgery.model_params_after,
+    )
     results = {
         "model": job.model.name,
         "model_source": lm.source,
@@ -192,7 +228,7 @@ def run_structured(
         "achieved_ratio": plan.achieved_ratio,
         "model_params_before": surgery.model_params_before,
         "model_params_after": surgery.model_params_after,
-        "by_kind": se.kind_summary(plan),
+        "by_kind": kind_summary(plan),
         "removed_blocks": surgery.removed_blocks,
         "num_blocks_after": len(surgery.source_blocks),
         "load_seconds": load_seconds,
@@ -203,14 +239,23 @@ def run_structured(
     }
     if job.finetune is not None:
         ft = finetune_stage(
-            lm, job.finetune, default_data=job.calib.data, default_seqlen=seqlen,
-            evaluation=evaluation, progress=progress, speed_windows=job.speed_windows,
-        )  # fmt: skip
+            lm,
+            job.finetune,
+            default_data=job.calib.data,
+            default_seqlen=seqlen,
+            evaluation=evaluation,
+            progress=progress,
+            speed_windows=job.speed_windows,
+        )
         rep = ft["finetune"]
         log.info(
-            "%s fine-tuning: %d steps, loss %.3f -> %.3f in %.0f s", rep["method"],
-            rep["steps"], rep["loss_first"], rep["loss_last"], rep["seconds"],
-        )  # fmt: skip
+            "%s fine-tuning: %d steps, loss %.3f -> %.3f in %.0f s",
+            rep["method"],
+            rep["steps"],
+            rep["loss_first"],
+            rep["loss_last"],
+            rep["seconds"],
+        )
         results.update(ft)
     results.update(footer())
     return StructuredOutcome(lm, schema.finish(results, "structured"), plan, blocks, surgery)
@@ -219,10 +264,13 @@ def run_structured(
 def save_pruned_model(out: StructuredOutcome, directory: str | Path) -> Path:
     """The pruned model with its per-block shapes (reload: ``load_model(directory)``) and a
     note of how it was made."""
-    path = se.save_structured(
-        out.lm.model, out.lm.tokenizer, directory,
-        removed_blocks=out.surgery.removed_blocks, source_blocks=out.surgery.source_blocks,
-    )  # fmt: skip
+    path = save_structured(
+        out.lm.model,
+        out.lm.tokenizer,
+        directory,
+        removed_blocks=out.surgery.removed_blocks,
+        source_blocks=out.surgery.source_blocks,
+    )
     write_provenance(directory, out.results)
     return Path(path)
 
@@ -241,19 +289,19 @@ def write_run_dir(
         "results": d / "results.json",
     }
     atomic.write_json(files["settings"], asdict(job))
-    se.write_units_csv(out.plan, files["units"])
+    write_units_csv(out.plan, files["units"])
     blocks_doc = {
         "blocks": out.blocks,
         "removed_blocks": out.surgery.removed_blocks,
         "source_blocks": out.surgery.source_blocks,
-        "structure": se.structure_of(out.lm.model),
+        "structure": structure_of(out.lm.model),
     }
     atomic.write_json(files["blocks"], blocks_doc)
     title = (
         f"{job.model.name}: {job.pruning_strategy} {out.results['importance']}, "
         f"{out.plan.achieved_ratio:.1%} of block parameters removed"
     )
-    se.plot_kept(out.blocks, files["plot"], title)
+    plot_kept(out.blocks, files["plot"], title)
     if model_dir is not None:
         files["model"] = save_pruned_model(out, model_dir)
         out.results["model_dir"] = str(model_dir)

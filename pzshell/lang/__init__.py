@@ -6,7 +6,7 @@ canonical rank key (sympy) are imported only by who asks, from :mod:`pzshell.lan
 """
 
 from .compile import compile_metric, degenerate_reason, evaluate
-from .errors import DegenerateMetric, MetricError
+from .diagnostics import DegenerateMetric, MetricError
 from .ops import EXTENDED, OPS, PUBLISHED, TERMINALS, Op
 from .parse import load_metric, parse
 from .tree import (

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import DegenerateMetric, MetricError
+from .diagnostics import DegenerateMetric, MetricError
 from .ops import OPS
 from .tree import Node, to_infix
 

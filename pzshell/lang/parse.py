@@ -16,7 +16,7 @@ from lark.exceptions import (
 )
 
 from ..paths import grammar_path
-from .errors import MetricError
+from .diagnostics import MetricError
 from .ops import OPS, TERMINALS
 from .tree import MAX_DEPTH, MAX_SIZE, MAX_TEXT, Node, format_number, from_json, load_tree_file
 

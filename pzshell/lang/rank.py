@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from .errors import MetricError
+from .diagnostics import MetricError
 from .ops import OPS
 from .rewrite import simplify
 from .rules import row_shaped

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import atomic
-from .errors import MetricError
+from .diagnostics import MetricError
 from .ops import OPS, PREC_ATOM, PREC_POWER, PREC_PREFIX, PREC_SUM, TERMINALS
 
 MAX_DEPTH = 64

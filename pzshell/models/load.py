@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import importlib.util
 import logging
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from .arch import block_list_path, decoder_blocks
 log = logging.getLogger(__name__)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-ALIASES = ("smollm2", "tiny")
+MODEL_ALIASES = ("smollm2", "tiny")
 
 
 class ModelError(PzError):
@@ -265,7 +264,7 @@ def _load_path_or_hub(spec: str, dtype: torch.dtype, dev: torch.device) -> Loade
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(
             f"could not load model '{spec}': {first}. Give a local HF directory, a .gguf file, "
-            f"a reachable hub id, or one of the aliases {', '.join(ALIASES)}"
+            f"a reachable hub id, or one of the aliases {', '.join(MODEL_ALIASES)}"
         ) from None
     max_pos = getattr(model.config, "max_position_embeddings", 2048) or 2048
     lm = LoadedModel(model, tok, spec, source, max_pos)

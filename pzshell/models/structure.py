@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .. import atomic
 from ..errors import PzError
 from .arch import decoder_blocks
 
@@ -293,10 +294,7 @@ def save_structured(
 ) -> Path:
     """``save_pretrained`` plus the per-block shapes; returns the directory."""
     d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(d)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(d)
+    _save_pretrained(model, tokenizer, d)
     blocks = structure_of(model)
     doc = {
         "format": FORMAT,
@@ -306,8 +304,16 @@ def save_structured(
         "source_blocks": list(source_blocks) if source_blocks is not None else None,
         "blocks": blocks,
     }
-    (d / STRUCTURE_FILE).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    atomic.write_json(d / STRUCTURE_FILE, doc)
     return d
+
+
+def _save_pretrained(model: nn.Module, tokenizer, d: Path) -> None:
+    """``save_pretrained`` (model and tokenizer) into ``d``, each file renamed in whole."""
+    with atomic.writing_into(d) as tmp:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
 
 
 def save_model(model: nn.Module, tokenizer, directory: str | Path) -> Path:
@@ -316,9 +322,7 @@ def save_model(model: nn.Module, tokenizer, directory: str | Path) -> Path:
     if has_custom_structure(model):
         return save_structured(model, tokenizer, directory)
     d = Path(directory)
-    model.save_pretrained(d)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(d)
+    _save_pretrained(model, tokenizer, d)
     stale = d / STRUCTURE_FILE
     if stale.exists():  # the directory held a pruned model before
         stale.unlink()

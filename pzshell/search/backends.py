@@ -34,8 +34,9 @@ def run_task(ev: Evaluator, task: Task, worker: str) -> dict:
 class InProcessBackend:
     name = "in-process"
 
-    def __init__(self, settings: FitnessSettings, *, device: str | None = "cpu",
-                 threads: int | None = None):  # fmt: skip
+    def __init__(
+        self, settings: FitnessSettings, *, device: str | None = "cpu", threads: int | None = None
+    ):
         self.ev = Evaluator(settings, device=device, threads=threads)
         self.workers = 1
 
@@ -65,8 +66,14 @@ def _run_in_worker(task: Task) -> dict:
 class ProcessBackend:
     name = "processes"
 
-    def __init__(self, settings: FitnessSettings, workers: int, *, device: str | None = "cpu",
-                 threads: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        settings: FitnessSettings,
+        workers: int,
+        *,
+        device: str | None = "cpu",
+        threads: int | None = None,
+    ):
         # statistics are computed once here and cached on disk before the workers start
         Evaluator(settings, device=device, threads=threads)
         self.workers = workers
@@ -97,8 +104,15 @@ class RayBackend:
 
     name = "ray"
 
-    def __init__(self, settings: FitnessSettings, workers: int, address: str | None = None, *,
-                 device: str | None = "cpu", threads: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        settings: FitnessSettings,
+        workers: int,
+        address: str | None = None,
+        *,
+        device: str | None = "cpu",
+        threads: int | None = None,
+    ):
         try:
             import ray
         except ImportError:
@@ -110,14 +124,18 @@ class RayBackend:
             if address:
                 ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
             else:
-                ray.init(num_cpus=max(workers, 1), include_dashboard=False,
-                         ignore_reinit_error=True, log_to_driver=False)  # fmt: skip
+                ray.init(
+                    num_cpus=max(workers, 1),
+                    include_dashboard=False,
+                    ignore_reinit_error=True,
+                    log_to_driver=False,
+                )
         Evaluator(settings, device=device, threads=threads)  # fill the statistics cache once
         per = threads or max(1, (os.cpu_count() or 1) // workers)
         gpus = 1 if device not in (None, "cpu") and str(device).startswith("cuda") else 0
 
         @ray.remote(num_cpus=1, num_gpus=gpus)
-        class Worker:
+        class EvaluatorActor:
             def __init__(self, settings, device, threads):
                 self.ev = Evaluator(settings, device=device, threads=threads)
                 self.name = f"ray-{os.getpid()}"
@@ -125,7 +143,7 @@ class RayBackend:
             def run(self, task):
                 return run_task(self.ev, task, self.name)
 
-        self.actors = [Worker.remote(settings, device, per) for _ in range(workers)]
+        self.actors = [EvaluatorActor.remote(settings, device, per) for _ in range(workers)]
         self.workers = workers
 
     def map_unordered(self, tasks: list[Task]) -> Iterator[dict]:

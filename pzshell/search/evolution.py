@@ -110,8 +110,9 @@ class Search:
     def _make_backend(self):
         f = self.s.fitness
         if self.backend_name == "ray":
-            return RayBackend(f, self.workers, self.ray_address, device=self.device,
-                              threads=self.threads)  # fmt: skip
+            return RayBackend(
+                f, self.workers, self.ray_address, device=self.device, threads=self.threads
+            )
         if self.backend_name == "processes" and self.workers > 1:
             return ProcessBackend(f, self.workers, device=self.device, threads=self.threads)
         return InProcessBackend(f, device=self.device, threads=self.threads)
@@ -182,8 +183,9 @@ class Search:
                 while self._pause.is_set() and not self._stop.is_set():
                     time.sleep(0.1)
                 want = min(s.batch if pop else s.population, s.budget - evaluated)
-                batch, rng_hits, next_id = self._make_batch(rng, pop, init, want, seen_keys,
-                                                            next_id, batch_no)  # fmt: skip
+                batch, rng_hits, next_id = self._make_batch(
+                    rng, pop, init, want, seen_keys, next_id, batch_no
+                )
                 init = []
                 hits += rng_hits
                 threshold = self._threshold(history)
@@ -205,10 +207,18 @@ class Search:
                 by_id = {c["id"]: c for c in batch}
                 for res in backend.map_unordered(todo):
                     cand = by_id[res["cid"]]
-                    rec = dict(cand, cheap=res["cheap"], full=res["full"], fitness=res["fitness"],
-                               stage=res["stage"], reason=res["reason"],
-                               seconds=round(res["seconds"], 3), worker=res["worker"],
-                               cached=False, threshold=threshold)  # fmt: skip
+                    rec = dict(
+                        cand,
+                        cheap=res["cheap"],
+                        full=res["full"],
+                        fitness=res["fitness"],
+                        stage=res["stage"],
+                        reason=res["reason"],
+                        seconds=round(res["seconds"], 3),
+                        worker=res["worker"],
+                        cached=False,
+                        threshold=threshold,
+                    )
                     results[cand["id"]] = rec
                     self._record(rec)
                     if cache is not None and rec["stage"] in ("full", "degenerate"):
@@ -231,11 +241,17 @@ class Search:
                     logged[r["canonical"]] = r
                 pop = self._survive(pop + new)
                 batch_no += 1
-                self.log.write_json(STATE_NAME, {
-                    "batch": batch_no, "rng": _from_state(rng.getstate()),
-                    "population": [p["id"] for p in pop], "evaluations": evaluated,
-                    "cache_hits": hits, "next_id": next_id,
-                })  # fmt: skip
+                self.log.write_json(
+                    STATE_NAME,
+                    {
+                        "batch": batch_no,
+                        "rng": _from_state(rng.getstate()),
+                        "population": [p["id"] for p in pop],
+                        "evaluations": evaluated,
+                        "cache_hits": hits,
+                        "next_id": next_id,
+                    },
+                )
                 self._progress(history, evaluated, hits, t_start)
             finals = [] if stopped else self._finals(backend, history)
         finally:
@@ -252,8 +268,7 @@ class Search:
             (t, o) for t, o in trees if all(n.data in s.op_names for _, n in t.walk() if n.is_op)
         ]
         n_random = max(0, s.population - len(trees))
-        extra = ramped_half_and_half(rng, n_random * 3, s.init_depth, s.op_names,
-                                     p_const=s.p_const)  # fmt: skip
+        extra = ramped_half_and_half(rng, n_random * 3, s.init_depth, s.op_names, p_const=s.p_const)
         trees += [(t, "init") for t in extra]
         return trees
 
@@ -282,11 +297,20 @@ class Search:
                     hits += 1
                 continue
             seen_keys.add(key)
-            out.append({
-                "id": next_id, "batch": batch_no, "formula": to_infix(tree), "canonical": key,
-                "size": tree.size, "depth": tree.depth, "origin": origin, "parents": parents,
-                "tree": to_json_obj(tree), "_tree": tree,
-            })  # fmt: skip
+            out.append(
+                {
+                    "id": next_id,
+                    "batch": batch_no,
+                    "formula": to_infix(tree),
+                    "canonical": key,
+                    "size": tree.size,
+                    "depth": tree.depth,
+                    "origin": origin,
+                    "parents": parents,
+                    "tree": to_json_obj(tree),
+                    "_tree": tree,
+                }
+            )
             next_id += 1
         return out, hits, next_id
 
@@ -294,8 +318,9 @@ class Search:
         """Cheap-stage gate: the ``promote_quantile`` of cheap values seen so far."""
         if not self.s.fitness.cheap_windows:
             return None
-        vals = sorted(r["cheap"] for r in history if r.get("cheap") is not None
-                      and math.isfinite(r["cheap"]))  # fmt: skip
+        vals = sorted(
+            r["cheap"] for r in history if r.get("cheap") is not None and math.isfinite(r["cheap"])
+        )
         if len(vals) < self.s.population // 2:
             return None  # too little information yet: everyone gets the full stage
         return vals[min(len(vals) - 1, int(self.s.promote_quantile * len(vals)))]
@@ -324,11 +349,18 @@ class Search:
         ok = [r for r in history if r["stage"] == "full"]
         best = min(ok, key=sort_key) if ok else None
         minutes = max((time.perf_counter() - t_start) / 60, 1e-9)
-        self.on_event(SearchProgress(
-            evaluated, self.s.budget, hits, evaluated / minutes if evaluated else 0.0,
-            best["fitness"] if best else WORST, best["formula"] if best else "-",
-            pareto_front(history), self.paused,
-        ))  # fmt: skip
+        self.on_event(
+            SearchProgress(
+                evaluated,
+                self.s.budget,
+                hits,
+                evaluated / minutes if evaluated else 0.0,
+                best["fitness"] if best else WORST,
+                best["formula"] if best else "-",
+                pareto_front(history),
+                self.paused,
+            )
+        )
 
     def _finals(self, backend, history: list[dict]) -> list[dict]:
         ranked = sorted((r for r in history if r["stage"] == "full"), key=sort_key)
@@ -344,10 +376,19 @@ class Search:
             [Task(r["id"], r["_tree"], None, final=True) for r in top]
         ):
             r = by_id[res["cid"]]
-            rec = {"id": r["id"], "formula": r["formula"], "canonical": r["canonical"],
-                   "fitness": _json_num(res["final"]), "fast_fitness": r["fitness"],
-                   "stage": "final", "reason": res["reason"], "seconds": round(res["seconds"], 3),
-                   "worker": res["worker"], "size": r["size"], "tree": r["tree"]}  # fmt: skip
+            rec = {
+                "id": r["id"],
+                "formula": r["formula"],
+                "canonical": r["canonical"],
+                "fitness": _json_num(res["final"]),
+                "fast_fitness": r["fitness"],
+                "stage": "final",
+                "reason": res["reason"],
+                "seconds": round(res["seconds"], 3),
+                "worker": res["worker"],
+                "size": r["size"],
+                "tree": r["tree"],
+            }
             self.log.append(rec)
             self.on_event(CandidateDone(rec))
             finals.append(rec)
@@ -361,12 +402,17 @@ class Search:
         out = self.out_dir
         if best is not None:
             save_tree_file(from_json_obj(best["tree"]), out / "best.json")
-        self.log.write_json("hall_of_fame.json", [
-            {"size": s, "fitness": f, "formula": t} for s, f, t in pareto_front(history)
-        ])  # fmt: skip
+        self.log.write_json(
+            "hall_of_fame.json",
+            [{"size": s, "fitness": f, "formula": t} for s, f, t in pareto_front(history)],
+        )
         summary = multifidelity(history)
-        summary.update(evaluations=evaluated, stopped=stopped, finals=finals,
-                       best=best["formula"] if best else None)  # fmt: skip
+        summary.update(
+            evaluations=evaluated,
+            stopped=stopped,
+            finals=finals,
+            best=best["formula"] if best else None,
+        )
         self.log.write_json("summary.json", summary)
         try:
             from .plot import plot_history
@@ -374,9 +420,14 @@ class Search:
             plot_history(history, out / "fitness.png", title=self._plot_title())
         except Exception as e:  # a plot must never cost the results
             self.on_event(SearchMessage(f"could not draw the plot: {e}", "warning"))
-        fin = SearchFinished(str(out), best["formula"] if best else "-",
-                             (best["fitness"] if best and best["fitness"] is not None else WORST),
-                             evaluated, stopped, finals)  # fmt: skip
+        fin = SearchFinished(
+            str(out),
+            best["formula"] if best else "-",
+            (best["fitness"] if best and best["fitness"] is not None else WORST),
+            evaluated,
+            stopped,
+            finals,
+        )
         self.on_event(fin)
         return fin
 
@@ -386,6 +437,7 @@ class Search:
             f"{f.model}, {f.sparsity_ratio:.0%} {f.sparsity_type}, held-out "
             f"{f.heldout_windows}x{f.heldout_seqlen} tokens of {f.calib}, seed {self.s.seed}"
         )
+
 
 def _json_num(x):
     return None if x is None or not math.isfinite(x) else x

@@ -15,13 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import random
 import time
 from dataclasses import asdict, dataclass
 
 import torch
 
-from ..data import load_text, tokenize
+from .. import atomic
+from ..data import load_text, sample_windows, tokenize
 from ..engine.masks import make_mask, parse_sparsity_type
 from ..engine.prune import PruneConfig, prune_model
 from ..engine.stats import activation_stats, compute_gradients, stat_key
@@ -85,17 +85,8 @@ class Evaluator:
                 f"calibration text {text.name} is too short ({ids.numel()} tokens) for "
                 f"{s.heldout_windows} held-out windows of {s.heldout_seqlen} plus calibration"
             )
-        # the draw of pzshell.data.calibration_windows, over the calibration part only (that
-        # function samples a whole text's tokens; pzshell.data has no sampler over token ids yet)
-        rng = random.Random(s.seed)
-        self.calib_ids = torch.stack(
-            [
-                calib_part[i : i + s.seqlen]
-                for i in (
-                    rng.randint(0, calib_part.numel() - s.seqlen - 1) for _ in range(s.nsamples)
-                )
-            ]
-        )
+        # the calibration sampler of the prune jobs, over the calibration part only
+        self.calib_ids = sample_windows(calib_part, s.nsamples, s.seqlen, s.seed, name=text.name)
         self.heldout = held[:need].reshape(s.heldout_windows, s.heldout_seqlen)
         cheap = s.cheap_windows * s.cheap_seqlen
         self.cheap = held[:cheap].reshape(s.cheap_windows, s.cheap_seqlen) if cheap else None
@@ -128,9 +119,8 @@ class Evaluator:
         X = {k: st.X.cpu() for k, st in activation_stats(self.lm.model, self.calib_ids).items()}
         G = compute_gradients(self.lm.model, self.calib_ids[: self.settings.grad_samples])
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"X": X, "G": G}, tmp)
-        tmp.replace(path)
+        with atomic.writing_file(path) as tmp:
+            torch.save({"X": X, "G": G}, tmp)
         return X, G
 
     # ---- fitness -------------------------------------------------------------------------------

@@ -34,9 +34,14 @@ def pareto_front(history: list[dict]) -> list[tuple[int, float, str]]:
 
 def multifidelity(history: list[dict]) -> dict:
     """How well the cheap stage ranks candidates like the full stage (Spearman)."""
-    both = [(r["cheap"], r["full"]) for r in history
-            if r.get("cheap") is not None and r.get("full") is not None
-            and math.isfinite(r["cheap"]) and math.isfinite(r["full"])]  # fmt: skip
+    both = [
+        (r["cheap"], r["full"])
+        for r in history
+        if r.get("cheap") is not None
+        and r.get("full") is not None
+        and math.isfinite(r["cheap"])
+        and math.isfinite(r["full"])
+    ]
     rho = spearman([a for a, _ in both], [b for _, b in both]) if len(both) >= 3 else None
     return {"cheap_full_pairs": len(both), "cheap_full_spearman": rho}
 

@@ -26,8 +26,8 @@ from . import messages as m
 from .runs import QueuedRun, RunQueue
 from .screens.confirm import ConfirmScreen
 from .screens.help import HelpScreen
+from .screens.run_settings import SettingsScreen
 from .screens.save_tree import SaveTreeScreen
-from .screens.settings import SettingsScreen
 from .session import Refused, SearchState, Session
 from .store import AppSettings, Store
 from .widgets.evolve_panel import EvolvePanel

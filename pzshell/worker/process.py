@@ -19,7 +19,7 @@ import traceback
 from dataclasses import replace
 from pathlib import Path
 
-from ..engine.events import Progress
+from ..progress import Progress
 from .protocol import (
     CancelRun,
     ControlSearch,
@@ -230,9 +230,13 @@ class Worker:
 
             device = str(pick_device(job.device))
             self.search = Search(
-                settings, job.out_dir, device=device, cache=FitnessCache(),
-                on_event=lambda ev: self._search_event(sid, ev), resume=job.resume,
-            )  # fmt: skip
+                settings,
+                job.out_dir,
+                device=device,
+                cache=FitnessCache(),
+                on_event=lambda ev: self._search_event(sid, ev),
+                resume=job.resume,
+            )
             self.search.run()
         except Exception as e:
             self.emit(SearchFailed(sid, _describe(e)))

@@ -34,8 +34,14 @@ def _windows(n: int = 6, seqlen: int = 32, seed: int = 0) -> torch.Tensor:
 
 def test_default_targets_are_block_linears(pruned_tiny):
     assert default_target_modules(pruned_tiny.model) == [
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
-    ]  # fmt: skip
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ]
 
 
 def test_lora_merge_preserves_sparsity_and_learns(pruned_tiny):
@@ -43,8 +49,15 @@ def test_lora_merge_preserves_sparsity_and_learns(pruned_tiny):
     before = zero_pattern(model)
     head = model.lm_head.weight.detach().clone()
     flags = [p.requires_grad for p in model.parameters()]
-    rep = lora_finetune(model, pruned_tiny.tokenizer, _windows(), lr=3e-3, epochs=3,
-                        batch_size=2, preserve_sparsity=True)  # fmt: skip
+    rep = lora_finetune(
+        model,
+        pruned_tiny.tokenizer,
+        _windows(),
+        lr=3e-3,
+        epochs=3,
+        batch_size=2,
+        preserve_sparsity=True,
+    )
     # a plain transformers model again: no peft wrapper, no LoRA modules left
     assert type(model).__name__ == "LlamaForCausalLM"
     assert not any("lora" in n for n, _ in model.named_modules())
@@ -70,8 +83,14 @@ def test_lora_without_preserving_fills_weights_back(pruned_tiny):
 def test_lora_target_subset(pruned_tiny):
     model = pruned_tiny.model
     mlp = model.model.layers[0].mlp.down_proj.weight.detach().clone()
-    rep = lora_finetune(model, None, _windows(2), target_modules=["q_proj", "v_proj"], lr=1e-3,
-                        preserve_sparsity=True)  # fmt: skip
+    rep = lora_finetune(
+        model,
+        None,
+        _windows(2),
+        target_modules=["q_proj", "v_proj"],
+        lr=1e-3,
+        preserve_sparsity=True,
+    )
     assert rep["adapted_linears"] == 4
     assert torch.equal(model.model.layers[0].mlp.down_proj.weight, mlp)
     with pytest.raises(FinetuneError, match="no decoder-block linear"):
@@ -82,8 +101,9 @@ def test_full_finetune_preserves_sparsity(pruned_tiny):
     model = pruned_tiny.model
     before = zero_pattern(model)
     events = []
-    rep = full_finetune(model, None, _windows(), lr=1e-3, epochs=2, preserve_sparsity=True,
-                        progress=events.append)  # fmt: skip
+    rep = full_finetune(
+        model, None, _windows(), lr=1e-3, epochs=2, preserve_sparsity=True, progress=events.append
+    )
     assert all(torch.equal(a, b) for a, b in zip(before, zero_pattern(model), strict=True))
     assert rep["sparsity_after"] == rep["sparsity_before"]
     assert rep["loss_last_epoch"] < rep["loss_first_epoch"]
@@ -140,8 +160,9 @@ def test_lora_is_reproducible_from_its_seed():
         lm = load_model("tiny", device="cpu")
         prune_model(lm.model, PruneConfig(method="magnitude", sparsity_ratio=0.5))
         torch.manual_seed(123)
-        lora_finetune(lm.model, lm.tokenizer, _windows(3), lr=3e-3, seed=seed,
-                      preserve_sparsity=True)  # fmt: skip
+        lora_finetune(
+            lm.model, lm.tokenizer, _windows(3), lr=3e-3, seed=seed, preserve_sparsity=True
+        )
         assert torch.equal(torch.rand(4), untouched)
         outs.append(lm.model.model.layers[0].mlp.up_proj.weight.detach().clone())
     assert torch.equal(outs[0], outs[1])

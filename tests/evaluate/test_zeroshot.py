@@ -43,8 +43,9 @@ def test_parse_tasks():
 
 def test_local_task_end_to_end_on_tiny(tiny):
     events = []
-    res = evaluate_zero_shot(tiny.model, tiny.tokenizer, LOCAL_TASK, limit=6, batch_size=4,
-                             progress=events.append)  # fmt: skip
+    res = evaluate_zero_shot(
+        tiny.model, tiny.tokenizer, LOCAL_TASK, limit=6, batch_size=4, progress=events.append
+    )
     r = res["tasks"][LOCAL_TASK]
     assert r["n"] == 6 and r["n_total"] == 64
     for key in ("acc", "acc_norm"):
@@ -94,8 +95,23 @@ def test_cli_eval_offline_hub_task_exit_2(monkeypatch, capsys):
 
 def test_cli_eval_saves_results(tmp_path):
     out = tmp_path / "dense"
-    rc = main(["eval", "--model", "tiny", "--eval-seqlen", "64", "--eval-windows", "2",
-               "--tasks", "pzshell_mc", "--zero_shot_limit", "4", "--save", str(out)])  # fmt: skip
+    rc = main(
+        [
+            "eval",
+            "--model",
+            "tiny",
+            "--eval-seqlen",
+            "64",
+            "--eval-windows",
+            "2",
+            "--tasks",
+            "pzshell_mc",
+            "--zero_shot_limit",
+            "4",
+            "--save",
+            str(out),
+        ]
+    )
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
     assert res["model"] == "tiny" and res["method"] == "dense"

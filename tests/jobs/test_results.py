@@ -28,21 +28,68 @@ def test_every_job_writes_the_schema(tmp_path):
     """prune (+ finetune), eval of the dense and of the saved model, finetune, structured: one
     schema, one set of names for the same things."""
     pruned = tmp_path / "model"
-    prune = _saved(tmp_path, "prune", ["prune", "--model", "tiny", "--prune_method", "wanda",
-                                       *CAL, *EVAL, "--save_model", str(pruned)])  # fmt: skip
+    prune = _saved(
+        tmp_path,
+        "prune",
+        [
+            "prune",
+            "--model",
+            "tiny",
+            "--prune_method",
+            "wanda",
+            *CAL,
+            *EVAL,
+            "--save_model",
+            str(pruned),
+        ],
+    )
     dense = _saved(tmp_path, "dense", ["eval", "--model", "tiny", *EVAL])
     again = _saved(tmp_path, "again", ["eval", "--model", str(pruned), *EVAL])
-    ft = _saved(tmp_path, "ft", ["finetune", "--model", str(pruned), "--finetune_samples", "2",
-                                 "--finetune_seqlen", "16", *EVAL])  # fmt: skip
-    st = _saved(tmp_path, "st", ["structured", "--model", "tiny", "--pruning_ratio", "0.25",
-                                 "--num_samples", "2", "--seqlen", "32", "--test_after_prune",
-                                 "--speed_windows", "0", *EVAL])  # fmt: skip
+    ft = _saved(
+        tmp_path,
+        "ft",
+        [
+            "finetune",
+            "--model",
+            str(pruned),
+            "--finetune_samples",
+            "2",
+            "--finetune_seqlen",
+            "16",
+            *EVAL,
+        ],
+    )
+    st = _saved(
+        tmp_path,
+        "st",
+        [
+            "structured",
+            "--model",
+            "tiny",
+            "--pruning_ratio",
+            "0.25",
+            "--num_samples",
+            "2",
+            "--seqlen",
+            "32",
+            "--test_after_prune",
+            "--speed_windows",
+            "0",
+            *EVAL,
+        ],
+    )
     assert [r["job"] for r in (prune, dense, again, ft, st)] == [
-        "prune", "eval", "eval", "finetune", "structured"
+        "prune",
+        "eval",
+        "eval",
+        "finetune",
+        "structured",
     ]
     # a dense model: method dense, ratio 0, and a sparsity *pattern* (never "dense")
     assert (dense["method"], dense["sparsity_ratio"], dense["sparsity_type"]) == (
-        "dense", 0.0, "unstructured"
+        "dense",
+        0.0,
+        "unstructured",
     )
     assert again["method"] == "wanda" and again["sparsity_type"] == "unstructured"
     # perplexity: the same names in every job, with what it was measured on
@@ -58,9 +105,26 @@ def test_every_job_writes_the_schema(tmp_path):
 
 
 def test_structured_finetune_uses_the_shared_defaults(tmp_path):
-    st = _saved(tmp_path, "st", ["structured", "--model", "tiny", "--pruning_ratio", "0.25",
-                                 "--num_samples", "2", "--seqlen", "32", "--finetune",
-                                 "--finetune_method", "full", "--finetune_samples", "2"])  # fmt: skip
+    st = _saved(
+        tmp_path,
+        "st",
+        [
+            "structured",
+            "--model",
+            "tiny",
+            "--pruning_ratio",
+            "0.25",
+            "--num_samples",
+            "2",
+            "--seqlen",
+            "32",
+            "--finetune",
+            "--finetune_method",
+            "full",
+            "--finetune_samples",
+            "2",
+        ],
+    )
     assert st["finetune"]["method"] == "full" and st["finetune"]["lr"] == 1e-5
 
 
@@ -80,12 +144,25 @@ def test_worker_rows_follow_the_schema(tiny):
 
 def _good() -> dict:
     return {
-        "schema": 1, "job": "eval", "model": "tiny", "model_source": "x", "device": "cpu",
-        "method": "dense", "sparsity_ratio": 0.0, "sparsity_type": "unstructured",
-        "actual_sparsity": 0.0, "load_seconds": 0.1, "peak_rss_mb": 1.0, "torch_threads": 2,
-        "ppl": 12.5, "eval_nll": math.log(12.5), "eval_data": "builtin", "eval_seqlen": 32,
-        "eval_windows": 2, "eval_tokens": 64,
-    }  # fmt: skip
+        "schema": 1,
+        "job": "eval",
+        "model": "tiny",
+        "model_source": "x",
+        "device": "cpu",
+        "method": "dense",
+        "sparsity_ratio": 0.0,
+        "sparsity_type": "unstructured",
+        "actual_sparsity": 0.0,
+        "load_seconds": 0.1,
+        "peak_rss_mb": 1.0,
+        "torch_threads": 2,
+        "ppl": 12.5,
+        "eval_nll": math.log(12.5),
+        "eval_data": "builtin",
+        "eval_seqlen": 32,
+        "eval_windows": 2,
+        "eval_tokens": 64,
+    }
 
 
 @pytest.mark.parametrize(
@@ -136,15 +213,33 @@ def test_pre_schema_files_are_normalised():
     """Run directories written before the schema still report: structured names and a dense
     sparsity_type of "dense" are translated."""
     old_structured = {
-        "model": "smollm2", "model_source": "s", "importance": "taylor", "pruning_ratio": 0.2,
-        "pruning_strategy": "global", "achieved_ratio": 0.2, "params_before": 10,
-        "params_after": 8, "nsamples": 2, "seqlen": 32, "seed": 0, "calib_data": "builtin",
-        "prune_seconds": 1.0, "ppl_before": 10.0, "ppl_after": 20.0, "nll": math.log(20.0),
-        "eval_data": "b", "eval_seqlen": 32, "eval_windows": 1, "eval_tokens": 32,
-    }  # fmt: skip
+        "model": "smollm2",
+        "model_source": "s",
+        "importance": "taylor",
+        "pruning_ratio": 0.2,
+        "pruning_strategy": "global",
+        "achieved_ratio": 0.2,
+        "params_before": 10,
+        "params_after": 8,
+        "nsamples": 2,
+        "seqlen": 32,
+        "seed": 0,
+        "calib_data": "builtin",
+        "prune_seconds": 1.0,
+        "ppl_before": 10.0,
+        "ppl_after": 20.0,
+        "nll": math.log(20.0),
+        "eval_data": "b",
+        "eval_seqlen": 32,
+        "eval_windows": 1,
+        "eval_tokens": 32,
+    }
     n = validate(normalise(old_structured))
     assert (n["job"], n["ppl_dense"], n["ppl"], n["sparsity_type"]) == (
-        "structured", 10.0, 20.0, "structured"
+        "structured",
+        10.0,
+        20.0,
+        "structured",
     )
     old_dense = {**_good(), "sparsity_type": "dense"}
     del old_dense["schema"], old_dense["job"]

@@ -19,8 +19,16 @@ from pzshell.search.cache import FitnessCache
 from pzshell.search.events import CandidateDone, SearchMessage, SearchProgress
 from pzshell.search.runlog import RunLog
 
-FIT = FitnessSettings(model="tiny", nsamples=4, grad_samples=2, seqlen=64, heldout_windows=2,
-                      heldout_seqlen=64, cheap_windows=1, cheap_seqlen=32)  # fmt: skip
+FIT = FitnessSettings(
+    model="tiny",
+    nsamples=4,
+    grad_samples=2,
+    seqlen=64,
+    heldout_windows=2,
+    heldout_seqlen=64,
+    cheap_windows=1,
+    cheap_seqlen=32,
+)
 
 
 def settings(**kw) -> SearchSettings:
@@ -37,8 +45,11 @@ def _own_cache(tmp_path, monkeypatch):
 
 def trajectory(out) -> list[tuple]:
     recs, _ = RunLog(out).read()
-    return sorted((r["id"], r["canonical"], r["formula"], r["fitness"], r["stage"])
-                  for r in recs if r["stage"] != "final")  # fmt: skip
+    return sorted(
+        (r["id"], r["canonical"], r["formula"], r["fitness"], r["stage"])
+        for r in recs
+        if r["stage"] != "final"
+    )
 
 
 def test_small_search_completes(tmp_path):
@@ -95,11 +106,39 @@ def test_resume_after_interruption_reproduces_the_run(tmp_path):
 def test_resume_after_sigkill(tmp_path):
     out = tmp_path / "k"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "pzshell", "search", "--model", "tiny", "--nsamples", "4",
-           "--grad_samples", "2", "--seqlen", "64", "--heldout_windows", "2",
-           "--heldout_seqlen", "64", "--cheap_seqlen", "32", "--population", "8", "--budget",
-           "20", "--batch", "4", "--seed", "3", "--final-top", "2", "--no-cache",
-           "--out", str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pzshell",
+        "search",
+        "--model",
+        "tiny",
+        "--nsamples",
+        "4",
+        "--grad_samples",
+        "2",
+        "--seqlen",
+        "64",
+        "--heldout_windows",
+        "2",
+        "--heldout_seqlen",
+        "64",
+        "--cheap_seqlen",
+        "32",
+        "--population",
+        "8",
+        "--budget",
+        "20",
+        "--batch",
+        "4",
+        "--seed",
+        "3",
+        "--final-top",
+        "2",
+        "--no-cache",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = out / "candidates.jsonl"
     deadline = time.time() + 120
@@ -128,16 +167,20 @@ def test_cache_reused_across_runs(tmp_path):
         if isinstance(ev, CandidateDone):
             recs2.append(ev.record)
 
-    Search(settings(budget=8, final_top=0), tmp_path / "two", threads=1, cache=cache,
-           on_event=keep).run()  # fmt: skip
+    Search(
+        settings(budget=8, final_top=0), tmp_path / "two", threads=1, cache=cache, on_event=keep
+    ).run()
     cached = [r for r in recs2 if r.get("cached")]
     assert len(cached) >= 8  # the whole initial population came from the cache
     assert all(r["worker"] == "cache" for r in cached)
 
 
 def test_degenerate_candidate_is_scored_and_search_goes_on(tmp_path):
-    Search(settings(budget=10, seed_formulas=("mms(X - X)", "log(W) - log(W)")), tmp_path / "d",
-           threads=1).run()  # fmt: skip
+    Search(
+        settings(budget=10, seed_formulas=("mms(X - X)", "log(W) - log(W)")),
+        tmp_path / "d",
+        threads=1,
+    ).run()
     recs, _ = RunLog(tmp_path / "d").read()
     bad = [r for r in recs if r["stage"] == "degenerate"]
     assert bad and all(r["fitness"] is None and r["reason"] for r in bad)
@@ -192,8 +235,7 @@ def test_cli_bad_input(tmp_path, capsys):
 
 def test_process_backend_matches_in_process(tmp_path):
     Search(settings(budget=12), tmp_path / "inproc", threads=1).run()
-    Search(settings(budget=12), tmp_path / "procs", backend="processes", workers=2,
-           threads=1).run()  # fmt: skip
+    Search(settings(budget=12), tmp_path / "procs", backend="processes", workers=2, threads=1).run()
     assert trajectory(tmp_path / "inproc") == trajectory(tmp_path / "procs")
     workers = {r["worker"] for r in RunLog(tmp_path / "procs").read()[0]}
     assert len(workers) == 2
@@ -210,7 +252,8 @@ def test_ray_backend_matches_in_process(tmp_path):
 
 
 def test_time_limit_still_runs_the_finals(tmp_path):
-    fin = Search(settings(budget=1000, time_limit=1e-9, final_top=1), tmp_path / "t",
-                 threads=1).run()  # fmt: skip
+    fin = Search(
+        settings(budget=1000, time_limit=1e-9, final_top=1), tmp_path / "t", threads=1
+    ).run()
     assert not fin.stopped and len(fin.finals) == 1  # the first batch, then the final re-run
     assert fin.evaluations == 8

@@ -17,10 +17,24 @@ pytestmark = pytest.mark.smollm2
 
 
 def test_short_search_on_smollm2(tmp_path):
-    fit = FitnessSettings(model="smollm2", nsamples=2, grad_samples=1, seqlen=64,
-                          heldout_windows=1, heldout_seqlen=128, cheap_windows=0)  # fmt: skip
-    s = SearchSettings(fitness=fit, population=4, budget=6, batch=2, seed=0, final_top=1,
-                       seed_formulas=("W*sqrt(X)",))  # fmt: skip
+    fit = FitnessSettings(
+        model="smollm2",
+        nsamples=2,
+        grad_samples=1,
+        seqlen=64,
+        heldout_windows=1,
+        heldout_seqlen=128,
+        cheap_windows=0,
+    )
+    s = SearchSettings(
+        fitness=fit,
+        population=4,
+        budget=6,
+        batch=2,
+        seed=0,
+        final_top=1,
+        seed_formulas=("W*sqrt(X)",),
+    )
     out = tmp_path / "run"
     fin = Search(s, out, threads=2, cache=FitnessCache(tmp_path / "fit.sqlite")).run()
     assert fin.evaluations == 6 and not fin.stopped

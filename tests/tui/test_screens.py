@@ -10,8 +10,8 @@ from textual.widgets import Input, OptionList
 from pzshell.lang import load_tree_file, to_infix
 from pzshell.tui.screens.confirm import ConfirmScreen
 from pzshell.tui.screens.help import HelpScreen
+from pzshell.tui.screens.run_settings import SettingsScreen
 from pzshell.tui.screens.save_tree import SaveTreeScreen
-from pzshell.tui.screens.settings import SettingsScreen
 from pzshell.tui.session import SearchState
 from pzshell.tui.widgets.library_panel import LibraryPanel
 

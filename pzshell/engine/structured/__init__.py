@@ -22,7 +22,7 @@ The parts, in the order a run uses them:
   between attention and MLP by a fixed ``A:M`` share); :func:`make_plan`;
 * :mod:`.surgery`: new, smaller ``nn.Linear`` modules, so the pruned model really is smaller and
   faster; empty blocks removed;
-* :mod:`.report`: the unit table (CSV), the kept-fraction plot, the per-kind summary.
+* :mod:`.summary`: the unit table (CSV), the kept-fraction plot, the per-kind summary.
 
 Saving and loading a pruned model (its per-block shapes) is the model format's:
 :mod:`pzshell.models.structure`; its names are re-exported here for existing imports. The driver
@@ -82,8 +82,8 @@ from .importance import (
     unit_importance,
     weight_scores,
 )
-from .report import kind_summary, plot_kept, write_units_csv
 from .statistics import LAYER_IMPORTANCE, BlockDistances, CalibStats, collect_stats
+from .summary import kind_summary, plot_kept, write_units_csv
 from .surgery import (
     SurgeryReport,
     apply_plan,

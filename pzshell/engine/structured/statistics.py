@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..events import ProgressFn
+from ...progress import ProgressFn
 from ..stats import G_SCALE, StatsCollector, forward_windows, gradient_stats, stat_key
 from .anatomy import StructuredError, model_parts
 

@@ -14,7 +14,7 @@ from textual.widgets import Input, Static, Tree
 from textual.worker import get_current_worker
 
 from ...lang import MetricError, Node, parse
-from ...lang.errors import CARET_WIDTH, caret_lines
+from ...lang.diagnostics import CARET_WIDTH, caret_lines
 from ..messages import MetricAnalysed
 
 
@@ -27,15 +27,16 @@ def analyse(text: str) -> MetricAnalysed:
     try:
         node = parse(text)
         canon = canonical(node)
-        return MetricAnalysed(text, to_infix(simplify(node)), canon.key, canon.text,
-                              equivalent_known(node))  # fmt: skip
+        return MetricAnalysed(
+            text, to_infix(simplify(node)), canon.key, canon.text, equivalent_known(node)
+        )
     except Exception as e:  # never let an analysis bug reach the user as a crash
         return MetricAnalysed(text, error=f"{type(e).__name__}: {e}")
 
 
 def caret_text(err: MetricError, width: int = CARET_WIDTH) -> Text:
     """The error message, then the formula and a caret under the offending column, drawn by
-    :func:`~pzshell.lang.errors.caret_lines` to fit ``width`` columns (the message may wrap;
+    :func:`~pzshell.lang.diagnostics.caret_lines` to fit ``width`` columns (the message may wrap;
     the formula and caret lines never do)."""
     out = Text()
     out.append("✗ ", "bold red")

@@ -13,7 +13,7 @@ from pzshell.jobs import CalibSpec, EvalSpec, ModelSpec, StructuredJob, run_stru
 from pzshell.models import load_model
 from pzshell.models.structure import save_structured
 
-from ..conftest import shared_texts
+from ...conftest import shared_texts
 
 pytestmark = pytest.mark.smollm2
 

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pzshell.lang import MetricError, parse
-from pzshell.lang.errors import CARET_WIDTH, caret_lines
+from pzshell.lang.diagnostics import CARET_WIDTH, caret_lines
 
 
 def test_a_short_formula_is_shown_whole():

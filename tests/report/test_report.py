@@ -28,12 +28,24 @@ def _layers(blocks: int, sparsity: float) -> list[dict]:
 
 def _run(tmp_path, name: str, **fields) -> None:
     base = {
-        "model": "smollm2", "model_source": "test", "method": "wanda", "metric": "W * sqrt(X)",
-        "sparsity_ratio": 0.5, "sparsity_type": "unstructured", "actual_sparsity": 0.5,
-        "nsamples": 32, "seqlen": 512, "seed": 0, "calib_data": "/data/wikitext-2/valid.txt",
-        "eval_data": "/data/wikitext-2-raw/wiki.test.raw", "eval_seqlen": 1024,
-        "eval_windows": 8, "eval_tokens": 8192, "ppl": 40.0, "layers": _layers(3, 0.5),
-    }  # fmt: skip
+        "model": "smollm2",
+        "model_source": "test",
+        "method": "wanda",
+        "metric": "W * sqrt(X)",
+        "sparsity_ratio": 0.5,
+        "sparsity_type": "unstructured",
+        "actual_sparsity": 0.5,
+        "nsamples": 32,
+        "seqlen": 512,
+        "seed": 0,
+        "calib_data": "/data/wikitext-2/valid.txt",
+        "eval_data": "/data/wikitext-2-raw/wiki.test.raw",
+        "eval_seqlen": 1024,
+        "eval_windows": 8,
+        "eval_tokens": 8192,
+        "ppl": 40.0,
+        "layers": _layers(3, 0.5),
+    }
     base.update(fields)
     d = tmp_path / "runs" / name
     d.mkdir(parents=True)
@@ -41,16 +53,39 @@ def _run(tmp_path, name: str, **fields) -> None:
 
 
 def _zs(acc: float) -> dict:
-    return {"tasks": {"pzshell_mc": {"acc": acc, "acc_stderr": 0.05, "acc_norm": acc - 0.1,
-                                     "acc_norm_stderr": 0.05, "n": 64, "n_total": 64}},
-            "mean_acc": acc, "limit": None, "lm_eval_version": "0.4.13"}  # fmt: skip
+    return {
+        "tasks": {
+            "pzshell_mc": {
+                "acc": acc,
+                "acc_stderr": 0.05,
+                "acc_norm": acc - 0.1,
+                "acc_norm_stderr": 0.05,
+                "n": 64,
+                "n_total": 64,
+            }
+        },
+        "mean_acc": acc,
+        "limit": None,
+        "lm_eval_version": "0.4.13",
+    }
 
 
 @pytest.fixture
 def runs_dir(tmp_path):
-    _run(tmp_path, "dense", method="dense", metric=None, sparsity_ratio=0.0, actual_sparsity=0.0,
-         ppl=29.2, layers=_layers(3, 0.0), zero_shot=_zs(0.77), zero_shot_mean=0.77,
-         nsamples=0, calib_data=None)  # fmt: skip
+    _run(
+        tmp_path,
+        "dense",
+        method="dense",
+        metric=None,
+        sparsity_ratio=0.0,
+        actual_sparsity=0.0,
+        ppl=29.2,
+        layers=_layers(3, 0.0),
+        zero_shot=_zs(0.77),
+        zero_shot_mean=0.77,
+        nsamples=0,
+        calib_data=None,
+    )
     _run(
         tmp_path,
         "wanda50",
@@ -64,10 +99,24 @@ def runs_dir(tmp_path):
         sparsity_after_finetune=0.5,
         finetune={"method": "lora", "r": 8, "samples": 16, "seqlen": 256, "steps": 16},
     )
-    _run(tmp_path, "wanda60", sparsity_ratio=0.6, actual_sparsity=0.6, ppl=80.0,
-         layers=_layers(3, 0.6))  # fmt: skip
-    _run(tmp_path, "pz50", method="pruner-zero", metric="abs(W * W) * mms(G)", ppl=52.3,
-         nsamples=0, calib_data=None, gradient_path="/g/grads_32x512_seed0.pth")  # fmt: skip
+    _run(
+        tmp_path,
+        "wanda60",
+        sparsity_ratio=0.6,
+        actual_sparsity=0.6,
+        ppl=80.0,
+        layers=_layers(3, 0.6),
+    )
+    _run(
+        tmp_path,
+        "pz50",
+        method="pruner-zero",
+        metric="abs(W * W) * mms(G)",
+        ppl=52.3,
+        nsamples=0,
+        calib_data=None,
+        gradient_path="/g/grads_32x512_seed0.pth",
+    )
     _run(tmp_path, "nm24", sparsity_type="2:4", ppl=70.5)
     (tmp_path / "runs" / "nested" / "deeper").mkdir(parents=True)
     (tmp_path / "runs" / "nested" / "notes.txt").write_text("not a run")
@@ -82,9 +131,11 @@ def test_report_files_and_table(runs_dir, tmp_path):
     md = (out / "report.md").read_text()
     # header and one row per run, with the figures and their provenance
     assert "| run | model | method | metric | sparsity | type |" in md
-    assert "| wanda50 | smollm2 | wanda | W * sqrt(X) | 0.50 | unstructured | 0.5000 | 45.100 " \
-           "| 38.200 | 0.6000 | 0.6500 | wiki.test.raw: 8x1024=8192 | valid.txt: 32x512 " \
-           "| LoRA r8, 16x256, 16 steps | 0 |" in md  # fmt: skip
+    assert (
+        "| wanda50 | smollm2 | wanda | W * sqrt(X) | 0.50 | unstructured | 0.5000 | 45.100 "
+        "| 38.200 | 0.6000 | 0.6500 | wiki.test.raw: 8x1024=8192 | valid.txt: 32x512 "
+        "| LoRA r8, 16x256, 16 steps | 0 |" in md
+    )
     assert "| dense | smollm2 | dense | - | 0.00 |" in md
     assert "| 2:4 |" in md and "| mag50 |" in md
     # a W/G-only metric had no calibration pass; its data came with the gradient file

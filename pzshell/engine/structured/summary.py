@@ -4,22 +4,23 @@ summary."""
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
+from ... import atomic
 from .allocation import Plan
 from .anatomy import KIND_NAMES
 
 
 def write_units_csv(plan: Plan, path: str | Path) -> None:
     """One row per unit: block, kind, unit, importance, cost, kept."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=["block", "kind", "unit", "importance", "cost", "kept"])
-        w.writeheader()
-        for row in plan.table.rows():
-            row["importance"] = f"{row['importance']:.6g}"
-            w.writerow(row)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=["block", "kind", "unit", "importance", "cost", "kept"])
+    w.writeheader()
+    for row in plan.table.rows():
+        row["importance"] = f"{row['importance']:.6g}"
+        w.writerow(row)
+    atomic.write_text(path, buf.getvalue())
 
 
 def plot_kept(blocks: list[dict], path: str | Path, title: str = "") -> None:
@@ -53,9 +54,11 @@ def plot_kept(blocks: list[dict], path: str | Path, title: str = "") -> None:
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        with atomic.writing_file(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
 
 
 def kind_summary(plan: Plan) -> dict:

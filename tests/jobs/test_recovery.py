@@ -18,10 +18,32 @@ EVAL = ["--eval-seqlen", "64", "--eval-windows", "2"]
 
 def test_prune_finetune_finetune_report(tmp_path):
     run1, model1 = tmp_path / "runs" / "wanda50", tmp_path / "models" / "wanda50"
-    rc = main(["prune", "--model", "tiny", "--prune_method", "wanda", "--sparsity_type", "2:4",
-               "--nsamples", "2", "--seqlen", "64", *EVAL, "--finetune", *FT,
-               "--tasks", "pzshell_mc", "--zero_shot_limit", "3",
-               "--save", str(run1), "--save_model", str(model1)])  # fmt: skip
+    rc = main(
+        [
+            "prune",
+            "--model",
+            "tiny",
+            "--prune_method",
+            "wanda",
+            "--sparsity_type",
+            "2:4",
+            "--nsamples",
+            "2",
+            "--seqlen",
+            "64",
+            *EVAL,
+            "--finetune",
+            *FT,
+            "--tasks",
+            "pzshell_mc",
+            "--zero_shot_limit",
+            "3",
+            "--save",
+            str(run1),
+            "--save_model",
+            str(model1),
+        ]
+    )
     assert rc == 0
     res = json.loads((run1 / "results.json").read_text())
     # the LoRA merge kept the 2:4 mask exactly; perplexity measured before and after
@@ -43,8 +65,19 @@ def test_prune_finetune_finetune_report(tmp_path):
 
     # `pzshell finetune` on the saved model: inherits the provenance, keeps the mask
     run2, model2 = tmp_path / "runs" / "wanda50-ft", tmp_path / "models" / "wanda50-ft"
-    rc = main(["finetune", "--model", str(model1), *FT, *EVAL,
-               "--save", str(run2), "--save_model", str(model2)])  # fmt: skip
+    rc = main(
+        [
+            "finetune",
+            "--model",
+            str(model1),
+            *FT,
+            *EVAL,
+            "--save",
+            str(run2),
+            "--save_model",
+            str(model2),
+        ]
+    )
     assert rc == 0
     res2 = json.loads((run2 / "results.json").read_text())
     assert res2["method"] == "wanda" and res2["base_model"] == "tiny"

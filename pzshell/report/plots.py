@@ -1,0 +1,224 @@
+"""The report's PNG plots, drawn with matplotlib's object API on an Agg canvas (no pyplot state,
+no display): perplexity per method and sparsity, per-block sparsity, zero-shot accuracy."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+from .. import atomic
+from .runs import SavedRun
+from .tables import data_name, zero_shot_entries
+
+
+def _figure(width: float = 7.5, height: float = 4.6):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=120, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:60] or "run"
+
+
+def _model_name(runs: list[SavedRun]) -> str:
+    return ", ".join(sorted({r.model for r in runs}))
+
+
+def _eval_name(r: SavedRun) -> str:
+    return data_name(r.get("eval_data", "?"))
+
+
+def plot_perplexity(runs: list[SavedRun], out_dir: Path) -> list[Path]:
+    """Perplexity per method at each sparsity, one PNG per (model, eval data, window length)."""
+    groups: dict[tuple, list[SavedRun]] = {}
+    for r in runs:
+        if r.get("ppl") is None and r.get("ppl_after_finetune") is None:
+            continue
+        key = (r.model, _eval_name(r), r.get("eval_seqlen"), r.get("eval_tokens"))
+        groups.setdefault(key, []).append(r)
+    paths = []
+    for (model, data, seqlen, tokens), group in groups.items():
+        fig = _figure()
+        ax = fig.add_subplot()
+        series: dict[str, list[SavedRun]] = {}
+        for r in group:
+            if not r.is_dense:
+                series.setdefault(r.series, []).append(r)
+        dense = [r.get("ppl") for r in group if r.is_dense and r.get("ppl") is not None]
+        colors = iter(_palette())
+        for name, rs in sorted(series.items()):
+            rs.sort(key=lambda r: r.get("sparsity_ratio"))
+            color = next(colors)
+            pts = [(r.get("sparsity_ratio"), r.get("ppl")) for r in rs if r.get("ppl") is not None]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o", color=color, label=name)
+            ft = [
+                (r.get("sparsity_ratio"), r.get("ppl_after_finetune"))
+                for r in rs
+                if r.get("ppl_after_finetune") is not None
+            ]
+            if ft:
+                ax.plot(
+                    *zip(*ft, strict=True),
+                    marker="x",
+                    linestyle="--",
+                    color=color,
+                    label=f"{name}, after recovery fine-tuning",
+                )
+        if dense:
+            ax.axhline(dense[0], color="black", linestyle=":", linewidth=1)
+            ax.plot([0], [dense[0]], marker="s", color="black", label=f"dense ({dense[0]:.2f})")
+        xs = [r.get("sparsity_ratio") or 0 for r in group]
+        ax.set_xlim(-0.03, max(xs) + 0.07)
+        ax.set_yscale("log")
+        _plain_log_ticks(ax.yaxis)
+        ax.set_xlabel("sparsity ratio (fraction of block linear weights pruned)")
+        ax.set_ylabel("perplexity (log scale, lower is better)")
+        ax.set_title(
+            f"Perplexity vs sparsity: {model}\n{data}, {tokens} tokens in windows of {seqlen}",
+            fontsize=10,
+        )
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        path = out_dir / f"ppl_{_slug(model)}_{_slug(data)}.png"
+        with atomic.writing_file(path) as tmp:
+            fig.savefig(tmp)
+        paths.append(path)
+    return paths
+
+
+def _plain_log_ticks(axis) -> None:
+    """Log-scale tick labels as plain numbers (``25``, ``30``), not ``2.5 x 10^1``."""
+    from matplotlib.ticker import FuncFormatter
+
+    fmt = FuncFormatter(lambda v, _: f"{v:.4g}")
+    axis.set_major_formatter(fmt)
+    axis.set_minor_formatter(fmt)
+
+
+def _block_sparsity(layers: list[dict]) -> list[tuple[int, float]]:
+    """Per block: parameter-weighted sparsity of its linears."""
+    acc: dict[int, list[float]] = {}
+    for row in layers:
+        if not isinstance(row, dict) or "block" not in row or "sparsity" not in row:
+            continue
+        shape = row.get("shape") or (1, 1)
+        n = float(math.prod(shape))
+        z, t = acc.setdefault(int(row["block"]), [0.0, 0.0])
+        acc[int(row["block"])] = [z + row["sparsity"] * n, t + n]
+    return [(b, z / t) for b, (z, t) in sorted(acc.items()) if t]
+
+
+def plot_layers(runs: list[SavedRun], out_dir: Path) -> Path | None:
+    """Per-block sparsity of every pruned run (from results.json "layers")."""
+    rs = [r for r in runs if not r.is_dense and r.get("layers")]
+    if not rs:
+        return None
+    fig = _figure(8, 4.6)
+    ax = fig.add_subplot()
+    colors = iter(_palette())
+    styles = ("-", "--", "-.", ":")
+    markers = ("o", "s", "^", "v", "D", "x")
+    for k, r in enumerate(rs):
+        pts = _block_sparsity(r.get("layers"))
+        if pts:
+            # distinct line styles and markers: runs with identical profiles stay visible
+            ax.plot(
+                *zip(*pts, strict=True),
+                marker=markers[k % len(markers)],
+                markersize=4,
+                linestyle=styles[k % len(styles)],
+                color=next(colors),
+                label=f"{r.name}: {r.label}",
+            )
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("decoder block")
+    ax.set_ylabel("sparsity of the block's linear weights")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"Per-block sparsity: {_model_name(rs)}", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    path = out_dir / "block_sparsity.png"
+    with atomic.writing_file(path) as tmp:
+        fig.savefig(tmp)
+    return path
+
+
+def plot_zero_shot(runs: list[SavedRun], out_dir: Path) -> Path | None:
+    """Grouped bars: accuracy per task for every run (and after fine-tuning), ± stderr."""
+    entries = zero_shot_entries(runs)
+    if not entries:
+        return None
+    tasks = sorted({t for _, zs in entries for t in zs["tasks"]})
+    fig = _figure(max(7.5, 1.4 * len(tasks) + 4), 4.8)
+    ax = fig.add_subplot()
+    width = min(0.25, 0.8 / len(entries))
+    colors = iter(_palette())
+    for k, (label, zs) in enumerate(entries):
+        xs, ys, es = [], [], []
+        for i, t in enumerate(tasks):
+            res = zs["tasks"].get(t) or {}
+            if res.get("acc") is None:
+                continue
+            xs.append(i + width * (k - (len(entries) - 1) / 2))
+            ys.append(res["acc"])
+            es.append(res.get("acc_stderr") or 0.0)
+        ax.bar(xs, ys, width, yerr=es, capsize=2, color=next(colors), label=label)
+    half = width * len(entries) / 2 + 0.05
+    chance_drawn = False
+    for i, t in enumerate(tasks):
+        if t in CHANCE:
+            ax.hlines(
+                CHANCE[t],
+                i - half,
+                i + half,
+                colors="black",
+                linestyles=":",
+                label=None if chance_drawn else "chance",
+            )
+            chance_drawn = True
+    ax.set_xticks(range(len(tasks)), [_task_tick(t, entries) for t in tasks])
+    ax.set_xlim(-0.5 - max(0.0, half - 0.5), len(tasks) - 0.5 + max(0.0, half - 0.5))
+    ax.set_ylabel("accuracy (0-shot, ± standard error)")
+    ax.set_ylim(0, 1)
+    models = ", ".join(sorted({r.model for r in runs if r.get("zero_shot")}))
+    ax.set_title(f"Zero-shot accuracy (lm-eval, 0-shot): {models}", fontsize=10)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    path = out_dir / "zero_shot.png"
+    with atomic.writing_file(path) as tmp:
+        fig.savefig(tmp)
+    return path
+
+
+# accuracy of guessing, for the tasks whose number of choices is fixed
+CHANCE = {
+    "pzshell_mc": 0.25,
+    "arc_easy": 0.25,
+    "arc_challenge": 0.25,
+    "openbookqa": 0.25,
+    "hellaswag": 0.25,
+    "boolq": 0.5,
+    "rte": 0.5,
+    "winogrande": 0.5,
+    "piqa": 0.5,
+}
+
+
+def _task_tick(task: str, entries: list[tuple[str, dict]]) -> str:
+    ns = {zs["tasks"][task].get("n") for _, zs in entries if task in zs["tasks"]}
+    return f"{task}\n(n={'/'.join(str(n) for n in sorted(ns, key=str))})"
+
+
+def _palette() -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return [cmap(i % 10) for i in range(100)]
