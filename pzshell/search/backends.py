@@ -7,12 +7,19 @@ statistics (computed once, read from the disk cache by every worker).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
+import signal
+import threading
+import time
+import traceback
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as wait_for_connections
 
+from ..errors import PzError
 from ..lang import Node
 from .fitness import Evaluator, FitnessSettings
 
@@ -50,20 +57,56 @@ class InProcessBackend:
 
 # ---- local processes -----------------------------------------------------------------------
 
-_WORKER_EV: Evaluator | None = None
+
+def _exit_with_parent(parent_pid: int, interval: float = 1.0) -> None:
+    """End this process as soon as its parent is gone (a SIGKILLed search must not leave its
+    workers behind, each holding a model)."""
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(0)
+            time.sleep(interval)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def _init_worker(settings: FitnessSettings, device: str | None, threads: int) -> None:
-    global _WORKER_EV
-    _WORKER_EV = Evaluator(settings, device=device, threads=threads)
+def _process_worker(conn, settings: FitnessSettings, device, threads: int, parent: int) -> None:
+    """A worker process: build an :class:`Evaluator`, then answer tasks one at a time until the
+    parent sends ``None``, closes the pipe, or dies."""
+    _exit_with_parent(parent)
+    try:
+        ev = Evaluator(settings, device=device, threads=threads)
+    except BaseException as e:  # reported to the parent, which raises it there
+        conn.send(("failed", f"{type(e).__name__}: {e}"))
+        return
+    name = f"proc-{os.getpid()}"
+    conn.send(("ready", name))
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        try:
+            conn.send(("done", run_task(ev, task, name)))
+        except Exception:
+            conn.send(("failed", traceback.format_exc()))
 
 
-def _run_in_worker(task: Task) -> dict:
-    assert _WORKER_EV is not None
-    return run_task(_WORKER_EV, task, f"proc-{os.getpid()}")
+@dataclass
+class _Proc:
+    proc: mp.process.BaseProcess
+    conn: Connection
+    task: Task | None = None  # the task it is working on (its result is still to be read)
 
 
 class ProcessBackend:
+    """Local worker processes, each given one task at a time: every worker is busy from the
+    first task on, and a worker that finishes takes the next task at once. Workers exit when
+    the search closes them, when their pipe closes, or when the search process dies."""
+
     name = "processes"
 
     def __init__(
@@ -78,22 +121,80 @@ class ProcessBackend:
         Evaluator(settings, device=device, threads=threads)
         self.workers = workers
         per = threads or max(1, (os.cpu_count() or 1) // workers)
-        self.pool = ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=mp.get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(settings, device, per),
-        )
+        ctx = mp.get_context("spawn")
+        self.procs: list[_Proc] = []
+        for _ in range(workers):
+            mine, theirs = ctx.Pipe()
+            proc = ctx.Process(
+                target=_process_worker,
+                args=(theirs, settings, device, per, os.getpid()),
+                name="pzshell-search-worker",
+                daemon=True,
+            )
+            proc.start()
+            theirs.close()
+            self.procs.append(_Proc(proc, mine))
+        try:
+            for w in self.procs:
+                self._receive(w, "ready")
+        except BaseException:
+            self.close()
+            raise
+
+    def _receive(self, w: _Proc, want: str):
+        try:
+            kind, payload = w.conn.recv()
+        except (EOFError, OSError):
+            w.proc.join(5.0)
+            raise PzError(
+                f"a search worker process died ({_exit_text(w.proc.exitcode)})"
+                + (f" while evaluating candidate {w.task.cid}" if w.task is not None else "")
+            ) from None
+        if kind == "failed":
+            raise PzError(f"a search worker process failed:\n{payload}")
+        assert kind == want, (kind, want)
+        return payload
 
     def map_unordered(self, tasks: list[Task]) -> Iterator[dict]:
-        pending = {self.pool.submit(_run_in_worker, t) for t in tasks}
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for f in done:
-                yield f.result()
+        for w in self.procs:  # results of an earlier, abandoned call are not ours
+            if w.task is not None:
+                self._receive(w, "done")
+                w.task = None
+        queue = list(tasks)
+        while queue or any(w.task is not None for w in self.procs):
+            for w in self.procs:
+                if w.task is None and queue:
+                    w.task = queue.pop(0)
+                    w.conn.send(w.task)
+            busy = {w.conn: w for w in self.procs if w.task is not None}
+            for conn in wait_for_connections(list(busy)):
+                w = busy[conn]
+                res = self._receive(w, "done")
+                w.task = None
+                yield res
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        for w in self.procs:
+            with contextlib.suppress(OSError, ValueError):
+                w.conn.send(None)
+        for w in self.procs:
+            w.proc.join(10.0)
+            if w.proc.is_alive():
+                w.proc.kill()
+                w.proc.join(5.0)
+            w.conn.close()
+        self.procs = []
+
+
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 # ---- Ray -----------------------------------------------------------------------------------
@@ -116,8 +217,6 @@ class RayBackend:
         try:
             import ray
         except ImportError:
-            from ..errors import PzError
-
             raise PzError("--ray needs the 'ray' package: pip install 'pzshell[ray]'") from None
         self.ray = ray
         if not ray.is_initialized():

@@ -3,7 +3,8 @@
 Everything the worker reports reaches the app as one message, :class:`WorkerEvent`, carrying
 the protocol's own event object (:data:`pzshell.worker.protocol.Event`); handlers dispatch on
 that object's type, so no event is declared twice. Progress events override
-:meth:`WorkerEvent.can_replace` so that a burst of them collapses to the newest one in the queue.
+:meth:`WorkerEvent.can_replace` so that a burst of them collapses to the newest one in the queue;
+a run's progress collapses only within one stage, so every stage it goes through is shown.
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ class WorkerEvent(Message):
             return False
         new, old = message.event, self.event
         if isinstance(old, RunProgress):
-            return isinstance(new, RunProgress) and new.run_id == old.run_id
+            # a burst within one stage collapses; a stage is never skipped over
+            return (
+                isinstance(new, RunProgress) and new.run_id == old.run_id and new.stage == old.stage
+            )
         return _is_search_progress(old) and _is_search_progress(new)
 
 

@@ -68,6 +68,8 @@ async def test_progress_messages_collapse():
     a = progress("r1", 1)
     assert a.can_replace(progress("r1", 2))
     assert not a.can_replace(progress("r2", 2))
+    # a new stage never swallows the last event of the one before
+    assert not a.can_replace(WorkerEvent(p.RunProgress("r1", "eval", 1, 8)))
     assert not a.can_replace(WorkerEvent(p.RunFinished("r1", {})))
     assert not WorkerEvent(p.RunFinished("r1", {})).can_replace(progress("r1", 2))
     assert search(1).can_replace(search(2))
