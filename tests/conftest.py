@@ -61,3 +61,26 @@ def smollm2(smollm2_lm):
     lm = copy.copy(smollm2_lm)
     lm.model = copy.deepcopy(smollm2_lm.model)
     return lm
+
+
+@pytest.fixture
+def readonly_dir(tmp_path):
+    """A directory in which nothing can be created, for root too: a read-only tmpfs when this
+    process may mount one (root), else a directory without write permission."""
+    import os
+    import subprocess
+
+    d = tmp_path / "ro"
+    d.mkdir()
+    if os.geteuid() != 0:
+        d.chmod(0o555)
+        yield d
+        d.chmod(0o755)
+        return
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(d)], check=False)
+    if r.returncode != 0:
+        pytest.skip("root, and no read-only mount can be made here")
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", str(d)], check=False)

@@ -14,6 +14,7 @@ import sys
 from rich.console import Console
 from rich.markup import escape
 
+from .. import atomic
 from ..errors import PzError
 from ..lang.diagnostics import MetricError
 
@@ -80,6 +81,17 @@ def main(argv: list[str] | None = None) -> int:
         text = e.render(max(40, err_console.width - 7)) if isinstance(e, MetricError) else str(e)
         # escape: the message quotes user input, which may look like rich markup ("[/x]")
         err_console.print(f"[bold red]error:[/] {escape(text)}", markup=True, soft_wrap=True)
+        return 2
+    except atomic.WriteFailed as e:
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
+        return 2
+    except OSError as e:  # reading: a vanished file, a permission, a device error
+        where = f" {e.filename}" if e.filename else ""
+        reason = e.strerror or str(e)
+        err_console.print(
+            f"[bold red]error:[/] input/output failed{escape(where)}: {escape(reason)}",
+            soft_wrap=True,
+        )
         return 2
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from .. import atomic
 from ..errors import PzError
-from ..jobs import CalibSpec, EvalSpec, ModelSpec, write_provenance, write_results
-from ..models.structure import save_model
+from ..jobs import CalibSpec, EvalSpec, ModelSpec, write_results
+from ..jobs.provenance import PROVENANCE_FILE, provenance_of
+from ..models.structure import check_model_target, save_model
 from ..progress import Progress as ProgressEvent
 
 console = Console(stderr=True, highlight=False)
@@ -120,34 +121,20 @@ def eval_spec(args: argparse.Namespace) -> EvalSpec:
     return EvalSpec(args.eval, args.eval_seqlen, args.eval_windows)
 
 
-def _check_writable_dir(d: Path, flag: str) -> None:
-    """``d`` may not exist yet: its nearest existing ancestor must be a writable directory."""
-    p = d
-    while not p.exists():
-        if p.parent == p:
-            break
-        p = p.parent
-    if not p.is_dir():
-        raise PzError(f"{flag} {d}: {p} is a file, not a directory")
-    if not os.access(p, os.W_OK | os.X_OK):
-        raise PzError(f"{flag} {d}: the directory {p} is not writable")
-
-
 def check_output_dir(path: str | None, flag: str) -> None:
     """Fail before the long work if ``flag DIR`` cannot be written."""
-    if not path:
-        return
-    _check_writable_dir(Path(path), flag)
+    if path:
+        why = atomic.why_not_writable(path, is_dir=True)
+        if why:
+            raise PzError(f"{flag} {path}: {why}")
 
 
 def check_output_file(path: str | None, flag: str) -> None:
     """Fail before the long work if ``flag FILE`` cannot be written."""
-    if not path:
-        return
-    p = Path(path)
-    if p.is_dir():
-        raise PzError(f"{flag} {p} is a directory; give a file name")
-    _check_writable_dir(p.parent, flag)
+    if path:
+        why = atomic.why_not_writable(path, is_dir=False)
+        if why:
+            raise PzError(f"{flag} {path}: {why}")
 
 
 def check_outputs(args: argparse.Namespace) -> None:
@@ -156,6 +143,7 @@ def check_outputs(args: argparse.Namespace) -> None:
     model_dir = getattr(args, "save_model", None)
     if isinstance(model_dir, str):
         check_output_dir(model_dir, "--save_model")
+        check_model_target(model_dir, "--save_model")
 
 
 def save_outputs(args: argparse.Namespace, lm, res: dict, what: str = "model") -> None:
@@ -166,6 +154,6 @@ def save_outputs(args: argparse.Namespace, lm, res: dict, what: str = "model") -
         out = write_results(Path(args.save) / "results.json", res)
         console.print(f"results written to {out}")
     if getattr(args, "save_model", None) and lm is not None:
-        save_model(lm.model, lm.tokenizer, args.save_model)
-        write_provenance(args.save_model, res)
+        notes = {PROVENANCE_FILE: provenance_of(res)}
+        save_model(lm.model, lm.tokenizer, args.save_model, notes=notes)
         console.print(f"{what} saved to {args.save_model}")

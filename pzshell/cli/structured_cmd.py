@@ -13,6 +13,7 @@ from ..engine.structured import BUILTIN_IMPORTANCE, LAYER_IMPORTANCE, STRATEGIES
 from ..errors import PzError
 from ..jobs import StructuredJob, run_structured, write_run_dir
 from ..jobs.structured_job import save_pruned_model
+from ..models.structure import check_model_target
 from .common import (
     add_calib_args,
     add_eval_args,
@@ -160,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
     job.check()  # before the (slow) model load
     check_outputs(args)
     model_dir = _model_dir(args)
+    if model_dir is not None:
+        check_model_target(model_dir, "--save_model")
     logger = logging.getLogger("pzshell.structured")
     logger.setLevel(logging.INFO)
     handlers: list[logging.Handler] = []

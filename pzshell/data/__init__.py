@@ -153,18 +153,26 @@ def sample_windows(
 def eval_windows(
     tokenizer, text: Text, seqlen: int, max_windows: int | None = None
 ) -> torch.Tensor:
-    """Non-overlapping windows of ``seqlen`` tokens from the start, shape (n, seqlen)."""
+    """Non-overlapping windows of ``seqlen`` tokens from the start, shape (n, seqlen): all of
+    them, or exactly ``max_windows`` (a text too short for that many is an error, found before
+    any long work since jobs tokenise their evaluation text first)."""
+    if max_windows is not None and max_windows < 1:
+        raise DataError(f"evaluation windows must be at least 1, got {max_windows}")
     ids = tokenize(tokenizer, text)
     n = ids.numel() // seqlen
-    if max_windows is not None:
-        if max_windows < 1:
-            raise DataError(f"evaluation windows must be at least 1, got {max_windows}")
-        n = min(n, max_windows)
     if n == 0:
         raise DataError(
             f"evaluation text {text.name} has {ids.numel()} tokens, fewer than one window of "
             f"{seqlen}"
         )
+    if max_windows is not None:
+        if n < max_windows:
+            raise DataError(
+                f"evaluation text {text.name} has {ids.numel()} tokens: {n} window(s) of "
+                f"{seqlen}, but {max_windows} were asked for; ask for at most {n} windows, "
+                f"shorter windows, or a longer text"
+            )
+        n = max_windows
     return ids[: n * seqlen].reshape(n, seqlen)
 
 

@@ -13,7 +13,7 @@ started anywhere behaves the same and reports the same fields.
 from __future__ import annotations
 
 from .eval_job import EvalJob, FinetuneJob, model_fields, run_eval, run_finetune
-from .provenance import PROVENANCE_FILE, read_provenance, write_provenance
+from .provenance import PROVENANCE_FILE, provenance_of, read_provenance
 from .prune_job import PruneJob, run_prune
 from .results import ResultsError, read_results, write_results
 from .specs import (
@@ -44,6 +44,7 @@ __all__ = [
     "ZeroShotSpec",
     "evaluate_ppl",
     "model_fields",
+    "provenance_of",
     "read_provenance",
     "read_results",
     "resolve_seqlen",
@@ -51,7 +52,6 @@ __all__ = [
     "run_finetune",
     "run_prune",
     "run_structured",
-    "write_provenance",
     "write_results",
     "write_run_dir",
 ]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .. import atomic
 from ..data import BUILTIN, HUB_SOURCES
 
 PROVENANCE_FILE = "pzshell_prune.json"
@@ -61,10 +60,6 @@ def provenance_of(results: dict) -> dict:
     if results.get("job") == "structured":
         keep["structured"] = True
     return keep
-
-
-def write_provenance(directory: str | Path, results: dict) -> None:
-    atomic.write_json(Path(directory) / PROVENANCE_FILE, provenance_of(results))
 
 
 def source_of(name) -> str | None:

@@ -40,7 +40,7 @@ from ..errors import PzError
 from ..models import LoadedModel, load_model
 from ..progress import ProgressFn, emit
 from . import results as schema
-from .provenance import write_provenance
+from .provenance import PROVENANCE_FILE, provenance_of
 from .specs import CalibSpec, EvalSpec, FinetuneSpec, ModelSpec
 from .stages import Evaluation, finetune_stage, footer, resolve_seqlen
 
@@ -270,8 +270,8 @@ def save_pruned_model(out: StructuredOutcome, directory: str | Path) -> Path:
         directory,
         removed_blocks=out.surgery.removed_blocks,
         source_blocks=out.surgery.source_blocks,
+        notes={PROVENANCE_FILE: provenance_of(out.results)},
     )
-    write_provenance(directory, out.results)
     return Path(path)
 
 

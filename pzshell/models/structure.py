@@ -284,49 +284,63 @@ def is_structured_dir(path: str | Path) -> bool:
     return (Path(path) / STRUCTURE_FILE).is_file()
 
 
-def save_structured(
+def check_model_target(path: str | Path, flag: str = "model directory") -> None:
+    """A model directory is written whole under a temporary name and then renamed onto
+    ``path``, replacing what was there: refuse (before any work) a ``path`` that is a file or a
+    non-empty directory that holds no saved model, so that no one's other files are replaced."""
+    d = Path(path)
+    if d.is_file():
+        raise PzError(f"{flag} {d}: a file of that name exists; give a directory")
+    if d.is_dir() and any(d.iterdir()) and not (d / "config.json").is_file():
+        raise PzError(
+            f"{flag} {d}: the directory exists and holds other files, not a saved model; a model "
+            f"directory is replaced whole, so give a new or empty directory"
+        )
+
+
+def save_model(
     model: nn.Module,
     tokenizer,
     directory: str | Path,
     *,
+    structured: bool | None = None,
     removed_blocks: list[int] | None = None,
     source_blocks: list[int] | None = None,
+    notes: dict[str, object] | None = None,
 ) -> Path:
-    """``save_pretrained`` plus the per-block shapes; returns the directory."""
+    """Save any model so that ``load_model(directory)`` gives it back: ``save_pretrained`` (model
+    and tokenizer), the structure file when it was structurally pruned (``structured=None``: when
+    its shapes differ from its config), and ``notes`` (file name -> JSON object, e.g. how the
+    model was made). The directory is written whole under a temporary name beside it and renamed
+    into place: a failed write (full disk, file-size limit, kill) leaves the previous directory,
+    or none, never a half-saved model."""
     d = Path(directory)
-    _save_pretrained(model, tokenizer, d)
-    blocks = structure_of(model)
-    doc = {
-        "format": FORMAT,
-        "model_type": getattr(model.config, "model_type", None),
-        "num_hidden_layers": len(blocks),
-        "removed_blocks": list(removed_blocks or []),
-        "source_blocks": list(source_blocks) if source_blocks is not None else None,
-        "blocks": blocks,
-    }
-    atomic.write_json(d / STRUCTURE_FILE, doc)
-    return d
-
-
-def _save_pretrained(model: nn.Module, tokenizer, d: Path) -> None:
-    """``save_pretrained`` (model and tokenizer) into ``d``, each file renamed in whole."""
-    with atomic.writing_into(d) as tmp:
+    check_model_target(d)
+    if structured is None:
+        structured = has_custom_structure(model)
+    with atomic.writing_dir(d) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-
-
-def save_model(model: nn.Module, tokenizer, directory: str | Path) -> Path:
-    """Save any model so that ``load_model(directory)`` gives it back: with the structure file
-    when it was structurally pruned, plain ``save_pretrained`` otherwise."""
-    if has_custom_structure(model):
-        return save_structured(model, tokenizer, directory)
-    d = Path(directory)
-    _save_pretrained(model, tokenizer, d)
-    stale = d / STRUCTURE_FILE
-    if stale.exists():  # the directory held a pruned model before
-        stale.unlink()
+        if structured:
+            blocks = structure_of(model)
+            doc = {
+                "format": FORMAT,
+                "model_type": getattr(model.config, "model_type", None),
+                "num_hidden_layers": len(blocks),
+                "removed_blocks": list(removed_blocks or []),
+                "source_blocks": list(source_blocks) if source_blocks is not None else None,
+                "blocks": blocks,
+            }
+            atomic.write_json(tmp / STRUCTURE_FILE, doc)
+        for name, obj in (notes or {}).items():
+            atomic.write_json(tmp / name, obj)
     return d
+
+
+def save_structured(model: nn.Module, tokenizer, directory: str | Path, **kw) -> Path:
+    """:func:`save_model` with the structure file always written."""
+    return save_model(model, tokenizer, directory, structured=True, **kw)
 
 
 def _state_dict_files(d: Path) -> list[Path]:
