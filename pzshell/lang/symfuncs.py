@@ -182,11 +182,9 @@ class Fro(Function):
         return True
 
 
-class Rown(Function):
-    """``x / sum_j |x_ij|``: each entry over the absolute sum of its row (extended operator).
-
-    Depends on the row length for a number, so only ``Rown(0) = 0/0 = nan`` folds.
-    """
+class _OverAbsSum(Function):
+    """``x`` over an absolute sum of its entries along one axis: the sum depends on the axis's
+    length, so for a number only ``f(0) = 0/0 = nan`` folds."""
 
     nargs = 1
 
@@ -203,25 +201,12 @@ class Rown(Function):
         return self.args[0].is_nonnegative
 
 
-class Coln(Function):
-    """``x / sum_i |x_ij|``: each entry over the absolute sum of its column (extended operator).
+class Rown(_OverAbsSum):
+    """``x / sum_j |x_ij|``: each entry over the absolute sum of its row (extended operator)."""
 
-    Only ``Coln(0) = 0/0 = nan`` folds.
-    """
 
-    nargs = 1
-
-    @classmethod
-    def eval(cls, x):
-        if x.is_Number and x.is_zero:
-            return nan
-        return None
-
-    def _eval_is_real(self):
-        return True
-
-    def _eval_is_nonnegative(self):
-        return self.args[0].is_nonnegative
+class Coln(_OverAbsSum):
+    """``x / sum_i |x_ij|``: each entry over the absolute sum of its column (extended operator)."""
 
 
 class Full(Function):
