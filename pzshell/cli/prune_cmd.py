@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from ..engine.layer_ratios import ALLOCATIONS, OWL_LAMBDA, OWL_M
 from ..engine.prune import METHOD_ALIASES, METHODS
 from ..errors import PzError
 from ..jobs import PruneJob, run_prune
@@ -74,6 +75,25 @@ def register(sub) -> None:
         "from the calibration windows (and saved here) if it does not exist",
     )
     p.add_argument("--batch_size", type=int, default=8, help="calibration windows per forward")
+    p.add_argument(
+        "--allocation",
+        default="uniform",
+        choices=ALLOCATIONS,
+        help="per-block sparsity: uniform (every block the same, default) or owl (outlier-"
+        "weighted: blocks with more |W|*sqrt(X) outliers keep more; same model-wide total)",
+    )
+    p.add_argument(
+        "--owl_m",
+        type=float,
+        default=OWL_M,
+        help=f"OWL: a score is an outlier above M x its block's mean (default {OWL_M:g})",
+    )
+    p.add_argument(
+        "--owl_lambda",
+        type=float,
+        default=OWL_LAMBDA,
+        help=f"OWL: block ratios spread over target +- lambda (default {OWL_LAMBDA:g})",
+    )
     add_calib_args(p)
     add_eval_args(p)
     add_zero_shot_args(p, with_switch=True)
@@ -111,6 +131,9 @@ def job_from_args(args: argparse.Namespace) -> PruneJob:
         eval=eval_spec(args),
         gradient_path=args.gradient_path,
         batch_size=args.batch_size,
+        allocation=args.allocation,
+        owl_m=args.owl_m,
+        owl_lambda=args.owl_lambda,
         zero_shot=zero_shot_spec(args),
         finetune=finetune_spec(args) if args.finetune else None,
     )
@@ -177,3 +200,12 @@ def print_summary(res: dict) -> None:
         by_block.setdefault(r["block"], []).append(r["sparsity"])
     spark = " ".join(f"{sum(v) / len(v):.2f}" for _, v in sorted(by_block.items()))
     console.print(f"per-block sparsity: {spark}")
+    if res.get("allocation", "uniform") != "uniform":
+        extra = ""
+        if "block_outliers" in res:
+            outl = " ".join(f"{x:.2f}" for x in res["block_outliers"])
+            extra = f" M {res['owl_m']:g}, lambda {res['owl_lambda']:g}; outliers % {outl};"
+        console.print(
+            f"allocation {res['allocation']}:{extra} {res['allocation_seconds']:.1f} s "
+            f"(model-wide {res['actual_sparsity']:.4f} of block weights)"
+        )

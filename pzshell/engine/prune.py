@@ -20,6 +20,7 @@ from ..lang.diagnostics import DegenerateMetric
 from ..models.arch import decoder_blocks, find_linears
 from ..progress import ProgressFn, emit
 from .calib import capture_block_inputs, run_block, run_block_collecting
+from .layer_ratios import ALLOCATIONS, OWL_LAMBDA, OWL_M, owl_block_ratios
 from .masks import SparsityError, make_mask, parse_sparsity_type
 from .sparsegpt import sparsegpt_prune
 from .stats import stat_key
@@ -70,6 +71,9 @@ class PruneConfig:
     reconstruct: bool = False
     use_variant: bool = False
     batch_size: int = 8
+    allocation: str = "uniform"  # per-block ratios: uniform or owl (.layer_ratios)
+    owl_m: float = OWL_M
+    owl_lambda: float = OWL_LAMBDA
 
     def __post_init__(self):
         if not 0 <= self.sparsity_ratio < 1:
@@ -91,6 +95,20 @@ class PruneConfig:
             self.metric = load_metric(spec.formula)
         if self.n and self.m and self.use_variant:
             raise PruneError("Wanda's cumulative variant applies to unstructured sparsity only")
+        if self.allocation not in ALLOCATIONS:
+            raise PruneError(
+                f"unknown allocation '{self.allocation}'; choose from {', '.join(ALLOCATIONS)}"
+            )
+        if self.allocation != "uniform" and self.n:
+            raise PruneError(
+                f"allocation '{self.allocation}' gives each block its own sparsity, but "
+                f"{self.n}:{self.m} fixes every block at {self.n / self.m:g}; use unstructured "
+                f"sparsity, or the uniform allocation"
+            )
+        if not self.owl_m > 0:
+            raise PruneError(f"OWL's outlier threshold M must be positive, got {self.owl_m}")
+        if not 0 <= self.owl_lambda < 0.5:
+            raise PruneError(f"OWL's lambda must be in [0, 0.5), got {self.owl_lambda}")
 
     @property
     def spec(self) -> Method:
@@ -106,7 +124,7 @@ class PruneConfig:
 
     @property
     def needs_calibration(self) -> bool:
-        return self.uses_sparsegpt or "X" in self.terminals
+        return self.uses_sparsegpt or "X" in self.terminals or self.allocation != "uniform"
 
     @property
     def needs_gradients(self) -> bool:
@@ -126,6 +144,9 @@ class LayerResult:
 class PruneResult:
     layers: list[LayerResult] = field(default_factory=list)
     seconds: float = 0.0
+    block_ratios: list[float] | None = None  # the requested sparsity of each block
+    block_outliers: list[float] | None = None  # OWL's outlier ratio (%) of each block
+    allocation_seconds: float = 0.0
 
     @property
     def sparsity(self) -> float:
@@ -133,7 +154,7 @@ class PruneResult:
         return sum(r.pruned for r in self.layers) / max(total, 1)
 
 
-def _expected_fraction(cfg: PruneConfig, shape: tuple[int, int]) -> float | None:
+def _expected_fraction(cfg: PruneConfig, shape: tuple[int, int], ratio: float) -> float | None:
     if cfg.n:
         return cfg.n / cfg.m
     if cfg.use_variant:
@@ -141,8 +162,22 @@ def _expected_fraction(cfg: PruneConfig, shape: tuple[int, int]) -> float | None
     if cfg.method == "sparsegpt":  # adaptive mask per block of 128 columns
         return None
     if cfg.spec.group == "layer":
-        return int(shape[0] * shape[1] * cfg.sparsity_ratio) / (shape[0] * shape[1])
-    return int(shape[1] * cfg.sparsity_ratio) / shape[1]
+        return int(shape[0] * shape[1] * ratio) / (shape[0] * shape[1])
+    return int(shape[1] * ratio) / shape[1]
+
+
+def _carried_ratio(
+    cfg: PruneConfig, shape: tuple[int, int], ratio: float, carry: float
+) -> tuple[float, float]:
+    """A non-uniform allocation's ratio for one linear, rounded so that the model-wide total is
+    the requested one: each layer prunes a whole number of weights per comparison group (a row,
+    or the whole matrix), and what its rounding gives or takes is carried to the next layer.
+    Returns ``(ratio, carry)``; ``ratio`` selects exactly the chosen count (``int(n * ratio)``)."""
+    rows, cols = shape
+    group, per = (1, rows * cols) if cfg.spec.group == "layer" else (rows, cols)
+    want = ratio * rows * cols + carry
+    k = min(max(round(want / group), 0), per - 1)
+    return (k + 0.5) / per, want - k * group
 
 
 def prune_linear(
@@ -153,22 +188,23 @@ def prune_linear(
     G: torch.Tensor | None = None,
     H: torch.Tensor | None = None,
     where: str = "",
+    ratio: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pure: the pruned weight (same dtype) and its mask for one linear layer."""
+    """Pure: the pruned weight (same dtype) and its mask for one linear layer, at ``ratio``
+    (default: the configuration's sparsity ratio)."""
+    ratio = cfg.sparsity_ratio if ratio is None else ratio
     mask = None
     if cfg.metric is not None:
         try:
             scores = evaluate(cfg.metric, weight, G=G, X=X)
         except DegenerateMetric as e:
             raise DegenerateMetric(f"{e.message} (at {where})") from None
-        mask = make_mask(
-            scores, cfg.sparsity_ratio, cfg.n, cfg.m, group=cfg.spec.group, variant=cfg.use_variant
-        )
+        mask = make_mask(scores, ratio, cfg.n, cfg.m, group=cfg.spec.group, variant=cfg.use_variant)
     if cfg.uses_sparsegpt:
         if H is None:
             raise PruneError(f"SparseGPT update needs the Hessian of {where}")
         new, mask = sparsegpt_prune(
-            weight, H, cfg.sparsity_ratio, cfg.n, cfg.m, mask=mask, blocksize=128, percdamp=0.01
+            weight, H, ratio, cfg.n, cfg.m, mask=mask, blocksize=128, percdamp=0.01
         )
         return new.to(weight.dtype), mask
     new = weight.clone()
@@ -193,13 +229,29 @@ def prune_model(
             f"calibration data to compute it from)"
         )
     chunks = None
+    result = PruneResult()
+    ratios = [cfg.sparsity_ratio] * len(blocks)
+    if cfg.needs_calibration and calib_ids is None:
+        raise PruneError(f"method '{cfg.method}' needs calibration data")
+    if cfg.allocation == "owl":
+        t = time.perf_counter()
+        ratios, result.block_outliers = owl_block_ratios(
+            model,
+            calib_ids,
+            cfg.sparsity_ratio,
+            m=cfg.owl_m,
+            lam=cfg.owl_lambda,
+            batch_size=cfg.batch_size,
+            progress=progress,
+        )
+        result.allocation_seconds = time.perf_counter() - t
+    if cfg.allocation != "uniform":
+        result.block_ratios = ratios
+    carry = 0.0  # weights owed to the model-wide total by the rounding of earlier layers
     if cfg.needs_calibration:
-        if calib_ids is None:
-            raise PruneError(f"method '{cfg.method}' needs calibration data")
         emit(progress, "calibrate", 0, len(blocks), "capturing block inputs")
         chunks = capture_block_inputs(model, calib_ids, cfg.batch_size)
         emit(progress, "calibrate", len(blocks), len(blocks), f"{calib_ids.shape[0]} windows")
-    result = PruneResult()
     for i, block in enumerate(blocks):
         linears = find_linears(block)
         stats = {}
@@ -219,6 +271,10 @@ def prune_model(
                         f"has shape {tuple(lin.weight.shape)}: the file was made for another model"
                     )
             st = stats.get(name)
+            ratio = ratios[i]
+            if cfg.allocation != "uniform" and cfg.metric is not None:  # SparseGPT's own
+                # mask is chosen per 128 columns from the whole ratio: no rows to round
+                ratio, carry = _carried_ratio(cfg, tuple(lin.weight.shape), ratio, carry)
             new, mask = prune_linear(
                 cfg,
                 lin.weight.data,
@@ -226,12 +282,13 @@ def prune_model(
                 G=G,
                 H=st.hessian() if st is not None and cfg.uses_sparsegpt else None,
                 where=where,
+                ratio=ratio,
             )
             lin.weight.data.copy_(new)
             pruned = int(mask.sum())
             shape = tuple(lin.weight.shape)
             frac = pruned / (shape[0] * shape[1])
-            want = _expected_fraction(cfg, shape)
+            want = _expected_fraction(cfg, shape, ratio)
             if want is not None and abs(frac - want) > 1e-6:
                 raise SparsityError(
                     f"{where}: pruned {frac:.6f} of the weights but {want:.6f} was requested "

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..data import calibration_windows, load_text
+from ..engine.layer_ratios import OWL_LAMBDA, OWL_M
 from ..engine.prune import PruneConfig, prune_model
 from ..engine.stats import compute_gradients, load_gradients, save_gradients
 from ..evaluate.zeroshot import prepare_tasks
@@ -33,6 +34,9 @@ class PruneJob:
     eval: EvalSpec = field(default_factory=EvalSpec)
     gradient_path: str | None = None
     batch_size: int = 8
+    allocation: str = "uniform"
+    owl_m: float = OWL_M
+    owl_lambda: float = OWL_LAMBDA
     zero_shot: ZeroShotSpec | None = None
     finetune: FinetuneSpec | None = None
 
@@ -46,6 +50,9 @@ class PruneJob:
             reconstruct=self.reconstruct,
             use_variant=self.use_variant,
             batch_size=self.batch_size,
+            allocation=self.allocation,
+            owl_m=self.owl_m,
+            owl_lambda=self.owl_lambda,
         )
 
     def check(self) -> PruneConfig:
@@ -111,7 +118,25 @@ def run_prune(
         "prune_seconds": pr.seconds,
         "load_seconds": load_seconds,
         "layers": [asdict(r) for r in pr.layers],
+        "allocation": cfg.allocation,
     }
+    if pr.block_ratios is not None:
+        zeros_by_block: dict[int, list[int]] = {}
+        for r in pr.layers:
+            z = zeros_by_block.setdefault(r.block, [0, 0])
+            z[0] += r.pruned
+            z[1] += r.shape[0] * r.shape[1]
+        results.update(
+            block_sparsity=[round(x, 6) for x in pr.block_ratios],
+            block_sparsity_achieved=[round(z / n, 6) for z, n in zeros_by_block.values()],
+            allocation_seconds=pr.allocation_seconds,
+        )
+    if pr.block_outliers is not None:
+        results.update(
+            block_outliers=[round(x, 4) for x in pr.block_outliers],
+            owl_m=cfg.owl_m,
+            owl_lambda=cfg.owl_lambda,
+        )
     if evaluation is not None:
         results.update(evaluation.measure(lm, progress))
     if prepared is not None:

@@ -62,3 +62,18 @@ def test_smollm2_cli_prune_2_4(tmp_path):
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["actual_sparsity"] == pytest.approx(0.5, abs=1e-4)
     assert res["eval_tokens"] == 256 and math.isfinite(res["ppl"])
+
+
+def test_smollm2_owl_at_70_percent(smollm2):
+    """OWL on the real model: 30 blocks, each its own ratio, the total kept at 70%."""
+    calib_src, eval_src = shared_texts()
+    tok = smollm2.tokenizer
+    calib = calibration_windows(tok, load_text(calib_src, role="calib"), 2, 128, 0)
+    ev = eval_windows(tok, load_text(eval_src), 256, 1)
+    res = prune_model(smollm2.model, PruneConfig("wanda", 0.7, allocation="owl"), calib)
+    zeros, total = count_block_params(smollm2.model)
+    assert zeros / total == pytest.approx(0.7, abs=1e-5)
+    assert len(res.block_ratios) == 30 and len(res.block_outliers) == 30
+    assert max(res.block_ratios) - min(res.block_ratios) == pytest.approx(0.16, abs=1e-6)
+    assert all(0 < o < 100 for o in res.block_outliers)
+    assert math.isfinite(perplexity(smollm2.model, ev).ppl)
