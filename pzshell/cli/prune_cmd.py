@@ -9,6 +9,7 @@ from rich.table import Table
 
 from ..engine.layer_ratios import ALLOCATIONS, OWL_LAMBDA, OWL_M
 from ..engine.prune import METHOD_ALIASES, METHODS
+from ..engine.refine import DSNOT_CYCLES, DSNOT_THRESHOLD, REFINEMENTS
 from ..errors import PzError
 from ..jobs import PruneJob, run_prune
 from ..lang import load_metric
@@ -94,6 +95,26 @@ def register(sub) -> None:
         default=OWL_LAMBDA,
         help=f"OWL: block ratios spread over target +- lambda (default {OWL_LAMBDA:g})",
     )
+    p.add_argument(
+        "--refine",
+        default="none",
+        choices=REFINEMENTS,
+        help="training-free mask refinement after the metric: none (default) or dsnot (swap "
+        "pruned and kept weights of a row to shrink its mean output error; not with SparseGPT)",
+    )
+    p.add_argument(
+        "--dsnot_cycles",
+        type=int,
+        default=DSNOT_CYCLES,
+        help=f"DSnoT: at most this many swaps per row (default {DSNOT_CYCLES})",
+    )
+    p.add_argument(
+        "--dsnot_threshold",
+        type=float,
+        default=DSNOT_THRESHOLD,
+        help=f"DSnoT: a row stops once its mean output error is below this "
+        f"(default {DSNOT_THRESHOLD:g})",
+    )
     add_calib_args(p)
     add_eval_args(p)
     add_zero_shot_args(p, with_switch=True)
@@ -134,6 +155,9 @@ def job_from_args(args: argparse.Namespace) -> PruneJob:
         allocation=args.allocation,
         owl_m=args.owl_m,
         owl_lambda=args.owl_lambda,
+        refine=args.refine,
+        dsnot_cycles=args.dsnot_cycles,
+        dsnot_threshold=args.dsnot_threshold,
         zero_shot=zero_shot_spec(args),
         finetune=finetune_spec(args) if args.finetune else None,
     )
@@ -200,6 +224,11 @@ def print_summary(res: dict) -> None:
         by_block.setdefault(r["block"], []).append(r["sparsity"])
     spark = " ".join(f"{sum(v) / len(v):.2f}" for _, v in sorted(by_block.items()))
     console.print(f"per-block sparsity: {spark}")
+    if res.get("refine", "none") != "none":
+        console.print(
+            f"refinement {res['refine']}: {res['refine_swaps']:,} weights swapped (at most "
+            f"{res['dsnot_cycles']} per row, threshold {res['dsnot_threshold']:g})"
+        )
     if res.get("allocation", "uniform") != "uniform":
         extra = ""
         if "block_outliers" in res:

@@ -22,8 +22,9 @@ from ..progress import ProgressFn, emit
 from .calib import capture_block_inputs, run_block, run_block_collecting
 from .layer_ratios import ALLOCATIONS, OWL_LAMBDA, OWL_M, owl_block_ratios
 from .masks import SparsityError, make_mask, parse_sparsity_type
+from .refine import DSNOT_CYCLES, DSNOT_THRESHOLD, REFINEMENTS, RefineReport, dsnot
 from .sparsegpt import sparsegpt_prune
-from .stats import stat_key
+from .stats import InputStats, stat_key
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,9 @@ class PruneConfig:
     allocation: str = "uniform"  # per-block ratios: uniform or owl (.layer_ratios)
     owl_m: float = OWL_M
     owl_lambda: float = OWL_LAMBDA
+    refine: str = "none"  # training-free mask refinement: none or dsnot (.refine)
+    dsnot_cycles: int = DSNOT_CYCLES
+    dsnot_threshold: float = DSNOT_THRESHOLD
 
     def __post_init__(self):
         if not 0 <= self.sparsity_ratio < 1:
@@ -105,6 +109,19 @@ class PruneConfig:
                 f"{self.n}:{self.m} fixes every block at {self.n / self.m:g}; use unstructured "
                 f"sparsity, or the uniform allocation"
             )
+        if self.refine not in REFINEMENTS:
+            raise PruneError(
+                f"unknown refinement '{self.refine}'; choose from {', '.join(REFINEMENTS)}"
+            )
+        if self.refine != "none" and self.uses_sparsegpt:
+            raise PruneError(
+                f"refinement '{self.refine}' swaps weights of a mask and leaves the weights as "
+                f"they are, while SparseGPT's update changes them: use one or the other"
+            )
+        if self.dsnot_cycles < 1:
+            raise PruneError(f"DSnoT needs at least 1 cycle, got {self.dsnot_cycles}")
+        if not self.dsnot_threshold >= 0:
+            raise PruneError(f"DSnoT's threshold must be >= 0, got {self.dsnot_threshold}")
         if not self.owl_m > 0:
             raise PruneError(f"OWL's outlier threshold M must be positive, got {self.owl_m}")
         if not 0 <= self.owl_lambda < 0.5:
@@ -124,7 +141,12 @@ class PruneConfig:
 
     @property
     def needs_calibration(self) -> bool:
-        return self.uses_sparsegpt or "X" in self.terminals or self.allocation != "uniform"
+        return (
+            self.uses_sparsegpt
+            or "X" in self.terminals
+            or self.allocation != "uniform"
+            or self.refine != "none"
+        )
 
     @property
     def needs_gradients(self) -> bool:
@@ -138,6 +160,7 @@ class LayerResult:
     shape: tuple[int, int]
     pruned: int
     sparsity: float
+    swaps: int = 0  # weights swapped by the refinement
 
 
 @dataclass
@@ -189,27 +212,43 @@ def prune_linear(
     H: torch.Tensor | None = None,
     where: str = "",
     ratio: float | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pure: the pruned weight (same dtype) and its mask for one linear layer, at ``ratio``
-    (default: the configuration's sparsity ratio)."""
+    inputs: InputStats | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, RefineReport | None]:
+    """Pure: the pruned weight (same dtype), its mask and the refinement's report (or None) for
+    one linear layer, at ``ratio`` (default: the configuration's sparsity ratio). ``inputs``:
+    the layer's input statistics, which the refinement needs."""
     ratio = cfg.sparsity_ratio if ratio is None else ratio
-    mask = None
+    mask = report = None
     if cfg.metric is not None:
         try:
             scores = evaluate(cfg.metric, weight, G=G, X=X)
         except DegenerateMetric as e:
             raise DegenerateMetric(f"{e.message} (at {where})") from None
         mask = make_mask(scores, ratio, cfg.n, cfg.m, group=cfg.spec.group, variant=cfg.use_variant)
+        if cfg.refine == "dsnot":
+            if inputs is None:
+                raise PruneError(f"DSnoT needs the input statistics of {where}")
+            mask, report = dsnot(
+                weight,
+                mask,
+                scores,
+                inputs.window_sums,
+                inputs.variance,
+                n=cfg.n,
+                m=cfg.m,
+                cycles=cfg.dsnot_cycles,
+                threshold=cfg.dsnot_threshold,
+            )
     if cfg.uses_sparsegpt:
         if H is None:
             raise PruneError(f"SparseGPT update needs the Hessian of {where}")
         new, mask = sparsegpt_prune(
             weight, H, ratio, cfg.n, cfg.m, mask=mask, blocksize=128, percdamp=0.01
         )
-        return new.to(weight.dtype), mask
+        return new.to(weight.dtype), mask, None
     new = weight.clone()
     new[mask] = 0
-    return new, mask
+    return new, mask, report
 
 
 @torch.no_grad()
@@ -275,7 +314,7 @@ def prune_model(
             if cfg.allocation != "uniform" and cfg.metric is not None:  # SparseGPT's own
                 # mask is chosen per 128 columns from the whole ratio: no rows to round
                 ratio, carry = _carried_ratio(cfg, tuple(lin.weight.shape), ratio, carry)
-            new, mask = prune_linear(
+            new, mask, report = prune_linear(
                 cfg,
                 lin.weight.data,
                 X=st.X if st is not None and "X" in cfg.terminals else None,
@@ -283,6 +322,7 @@ def prune_model(
                 H=st.hessian() if st is not None and cfg.uses_sparsegpt else None,
                 where=where,
                 ratio=ratio,
+                inputs=st,
             )
             lin.weight.data.copy_(new)
             pruned = int(mask.sum())
@@ -294,7 +334,8 @@ def prune_model(
                     f"{where}: pruned {frac:.6f} of the weights but {want:.6f} was requested "
                     f"(internal error, please report)"
                 )
-            result.layers.append(LayerResult(i, name, shape, pruned, frac))
+            swaps = report.swaps if report is not None else 0
+            result.layers.append(LayerResult(i, name, shape, pruned, frac, swaps))
         del stats
         if chunks is not None and i + 1 < len(blocks):
             chunks = run_block(block, chunks)

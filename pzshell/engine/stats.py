@@ -76,7 +76,8 @@ def model_device(model: nn.Module) -> torch.device:
 class InputStats:
     """Statistics of one linear layer's inputs, in fp32.
 
-    ``X``: mean over calibration tokens of ``x_j^2`` (shape (1, in)); ``H``: ``2/n sum x x^T``.
+    ``X``: mean over calibration tokens of ``x_j^2`` (shape (1, in)); ``H``: ``2/n sum x x^T``;
+    the column sums give DSnoT its ``mu`` and variances.
     Linears that receive the very same input tensor (q/k/v, gate/up) share one object, so the
     Hessian of a shared input is accumulated once.
     """
@@ -88,10 +89,14 @@ class InputStats:
             if want_h
             else None
         )
+        self.sum = torch.zeros(in_features, dtype=torch.float32, device=device)
         self.tokens = 0
+        self.windows = 0
 
     def add(self, x: torch.Tensor) -> None:
+        self.windows += x.shape[0] if x.dim() == 3 else 1
         x = x.reshape(-1, x.shape[-1]).float()
+        self.sum += x.sum(dim=0)
         self.sq_sum += (x * x).sum(dim=0)
         if self.H is not None:
             self.H.addmm_(x.T, x)
@@ -100,6 +105,18 @@ class InputStats:
     @property
     def X(self) -> torch.Tensor:
         return (self.sq_sum / max(self.tokens, 1)).reshape(1, -1)
+
+    @property
+    def window_sums(self) -> torch.Tensor:
+        """Each input column summed over a window's tokens, averaged over windows (DSnoT's
+        ``mu``), shape (in,)."""
+        return self.sum / max(self.windows, 1)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        """The variance over tokens of each input column, shape (in,)."""
+        mean = self.sum / max(self.tokens, 1)
+        return (self.X.reshape(-1) - mean * mean).clamp_min(0)
 
     def hessian(self) -> torch.Tensor:
         assert self.H is not None

@@ -11,6 +11,7 @@ from pathlib import Path
 from ..data import calibration_windows, load_text
 from ..engine.layer_ratios import OWL_LAMBDA, OWL_M
 from ..engine.prune import PruneConfig, prune_model
+from ..engine.refine import DSNOT_CYCLES, DSNOT_THRESHOLD
 from ..engine.stats import compute_gradients, load_gradients, save_gradients
 from ..evaluate.zeroshot import prepare_tasks
 from ..lang import Node, to_infix
@@ -37,6 +38,9 @@ class PruneJob:
     allocation: str = "uniform"
     owl_m: float = OWL_M
     owl_lambda: float = OWL_LAMBDA
+    refine: str = "none"
+    dsnot_cycles: int = DSNOT_CYCLES
+    dsnot_threshold: float = DSNOT_THRESHOLD
     zero_shot: ZeroShotSpec | None = None
     finetune: FinetuneSpec | None = None
 
@@ -53,6 +57,9 @@ class PruneJob:
             allocation=self.allocation,
             owl_m=self.owl_m,
             owl_lambda=self.owl_lambda,
+            refine=self.refine,
+            dsnot_cycles=self.dsnot_cycles,
+            dsnot_threshold=self.dsnot_threshold,
         )
 
     def check(self) -> PruneConfig:
@@ -119,7 +126,14 @@ def run_prune(
         "load_seconds": load_seconds,
         "layers": [asdict(r) for r in pr.layers],
         "allocation": cfg.allocation,
+        "refine": cfg.refine,
     }
+    if cfg.refine == "dsnot":
+        results.update(
+            refine_swaps=sum(r.swaps for r in pr.layers),
+            dsnot_cycles=cfg.dsnot_cycles,
+            dsnot_threshold=cfg.dsnot_threshold,
+        )
     if pr.block_ratios is not None:
         zeros_by_block: dict[int, list[int]] = {}
         for r in pr.layers:
