@@ -130,13 +130,15 @@ def job_from_args(args: argparse.Namespace) -> PruneJob:
     if args.metric and args.json_tree:
         raise PzError("give either --metric or --json_tree, not both")
     reconstruct = args.reconstruct
+    iterative = False
     if args.metric or args.json_tree:
         metric = load_metric(Path(args.json_tree) if args.json_tree else args.metric)
         # An explicit tree replaces the method's own; `sparsegpt` / `ablate_*_seq` with a tree
         # mean "this tree's mask with SparseGPT's update", as in the reference code.
         method = METHOD_ALIASES.get(method, method)
-        if method.endswith("+reconstruct") or method == "sparsegpt":
+        if method.endswith(("+reconstruct", "+iterative")) or method == "sparsegpt":
             reconstruct = True
+        iterative = method.endswith("+iterative")
         method = "metric"
     if not 0 <= args.sparsity_ratio < 1:
         raise PzError(f"--sparsity_ratio must be in [0, 1), got {args.sparsity_ratio}")
@@ -146,6 +148,7 @@ def job_from_args(args: argparse.Namespace) -> PruneJob:
         sparsity_type=args.sparsity_type,
         metric=metric,
         reconstruct=reconstruct,
+        iterative=iterative,
         use_variant=args.use_variant,
         model=model_spec(args),
         calib=calib_spec(args),

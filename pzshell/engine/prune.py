@@ -56,6 +56,10 @@ METHOD_ALIASES = {
     "ablate_mag_seq": "magnitude+reconstruct",
     "ablate_wanda_seq": "wanda+reconstruct",
     "ablate_prunerzero_seq": "pruner-zero+reconstruct",
+    # the mask chosen anew inside SparseGPT's loop, from the updated weights
+    "ablate_mag_iter": "magnitude+iterative",
+    "ablate_wanda_iter": "wanda+iterative",
+    "ablate_prunerzero_iter": "pruner-zero+iterative",
 }
 
 
@@ -70,6 +74,9 @@ class PruneConfig:
     sparsity_type: str = "unstructured"
     metric: Node | None = None  # for method "metric" (or to override a method's tree)
     reconstruct: bool = False
+    # with reconstruct: the metric's mask chosen anew for each block of 128 columns (each group
+    # of M) inside SparseGPT's loop, from the weights as updated so far (the `_iter` variants)
+    iterative: bool = False
     use_variant: bool = False
     batch_size: int = 8
     allocation: str = "uniform"  # per-block ratios: uniform or owl (.layer_ratios)
@@ -84,8 +91,12 @@ class PruneConfig:
             raise PruneError(f"sparsity ratio must be in [0, 1), got {self.sparsity_ratio}")
         self.n, self.m = parse_sparsity_type(self.sparsity_type)
         name = METHOD_ALIASES.get(self.method, self.method)
-        if name.endswith("+reconstruct"):
-            name = name[: -len("+reconstruct")]
+        for suffix in ("+reconstruct", "+iterative"):
+            if name.endswith(suffix):
+                name = name[: -len(suffix)]
+                self.reconstruct = True
+                self.iterative = self.iterative or suffix == "+iterative"
+        if self.iterative:
             self.reconstruct = True
         if name not in METHODS:
             raise PruneError(
@@ -97,6 +108,13 @@ class PruneConfig:
             raise PruneError("method 'metric' needs a formula or a metric tree")
         if self.metric is None and spec.formula is not None:
             self.metric = load_metric(spec.formula)
+        if self.iterative and self.metric is None:
+            raise PruneError(
+                "the iterative variant chooses a metric's mask inside SparseGPT's loop: it needs "
+                "a metric (magnitude, wanda, pruner-zero or a formula), not SparseGPT's own"
+            )
+        if self.iterative and self.use_variant:
+            raise PruneError("Wanda's cumulative variant has no iterative form")
         if self.n and self.m and self.use_variant:
             raise PruneError("Wanda's cumulative variant applies to unstructured sparsity only")
         if self.allocation not in ALLOCATIONS:
@@ -182,7 +200,7 @@ def _expected_fraction(cfg: PruneConfig, shape: tuple[int, int], ratio: float) -
         return cfg.n / cfg.m
     if cfg.use_variant:
         return None  # bisection reaches the ratio only approximately
-    if cfg.method == "sparsegpt":  # adaptive mask per block of 128 columns
+    if cfg.method == "sparsegpt" or cfg.iterative:  # adaptive mask per block of 128 columns
         return None
     if cfg.spec.group == "layer":
         return int(shape[0] * shape[1] * ratio) / (shape[0] * shape[1])
@@ -203,6 +221,40 @@ def _carried_ratio(
     return (k + 0.5) / per, want - k * group
 
 
+def _prune_iterative(
+    cfg: PruneConfig,
+    weight: torch.Tensor,
+    *,
+    X: torch.Tensor | None,
+    G: torch.Tensor | None,
+    H: torch.Tensor | None,
+    where: str,
+    ratio: float,
+) -> tuple[torch.Tensor, torch.Tensor, None]:
+    """SparseGPT's update with the metric's mask chosen inside its loop: for each block of 128
+    columns (each group of M), the metric of those columns' *current* weights (and their ``G``
+    and ``X``) selects what is pruned, over the block as a whole for unstructured sparsity, as
+    the published ``_iter`` variants do."""
+    if H is None:
+        raise PruneError(f"SparseGPT update needs the Hessian of {where}")
+
+    def scores(w: torch.Tensor, a: int, b: int) -> torch.Tensor:
+        try:
+            return evaluate(
+                cfg.metric,
+                w,
+                G=G[:, a:b] if G is not None else None,
+                X=X[:, a:b] if X is not None else None,
+            )
+        except DegenerateMetric as e:
+            raise DegenerateMetric(f"{e.message} (at {where}, columns {a}:{b})") from None
+
+    new, mask = sparsegpt_prune(
+        weight, H, ratio, cfg.n, cfg.m, score_fn=scores, blocksize=128, percdamp=0.01
+    )
+    return new.to(weight.dtype), mask, None
+
+
 def prune_linear(
     cfg: PruneConfig,
     weight: torch.Tensor,
@@ -219,6 +271,8 @@ def prune_linear(
     the layer's input statistics, which the refinement needs."""
     ratio = cfg.sparsity_ratio if ratio is None else ratio
     mask = report = None
+    if cfg.iterative:
+        return _prune_iterative(cfg, weight, X=X, G=G, H=H, where=where, ratio=ratio)
     if cfg.metric is not None:
         try:
             scores = evaluate(cfg.metric, weight, G=G, X=X)

@@ -29,6 +29,7 @@ class PruneJob:
     sparsity_type: str = "unstructured"
     metric: Node | None = None
     reconstruct: bool = False
+    iterative: bool = False
     use_variant: bool = False
     model: ModelSpec = field(default_factory=ModelSpec)
     calib: CalibSpec = field(default_factory=CalibSpec)
@@ -52,6 +53,7 @@ class PruneJob:
             sparsity_type=self.sparsity_type,
             metric=self.metric,
             reconstruct=self.reconstruct,
+            iterative=self.iterative,
             use_variant=self.use_variant,
             batch_size=self.batch_size,
             allocation=self.allocation,
@@ -109,7 +111,12 @@ def run_prune(
         "model_source": lm.source,
         "device": str(lm.device),
         "method": cfg.method
-        + ("+reconstruct" if cfg.reconstruct and cfg.method != "sparsegpt" else ""),
+        + ("+iterative" if cfg.iterative else "")
+        + (
+            "+reconstruct"
+            if cfg.reconstruct and not cfg.iterative and cfg.method != "sparsegpt"
+            else ""
+        ),
         "metric": to_infix(cfg.metric) if cfg.metric is not None else None,
         "sparsity_ratio": job.sparsity_ratio,
         "sparsity_type": job.sparsity_type,
