@@ -11,6 +11,7 @@ results and its settings.
 
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from .widgets.evolve_panel import EvolvePanel
 from .widgets.library_panel import LibraryPanel
 from .widgets.metric_editor import MetricEditor
 from .widgets.results_table import ResultsTable
-from .widgets.run_queue import RunQueueView
+from .widgets.run_queue import RunQueueView, result_summary
 from .worker_link import WorkerLink
 
 # the tabs, each with the widget it focuses when it is shown
@@ -63,7 +64,21 @@ class PzShellApp(WorkerLink, App):
         Binding("f5", "tab('evolve')", "Evolve", show=False),
         Binding("f6", "tab('library')", "Library", show=False),
         Binding("f9", "restart_worker", "Restart worker", show=False),
+        # the Evolve tab's keys: app-wide (so they work whatever has the focus on that tab, the
+        # tab bar and a disabled button's former focus included), live only on that tab
+        Binding("s", "search_start", "Start"),
+        Binding("p", "search_pause", "Pause"),
+        Binding("x", "search_stop", "Stop"),
+        Binding("c", "search_continue", "Continue"),
+        Binding("i", "evolve_inject", "Inject"),
     ]
+    _EVOLVE_ACTIONS = {
+        "search_start",
+        "search_pause",
+        "search_stop",
+        "search_continue",
+        "evolve_inject",
+    }
     # app-wide keys that a modal screen must not see (it has its own): all but quit
     _GLOBAL_ACTIONS = {b.action.partition("(")[0] for b in BINDINGS} - {"quit"}
 
@@ -86,6 +101,9 @@ class PzShellApp(WorkerLink, App):
         )
         self.device = "starting …"
         self.closing = False
+        self._told_gradients = False
+        self._close_after_run = False  # run() closes the worker once the terminal is back
+        self._deleted: list[tuple[int, dict]] = []  # removed results rows, for undo
         self._formula = formula if formula is not None else store.state.get("formula", "")
 
     # ---- the session's state, for the handlers below (and tests) -------------------------------
@@ -134,6 +152,10 @@ class PzShellApp(WorkerLink, App):
                 SearchState.IDLE,
                 f"last search {resumable} is resumable: press c on this tab to continue",
             )
+        last = next((r for r in reversed(self.store.results) if r.get("kind") == "metric"), None)
+        if last is not None:  # a restart with saved results: show the newest, not "no runs yet"
+            self.session.last_metric_row = last
+            self._show_last(result_summary(last, self.store.references_for(last)))
         self.query_one("#formula").focus()
         self.pump(start=True)
 
@@ -142,7 +164,17 @@ class PzShellApp(WorkerLink, App):
         self.sub_title = f"{r.model} · {r.label()} · worker: {self.device}"
 
     def check_action(self, action: str, parameters: tuple) -> bool | None:
-        return not (isinstance(self.screen, ModalScreen) and action in self._GLOBAL_ACTIONS)
+        if isinstance(self.screen, ModalScreen) and action in self._GLOBAL_ACTIONS:
+            return False
+        if action in self._EVOLVE_ACTIONS:
+            return self._active_tab() == "evolve"
+        return True
+
+    def _active_tab(self) -> str:
+        try:
+            return self.query_one(TabbedContent).active
+        except Exception:  # before the layout exists, or after it is gone
+            return ""
 
     @contextmanager
     def _unless_refused(self):
@@ -168,7 +200,28 @@ class PzShellApp(WorkerLink, App):
                 "the formula does not parse; fix it first (see the caret)", severity="error"
             )
             return
-        self.queue_run(text)
+        run = self.queue_run(text)
+        self._explain_queued(run, uses_g="G" in ed.node.terminals)
+
+    def _explain_queued(self, run: QueuedRun, uses_g: bool) -> None:
+        """Say up front what a run brings with it that takes time (the first run at new
+        settings queues the reference runs; a formula over G computes gradients first)."""
+        refs = [r for r in self.session.last_added if r.reference]
+        parts = []
+        if refs:
+            names = " and ".join(r.title for r in refs)
+            parts.append(
+                f"queued {run.title} and the reference runs {names} for these settings: "
+                "the perplexities to compare it with (F2 → reference rows turns this off)"
+            )
+        if uses_g and not self._told_gradients:
+            self._told_gradients = True
+            parts.append(
+                "it uses G: the run first computes the gradients over the calibration data "
+                "(a backward pass per sample, about 2 minutes on a CPU for the default model)"
+            )
+        if parts:
+            self.notify("; ".join(parts), title="queued", timeout=10)
 
     @on(m.RunRequested)
     def _run_requested(self, msg: m.RunRequested) -> None:
@@ -201,13 +254,48 @@ class PzShellApp(WorkerLink, App):
             self._update_run(run)
 
     def delete_result(self, row_id: str) -> None:
+        """Remove a results row (from results.json too); u on the table brings it back."""
+        index = next((i for i, r in enumerate(self.store.results) if r.get("id") == row_id), None)
+        if index is None:
+            return
+        row = self.store.results[index]
         self.store.remove_result(row_id)
+        self._deleted.append((index, row))
         table = self.query_one(ResultsTable)
         table.rows_by_key.pop(row_id, None)
         table.resort()
+        name = row.get("formula") or f"({row.get('kind')})"
+        self.notify(f"removed the row of {name} from results.json; press u to undo", timeout=8)
+
+    def action_undo_delete(self) -> None:
+        if not self._deleted:
+            self.notify("nothing to undo", severity="warning")
+            return
+        index, row = self._deleted.pop()
+        self.store.restore_result(row, index)
+        self.query_one(ResultsTable).add_result(row)
+        name = row.get("formula") or f"({row.get('kind')})"
+        self.notify(f"restored the row of {name}", timeout=4)
 
     # ---- search --------------------------------------------------------------------------------
     def action_search_start(self) -> None:
+        resumable = None if self.search_state.active else self.session.resumable_search()
+        if resumable is None:
+            self._search_start_new()
+            return
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self._search_start_new()
+
+        question = (
+            f"The last search is unfinished:\n{resumable}\n\n"
+            "c continues it. A new search takes its place: c would then continue the new "
+            "one (the old directory stays on disk). Start a new search?"
+        )
+        self.push_screen(ConfirmScreen(question, yes="Start new", no="Keep it"), answer)
+
+    def _search_start_new(self) -> None:
         with self._unless_refused():
             out = self.session.start_search()
             if out is not None:
@@ -246,6 +334,10 @@ class PzShellApp(WorkerLink, App):
             if self.session.inject(formula):
                 self.notify(f"sent {formula} to the search", timeout=3)
 
+    def action_evolve_inject(self) -> None:
+        """i on the Evolve tab (ctrl+e does the same anywhere)."""
+        self.action_search_inject()
+
     # ---- editor, library, tabs -----------------------------------------------------------------
     @on(m.OpenFormula)
     def _open_formula(self, msg: m.OpenFormula) -> None:
@@ -261,6 +353,7 @@ class PzShellApp(WorkerLink, App):
 
     @on(TabbedContent.TabActivated)
     def _tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        self.refresh_bindings()  # the Evolve tab's keys come and go with it
         self._focus_tab(event.pane.id or "")
 
     def _focus_tab(self, name: str) -> None:
@@ -324,10 +417,27 @@ class PzShellApp(WorkerLink, App):
         self.push_screen(ConfirmScreen(question), answer)
 
     def shutdown(self) -> None:
+        """Leave the UI at once; the worker is closed after it (see :meth:`run`), instead of
+        the UI waiting, frozen, for the worker to finish its candidate or block."""
         self.closing = True
         self.session.close()
-        self.notify("stopping the worker …", timeout=10)
-        self._close_worker()
+        self.exit()
+
+    def run(self, *args, **kwargs):
+        self._close_after_run = True
+        try:
+            return super().run(*args, **kwargs)
+        finally:
+            self.close_worker_after_exit()
+
+    def close_worker_after_exit(self) -> None:
+        if self.client.alive:
+            print(
+                "pzshell: stopping the worker (a search stays resumable) …",
+                file=sys.stderr,
+                flush=True,
+            )
+            self.client.close(timeout=15)
 
 
 def run_app(

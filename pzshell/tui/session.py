@@ -88,6 +88,7 @@ class Session:
         self.search_dir: str | None = None
         self.quick_deaths = 0
         self.last_metric_row: dict | None = None  # the newest result of a formula
+        self.last_added: list[QueuedRun] = []  # what the last queue_run queued, in order
         self._send = send
         self._alive = worker_alive
 
@@ -97,10 +98,11 @@ class Session:
         (unless the settings say not to), and send the next run if the worker is idle."""
         s = self.settings.run
         run = self.queue.add(QueuedRun("metric", formula, s))
+        self.last_added = [run]
         if self.settings.auto_reference:
             for kind in REFERENCE_KINDS:
                 if not self.store.has_reference(kind, s) and not self.queue.pending(kind, s):
-                    self.queue.add(QueuedRun(kind, None, s))
+                    self.last_added.append(self.queue.add(QueuedRun(kind, None, s)))
         self.store.state["formula"] = formula
         self.dispatch()
         return run
@@ -228,6 +230,12 @@ class Session:
         last = self.store.last_search
         if not last or not Path(last["dir"]).is_dir():
             raise Refused("no earlier search to continue; press s to start one")
+        if last.get("status") == "finished":
+            # resuming a finished search would only re-run its final candidates
+            raise Refused(
+                f"the last search ({last['dir']}) finished its budget: nothing to continue; "
+                "press s to start a new one"
+            )
         return last["dir"] if self.start_search_in(last["dir"], resume=True) else None
 
     def start_search_in(self, out_dir: str, resume: bool) -> bool:

@@ -180,6 +180,11 @@ class Store:
         self.results = [r for r in self.results if r.get("id") != row_id]
         write_json_atomic(self.results_path, self.results)
 
+    def restore_result(self, row: dict, index: int) -> None:
+        """Put a removed row back where it was (undo)."""
+        self.results.insert(min(max(index, 0), len(self.results)), row)
+        write_json_atomic(self.results_path, self.results)
+
     def has_reference(self, kind: str, settings: RunSettings) -> bool:
         """Is there a finished reference row of ``kind`` for runs at ``settings``?"""
         return any(

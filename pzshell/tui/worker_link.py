@@ -24,7 +24,7 @@ from . import messages as m
 from .runs import QueuedRun
 from .widgets.evolve_panel import EvolvePanel
 from .widgets.library_panel import display_path
-from .widgets.metric_editor import MetricEditor
+from .widgets.metric_editor import MetricEditor, fit_caret_block
 from .widgets.results_table import ResultsTable
 from .widgets.run_queue import RunQueueView, result_summary
 
@@ -138,9 +138,19 @@ class WorkerLink:
                 self.session.search_failed()
                 detail = Text(f"search failed: {ev.error}", "red")
                 self.query_one(EvolvePanel).set_state(self.search_state, detail)
-                self.notify(ev.error, title="search failed", severity="error", timeout=10)
+                self.notify(
+                    fit_caret_block(ev.error, self.toast_width()),
+                    title="search failed",
+                    severity="error",
+                    timeout=10,
+                )
             case p.WorkerNote():
                 self._note(ev.text, ev.level)
+
+    def toast_width(self) -> int:
+        """The columns of text a notification has (Textual's toasts: 60 wide at most, half the
+        screen, less their padding and edge)."""
+        return min(60, self.size.width // 2) - 3
 
     def _note(self, text: str, level: str) -> None:
         sev = {"warning": "warning", "error": "error"}.get(level, "information")
@@ -205,8 +215,17 @@ class WorkerLink:
             self._show_last(Text(f"■ {title}: cancelled", "yellow"))
             self.notify(f"cancelled {title}", timeout=3)
         else:
-            self._show_last(Text(f"✗ {title}: {ev.error}", "red"))
-            self.notify(ev.error, title=f"run of {title} failed", severity="error", timeout=10)
+            # an error may end in a formula and a caret under it: redrawn to fit, never wrapped
+            panel = self.query_one(RunQueueView).query_one("#last-result")
+            self._show_last(
+                Text(f"✗ {title}: {fit_caret_block(ev.error, panel.content_size.width)}", "red")
+            )
+            self.notify(
+                fit_caret_block(ev.error, self.toast_width()),
+                title=f"run of {title} failed",
+                severity="error",
+                timeout=10,
+            )
         self._refresh_runs()
 
     def _refresh_runs(self) -> None:
@@ -241,13 +260,12 @@ class WorkerLink:
                 self._note(e.text, e.level)
 
     # ---- the end -------------------------------------------------------------------------------
-    @work(thread=True, exclusive=True, group="pump", name="close", exit_on_error=False)
-    def _close_worker(self) -> None:
-        try:
-            self.client.close(timeout=15)
-        finally:
-            self.call_from_thread(self.exit)  # whatever happened to the worker, we quit
-
     def on_unmount(self) -> None:
-        if self.client.alive:
-            self.client.kill()
+        if not self.client.alive:
+            return
+        if not self.closing:
+            self.client.kill()  # not a quit (a crash): no time for a clean stop
+        elif not self._close_after_run:
+            # a quit without App.run (a test's run_test): close it here; App.run closes it
+            # once the terminal is restored instead, so the user never watches a frozen screen
+            self.client.close(timeout=15)

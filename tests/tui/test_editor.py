@@ -86,3 +86,50 @@ async def test_a_long_formula_error_keeps_its_caret_at_a_narrow_width(make_app):
             assert line[caret.index("^")] == "f"
             await pilot.resize_terminal(40, 24)
             await pilot.pause()
+
+
+# ---- the user review's rough edges -------------------------------------------------------------
+
+
+# before: the tree of the last valid formula stayed under an error without saying so
+async def test_the_tree_under_an_error_says_it_is_stale(make_app):
+    app = make_app()
+    async with app.run_test() as pilot:
+        app.editor.set_formula("abs(W*W)")
+        await pilot.pause()
+        tree = app.query_one("#metric-tree", Tree)
+        assert tree.border_title == "tree" and tree.root.children
+        app.editor.set_formula("abs(W*W")
+        await pilot.pause()
+        assert "stale" in tree.border_title and tree.has_class("-stale")
+        app.editor.set_formula("abs(W)")
+        await pilot.pause()
+        assert tree.border_title == "tree" and not tree.has_class("-stale")
+
+
+# before: the editor said only "unknown operator 'foo'"; it now lists what the language knows,
+# and keeps the command line's "did you mean" and caret (one renderer: MetricError.render)
+async def test_an_unknown_operator_lists_the_operators(make_app):
+    from pzshell.lang import PUBLISHED, MetricError, parse
+
+    app = make_app()
+    async with app.run_test() as pilot:
+        app.editor.set_formula("foo(W)")
+        await pilot.pause()
+        status = static_text(app, "#parse-status")
+        assert "unknown operator 'foo'" in status
+        names = static_text(app, "#known-names")  # below the caret
+        assert app.query_one("#known-names").display
+        assert "operators: " + ", ".join(PUBLISHED) in names and "terminals: W, G, X" in names
+        app.editor.set_formula("W*lgo(G)")
+        await pilot.pause()
+        status = static_text(app, "#parse-status")
+        with pytest.raises(MetricError) as e:
+            parse("W*lgo(G)")
+        assert "did you mean 'log'?" in status
+        width = app.editor.size.width - 2
+        head, line, caret = e.value.render(width).rsplit("\n", 2)  # the CLI's rendering
+        assert status.startswith("✗ " + head) and status.endswith(f"\n{line}\n{caret}")
+        app.editor.set_formula("W*log(G)")
+        await pilot.pause()
+        assert not app.query_one("#known-names").display

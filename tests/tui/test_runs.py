@@ -152,3 +152,93 @@ async def test_results_persist_and_sort(make_app, tmp_path):
             pilot, lambda: app2.query_one("#tabs").active == "metric", what="the metric tab"
         )
         assert app2.editor.text == "W"
+
+
+# ---- the user review's rough edges -------------------------------------------------------------
+
+
+# before: "no runs yet" stayed while runs were queued, and after a restart with saved results
+async def test_the_last_result_line_never_says_no_runs_when_there_are_some(make_app, tmp_path):
+    home = tmp_path / "placeholder-home"
+    fake = FakeWorker(hold=True)
+    app = make_app(formula="W", home=home, client=fake)
+    async with app.run_test() as pilot:
+        await wait_for(pilot, lambda: app.device != "starting …", what="the worker")
+        assert "no runs yet" in static_text(app, "#last-result")
+        await pilot.press("ctrl+r")
+        await pilot.pause()
+        assert "no runs yet" not in static_text(app, "#last-result")
+        assert "when the run finishes" in static_text(app, "#last-result")
+        fake.hold = False
+        for run_id in list(fake.running):
+            fake.finish(run_id)
+        await wait_for(pilot, lambda: len(app.store.results) == 3, what="results")
+    app2 = make_app(home=home, client=FakeWorker())
+    async with app2.run_test() as pilot:
+        await pilot.pause()
+        shown = static_text(app2, "#last-result")
+        assert "no runs yet" not in shown and "✓ W" in shown and "dense 29.21" in shown
+
+
+# before: the first ctrl+r queued the reference runs (and a gradient pass) without a word
+async def test_the_first_run_says_what_it_queued_and_why(make_app):
+    app = make_app(formula="abs(W*W)*mms(G)")
+    async with app.run_test(notifications=True) as pilot:
+        await wait_for(pilot, lambda: app.device != "starting …", what="the worker")
+        await pilot.press("ctrl+r")
+        await pilot.pause()
+        note = next(n.message for n in app._notifications if n.title == "queued")
+        assert "(dense) and (wanda)" in note and "compare" in note and "gradients" in note
+        await wait_for(pilot, lambda: len(app.store.results) == 3, what="results")
+        app.clear_notifications()
+        await pilot.press("ctrl+r")  # references exist now, gradients were explained: quiet
+        await pilot.pause()
+        assert not [n for n in app._notifications if n.title == "queued"]
+
+
+# before: the arrow of an auto-sized column was cut off, and the time column was headed "s"
+async def test_every_column_has_room_for_its_sort_arrow(make_app):
+    app = make_app(formula="W")
+    async with app.run_test() as pilot:
+        await wait_for(pilot, lambda: app.device != "starting …", what="the worker")
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: len(app.store.results) == 3, what="results")
+        table = app.query_one(ResultsTable)
+        assert str(table.columns["seconds"].label).strip() == "time"
+        for key in list(table.columns):
+            table.sort_by(str(key.value))
+            await pilot.pause()
+            col = table.columns[key]
+            label = str(col.label)
+            assert label.endswith(("▲", "▼")), label
+            room = col.width if not col.auto_width else col.content_width
+            assert room >= len(label), f"{key.value}: {label!r} in {room} cells"
+
+
+# before: an error ending in a caret block, from the worker, wrapped in the narrow runs panel at
+# 80×24, so the caret no longer pointed at anything
+async def test_a_failed_runs_caret_block_fits_the_panel(make_app):
+    from pzshell.lang import MetricError
+
+    fake = FakeWorker(hold=True)
+    app = make_app(formula="W", client=fake)
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        await wait_for(pilot, lambda: app.device != "starting …", what="the worker")
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: fake.running, what="the run")
+        source = "W*sqrt(X) + abs(W*W)*mms(G) + zsn(W*sqrt(X)) + foo(W)"
+        err = str(
+            MetricError("unknown operator 'foo'", source=source, column=source.index("foo") + 1)
+        )
+        run_id = next(iter(fake.running))
+        fake.running.pop(run_id)
+        fake.events.put(p.RunFailed(run_id, err))
+        await wait_for(pilot, lambda: "✗" in static_text(app, "#last-result"), what="failure")
+        panel = app.query_one("#last-result")
+        lines = static_text(app, "#last-result").split("\n")
+        formula, caret = lines[-2], lines[-1]
+        assert len(formula) <= panel.content_size.width and len(caret) <= panel.content_size.width
+        assert formula[caret.index("^")] == "f"  # still under the unknown operator
+        toast = next(n.message for n in app._notifications if n.title.startswith("run of"))
+        t_formula, t_caret = toast.split("\n")[-2:]
+        assert len(t_formula) <= app.toast_width() and t_formula[t_caret.index("^")] == "f"

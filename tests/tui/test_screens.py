@@ -62,7 +62,15 @@ async def test_library_lists_loads_saves_and_deletes(make_app):
         await pilot.press("f6")
         await wait_for(pilot, lambda: app.focused is app.query_one("#tree-list"), what="focus")
         ol.highlighted = ol.get_option_index("user:my_metric")
+        await pilot.press("d")  # it asks first: a file deleted is gone
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the question")
+        assert "my_metric" in app.screen.question
+        await pilot.press("n")
+        await pilot.pause()
+        assert path.exists(), "no: the tree stays"
         await pilot.press("d")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the question")
+        await pilot.press("y")
         await pilot.pause()
         assert not path.exists()
         ol.highlighted = ol.get_option_index("shipped:wanda")
@@ -159,3 +167,58 @@ async def test_quit_while_work_runs_asks_first_and_leaves_the_search_resumable(m
         await wait_for(pilot, lambda: not app.is_running, what="the exit")
     assert app.store.last_search["status"] == "stopped"
     assert not fake.alive
+
+
+# ---- the user review's rough edges -------------------------------------------------------------
+# before: `d` deleted a user tree at once (covered above); Delete removed a results row silently
+
+
+async def test_delete_in_results_says_so_and_u_undoes_it(make_app):
+    app = make_app(formula="W")
+    async with app.run_test(notifications=True) as pilot:
+        await wait_for(pilot, lambda: app.device != "starting …", what="the worker")
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: len(app.store.results) == 3, what="results")
+        before = [r["id"] for r in app.store.results]
+        await pilot.press("f4")
+        table = app.query_one("#results-table")
+        await wait_for(pilot, lambda: app.focused is table, what="focus")
+        gone = table.selected()["id"]
+        await pilot.press("delete")
+        await pilot.pause()
+        assert gone not in [r["id"] for r in app.store.results]
+        assert gone not in table.rows_by_key
+        assert any("press u to undo" in n.message for n in app._notifications)
+        await pilot.press("u")
+        await pilot.pause()
+        assert [r["id"] for r in app.store.results] == before  # back in its place, on disk too
+        assert gone in table.rows_by_key
+        assert [r["id"] for r in json.loads(app.store.results_path.read_text())] == before
+
+
+# before: two fields were both labelled "window length"
+async def test_settings_labels_are_unique(make_app):
+    from pzshell.tui.screens.run_settings import RUN_FIELDS, SEARCH_FIELDS
+
+    labels = [label for _, label, _ in (*RUN_FIELDS, *SEARCH_FIELDS)]
+    assert len(labels) == len(set(labels))
+    assert "calibration window length" in labels and "evaluation window length" in labels
+
+
+# before: quitting waited for the worker with the UI frozen ("stopping the worker …")
+async def test_quit_leaves_the_ui_before_the_worker_is_closed(make_app, fake):
+    app = make_app()
+    closed_while_running = []
+    real_close = fake.close
+
+    def close(timeout: float = 10.0) -> None:
+        closed_while_running.append(app._exit)  # has the UI been told to exit already?
+        real_close(timeout)
+
+    fake.close = close
+    async with app.run_test() as pilot:
+        await wait_for(pilot, lambda: app.device != "starting …", what="the worker")
+        app.shutdown()
+        assert app._exit, "the UI exits at once, without waiting for the worker"
+        await wait_for(pilot, lambda: not app.is_running, what="the exit")
+    assert not fake.alive and closed_while_running == [True]

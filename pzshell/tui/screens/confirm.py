@@ -1,4 +1,4 @@
-"""A yes/no question (quitting while work runs)."""
+"""A yes/no question: quitting while work runs, deleting a tree, replacing a resumable search."""
 
 from __future__ import annotations
 

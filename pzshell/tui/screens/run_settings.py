@@ -22,9 +22,9 @@ RUN_FIELDS = (
     ("calib", "calibration data", "str"),
     ("eval", "evaluation data", "str"),
     ("nsamples", "calibration samples", "int"),
-    ("seqlen", "window length", "int?"),
-    ("eval_seqlen", "eval window length", "int?"),
-    ("eval_windows", "eval windows", "int?"),
+    ("seqlen", "calibration window length", "int?"),
+    ("eval_seqlen", "evaluation window length", "int?"),
+    ("eval_windows", "evaluation windows", "int?"),
     ("device", "device", ("auto", "cpu", "cuda")),
     ("seed", "seed", "int"),
 )
@@ -35,7 +35,7 @@ SEARCH_FIELDS = (
     ("ops", "operators", ("published", "extended")),
     ("nsamples", "samples for X", "int"),
     ("grad_samples", "samples for G", "int"),
-    ("seqlen", "window length", "int"),
+    ("seqlen", "X and G window length", "int"),
     ("heldout_windows", "held-out windows", "int"),
     ("heldout_seqlen", "held-out window length", "int"),
     ("cheap_windows", "cheap-stage windows", "int"),
@@ -89,7 +89,7 @@ def validate(settings: AppSettings) -> list[str]:
     if r.nsamples < 1:
         errs.append("calibration samples must be at least 1")
     if r.seqlen is not None and r.seqlen < 2:
-        errs.append("window length must be at least 2")
+        errs.append("calibration window length must be at least 2")
     try:
         settings.search_settings().validate()
     except Exception as e:
@@ -105,7 +105,7 @@ class SettingsScreen(ModalScreen[AppSettings | None]):
     }
     SettingsScreen VerticalScroll { height: 1fr; padding: 0 1; }
     SettingsScreen .row { height: 1; }
-    SettingsScreen .row Label { width: 24; padding: 0 1 0 0; }
+    SettingsScreen .row Label { width: 27; padding: 0 1 0 0; }
     SettingsScreen .row Input, SettingsScreen .row Select { width: 24; }
     SettingsScreen .row Switch { height: 1; border: none; padding: 0; width: 6; }
     SettingsScreen .row .hint {

@@ -1,9 +1,12 @@
 """The search view: controls, live statistics, a fitness plot, the hall of fame (best per
-formula size) and the latest candidates. Enter on any row opens its formula in the editor."""
+formula size) and the latest candidates. Enter on any row opens its formula in the editor.
+The keys s p x c i work whatever has the focus on this tab (the app binds them too:
+:class:`~pzshell.tui.app.PzShellApp`)."""
 
 from __future__ import annotations
 
 import math
+import time
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -54,13 +57,17 @@ class EvolvePanel(Vertical):
         width: 1fr; height: 1fr; border: round $panel; overflow-x: hidden;
     }
     EvolvePanel #candidates { height: 7; border: round $panel; }
+    EvolvePanel FormulaTable:focus { border: round $accent; }
+    EvolvePanel #search-controls Button:focus { text-style: bold reverse; }
     """
+    # the app binds these keys too (live on this tab whatever has the focus, the tab bar
+    # included); here they come first in the footer while the focus is in the panel
     BINDINGS = [
         Binding("s", "app.search_start", "Start"),
         Binding("p", "app.search_pause", "Pause"),
         Binding("x", "app.search_stop", "Stop"),
         Binding("c", "app.search_continue", "Continue"),
-        Binding("i", "app.search_inject", "Inject"),
+        Binding("i", "app.evolve_inject", "Inject"),
     ]
 
     def compose(self) -> ComposeResult:
@@ -87,13 +94,18 @@ class EvolvePanel(Vertical):
             yield FitnessChart(id="fitness-chart")
             yield FormulaTable((("size", 4), ("ppl", 7), ("formula", 60)), id="hall-of-fame")
         yield FormulaTable(
-            (("id", 3), ("stage", 6), ("ppl", 7), ("s", 5), ("formula", 100)), id="candidates"
+            # the id column sizes itself (ids grow past three digits)
+            (("id", None), ("stage", 6), ("ppl", 7), ("time", 6), ("formula", 100)),
+            id="candidates",
         )
 
     def on_mount(self) -> None:
         self.query_one("#hall-of-fame").border_title = "hall of fame (best per size)"
         self.query_one("#candidates").border_title = "latest candidates"
         self.evaluated = 0
+        self.clock = time.monotonic  # tests replace it
+        self._since: float | None = None  # when a continued search started (its own clock)
+        self._made = 0  # evaluations made since then (not cached, not finals)
         self.set_state(SearchState.IDLE)
 
     # ---- state ---------------------------------------------------------------------------------
@@ -111,9 +123,19 @@ class EvolvePanel(Vertical):
         self.state = state
         if detail:
             self.query_one("#search-status", Static).update(detail)
+        self.call_after_refresh(self._keep_focus)
+
+    def _keep_focus(self) -> None:
+        """A pressed button that became disabled (Start, Continue) drops the focus: give it
+        to the candidates, so that the tab keeps a visible focus."""
+        focused = self.app.focused
+        lost = focused is None or (focused.disabled and focused in self.query(Button))
+        if lost and self.is_on_screen:
+            self.query_one("#candidates").focus()
 
     def reset(self) -> None:
         self.evaluated = 0
+        self._since, self._made = None, 0
         self.query_one(FitnessChart).clear()
         for t in self.query(FormulaTable):
             t.clear()
@@ -135,6 +157,9 @@ class EvolvePanel(Vertical):
         self.show_dir(shown_dir)
         before = ev.resumed_evaluations
         resumed = f", {before} evaluations from before" if before else ""
+        # a continued search's own rate counts all its evaluations against the time since
+        # it was continued; the panel measures the evaluations made since then instead
+        self._since, self._made = (self.clock() if before else None), 0
         detail = f"running: budget {ev.budget}{resumed}; waiting for the first candidate …"
         self.set_state(state, Text(detail))
 
@@ -165,7 +190,7 @@ class EvolvePanel(Vertical):
         state = "paused" if p.paused else self.state.value
         t.append(f"{state}  ", "bold yellow" if p.paused else "bold")
         t.append(f"{p.evaluations}/{p.budget} evaluations", "bold")
-        t.append(f"  {p.evals_per_minute:.1f}/min  cache hits {p.cache_hits} ({rate:.0%})")
+        t.append(f"  {self.rate(p):.1f}/min  cache hits {p.cache_hits} ({rate:.0%})")
         t.append("\nbest ", "bold green")
         t.append(f"{_ppl(p.best_fitness)}  ", "bold green")
         t.append(p.best_formula)
@@ -178,6 +203,15 @@ class EvolvePanel(Vertical):
             hof.add_row(str(size), _ppl(fit), formula, key=key)
             hof.formulas[key] = formula
 
+    def rate(self, p: SearchProgress) -> float:
+        """Evaluations per minute: the search's own figure, except for a continued search,
+        whose figure counts the evaluations from before too: there, the evaluations made
+        since it was continued over the time since then."""
+        if self._since is None:
+            return p.evals_per_minute
+        minutes = (self.clock() - self._since) / 60
+        return self._made / minutes if minutes > 0 else 0.0
+
     def add_candidate(self, r: dict) -> None:
         """One evaluated candidate (its search-log record)."""
         table = self.query_one("#candidates", FormulaTable)
@@ -189,11 +223,13 @@ class EvolvePanel(Vertical):
         text = r.get("formula", "")
         if stage not in ("full", "final") and r.get("reason"):
             text = f"{text}  ({r['reason']})"
-        seconds = f"{r.get('seconds', 0):.1f}"
+        seconds = f"{r.get('seconds', 0):.1f}s"
         table.add_row(str(r.get("id")), stage, _ppl(fit), seconds, text, key=key)
         table.formulas[key] = r.get("formula", "")
         table.move_cursor(row=table.row_count - 1)  # follow the newest
         if stage != "final":
             self.evaluated += 1
+            if not r.get("cached"):
+                self._made += 1
         if stage == "full" and isinstance(fit, (int, float)):
             self.query_one(FitnessChart).add(self.evaluated, fit)

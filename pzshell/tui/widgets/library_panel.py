@@ -1,6 +1,6 @@
 """The tree library: the shipped trees and the user's own directory, each with its formula.
-Enter loads a tree into the editor; ctrl+s (anywhere) saves the editor's formula as
-Pruner-Zero JSON into the user directory."""
+Enter loads a tree into the editor; d deletes one of the user's (after asking); ctrl+s
+(anywhere) saves the editor's formula as Pruner-Zero JSON into the user directory."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from ...lang import MetricError, Node, load_tree_file, to_infix
 from ...lang.tree import to_json_obj
 from ...paths import trees_dir
 from ..messages import OpenFormula
+from ..screens.confirm import ConfirmScreen
+from .metric_editor import fit_caret_block
 
 
 @dataclass
@@ -137,7 +139,8 @@ class LibraryPanel(Horizontal):
         where = f"trees/{e.path.name}" if e.origin == "shipped" else display_path(e.path)
         t.append(f"  {where}\n", "dim")
         if e.node is None:
-            t.append(e.error or "", "red")
+            width = self.query_one("#tree-preview").content_size.width
+            t.append(fit_caret_block(e.error or "", width), "red")
         else:
             t.append(e.formula + "\n\n", "bold green")
             t.append(json.dumps(to_json_obj(e.node)), "dim")
@@ -149,7 +152,8 @@ class LibraryPanel(Horizontal):
         if e is None:
             return
         if e.node is None:
-            self.notify(e.error or "unreadable tree", severity="error")
+            error = fit_caret_block(e.error or "unreadable tree", self.app.toast_width())
+            self.notify(error, severity="error")
             return
         self.post_message(OpenFormula(e.formula, f"library:{e.name}"))
 
@@ -158,6 +162,13 @@ class LibraryPanel(Horizontal):
         if e is None or e.origin != "user":
             self.notify("only your own trees can be deleted", severity="warning")
             return
-        e.path.unlink(missing_ok=True)
-        self.notify(f"deleted {e.path.name}")
-        self.rescan()
+
+        def answer(yes: bool | None) -> None:
+            if not yes:
+                return
+            e.path.unlink(missing_ok=True)
+            self.notify(f"deleted {display_path(e.path)}")
+            self.rescan()
+
+        question = f"Delete your tree {e.name}?\n\n{display_path(e.path)}\n\nThis cannot be undone."
+        self.app.push_screen(ConfirmScreen(question, yes="Delete", no="Keep"), answer)

@@ -35,18 +35,47 @@ def analyse(text: str) -> MetricAnalysed:
 
 
 def caret_text(err: MetricError, width: int = CARET_WIDTH) -> Text:
-    """The error message, then the formula and a caret under the offending column, drawn by
-    :func:`~pzshell.lang.diagnostics.caret_lines` to fit ``width`` columns (the message may wrap;
-    the formula and caret lines never do)."""
+    """The error as the command line prints it (:meth:`MetricError.render`, the one caret
+    renderer: the formula and a caret under the offending column, both fitting ``width``
+    columns; only the message may wrap), styled. (Under an unknown name's error the editor
+    lists the names the language knows: :func:`known_names`.)"""
     out = Text()
     out.append("✗ ", "bold red")
-    out.append(err.message, "red")
     if err.source is not None and err.column is not None:
-        line, caret = caret_lines(err.source, err.column, width)
-        out.append(f" (column {err.column})\n", "red")
+        head, line, caret = err.render(width).rsplit("\n", 2)
+        out.append(head + "\n", "red")
         out.append(line + "\n", "bold")
         out.append(caret, "bold red")
+    else:
+        out.append(err.render(width), "red")
     return out
+
+
+def known_names() -> str:
+    """The operators and terminals of the language, for an unknown-name error."""
+    from ...lang import EXTENDED, PUBLISHED, TERMINALS
+
+    return (
+        f"operators: {', '.join(PUBLISHED)}; extended (pzshell only): {', '.join(EXTENDED)}; "
+        f"terminals: {', '.join(TERMINALS)}"
+    )
+
+
+def fit_caret_block(text: str, width: int) -> str:
+    """A rendered error as text (from the worker, or ``str(MetricError)``) whose last two
+    lines are a formula and a caret under it: those two lines redrawn by
+    :func:`~pzshell.lang.diagnostics.caret_lines` to fit ``width`` columns (a wrapped caret line
+    no longer points anywhere). Other text comes back unchanged."""
+    lines = text.split("\n")
+    if len(lines) < 3 or width < 10:
+        return text
+    line, caret = lines[-2], lines[-1]
+    if not (caret.strip() == "^" and line.startswith("  ") and caret.startswith("  ")):
+        return text
+    source = line[2:]
+    column = caret.index("^") - 2 + 1
+    new_line, new_caret = caret_lines(source, column, width)
+    return "\n".join([*lines[:-2], new_line, new_caret])
 
 
 class MetricEditor(Vertical):
@@ -57,8 +86,10 @@ class MetricEditor(Vertical):
     MetricEditor #formula { margin: 0 0; }
     MetricEditor #parse-status { height: auto; padding: 0 1; }
     MetricEditor #analysis { height: auto; padding: 0 1; }
+    MetricEditor #known-names { height: auto; padding: 0 1; display: none; }
     MetricEditor #editor-bottom { height: 1fr; }
     MetricEditor #metric-tree { width: 1fr; height: 1fr; min-height: 3; border: round $panel; }
+    MetricEditor #metric-tree.-stale { color: $text-muted; border-title-color: $warning; }
     """
 
     formula: reactive[str] = reactive("", init=False)
@@ -73,6 +104,7 @@ class MetricEditor(Vertical):
     def compose(self) -> ComposeResult:
         yield Input(self._initial, placeholder="a metric, e.g. abs(W*W)*mms(G)", id="formula")
         yield Static("", id="parse-status")
+        yield Static("", id="known-names")  # shown under an unknown name's error
         yield Static("", id="analysis")
         tree: Tree[str] = Tree("metric", id="metric-tree")
         tree.show_root = False
@@ -110,6 +142,7 @@ class MetricEditor(Vertical):
         if not text.strip():
             self.node = None
             self._error = None
+            self.query_one("#known-names").display = False
             status.update(Text("type a metric over W, G and X; F1 for help", "dim"))
             analysis.update("")
             self._show_tree(None)
@@ -121,9 +154,17 @@ class MetricEditor(Vertical):
             self._error = e
             self._show_error()
             analysis.update("")
+            names = self.query_one("#known-names", Static)
+            names.display = e.message.startswith(("unknown operator", "unknown name"))
+            names.update(Text(known_names(), "dim"))
             self.set_class(True, "-error")
+            tree = self.query_one("#metric-tree", Tree)
+            if tree.root.children:  # the last formula that parsed stays, marked as such
+                tree.border_title = "tree · stale: of the last formula that parsed"
+                tree.add_class("-stale")
             return
         self._error = None
+        self.query_one("#known-names").display = False
         self.set_class(False, "-error")
         self.node = node
         head = Text()
@@ -174,6 +215,8 @@ class MetricEditor(Vertical):
     def _show_tree(self, node: Node | None) -> None:
         tree = self.query_one("#metric-tree", Tree)
         tree.clear()
+        tree.border_title = "tree"
+        tree.remove_class("-stale")
         if node is None:
             return
 

@@ -1,5 +1,6 @@
 """Every finished run, with the dense model and Wanda as reference rows; sortable by any column
-(click a header, or press s to cycle); Enter opens the row's formula in the editor."""
+(click a header, or press s to cycle); Enter opens the row's formula in the editor; Delete
+removes a row and u brings it back."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ COLUMNS = (
     ("sparsity", "sparsity"),
     ("type", "type"),
     ("ppl", "ppl"),
-    ("seconds", "s"),
+    ("seconds", "time"),
     ("model", "model"),
     ("eval", "eval"),
 )
@@ -62,10 +63,16 @@ def cells(row: dict) -> list:
         Text("—" if ref and row.get("kind") == "dense" else f"{row.get('sparsity_ratio', 0):.0%}"),
         Text(type_label(row)),
         Text(ppl_s, style="bold", justify="right"),
-        Text(f"{row.get('seconds', 0):.1f}", justify="right"),
+        Text(f"{row.get('seconds', 0):.1f}s", justify="right"),
         Text(str(row.get("model") or "")),
         Text(ev, style="dim"),
     ]
+
+
+def header(label: str, reverse: bool | None) -> Text:
+    """A column's header: its name and a cell for the sort arrow (blank: not sorted by it)."""
+    arrow = " " if reverse is None else ("▼" if reverse else "▲")
+    return Text(f"{label}{arrow}")
 
 
 class ResultsTable(DataTable):
@@ -76,6 +83,7 @@ class ResultsTable(DataTable):
         Binding("s", "cycle_sort", "Sort"),
         Binding("r", "reverse_sort", "Reverse"),
         Binding("delete", "delete_row", "Delete row", show=False),
+        Binding("u", "app.undo_delete", "Undo delete", show=False),
     ]
 
     def __init__(self, **kwargs):
@@ -86,8 +94,9 @@ class ResultsTable(DataTable):
 
     def on_mount(self) -> None:
         for key, label in COLUMNS:
-            width = {"formula": 24, "ppl": 8, "seconds": 6}.get(key)
-            self.add_column(label, key=key, width=width)
+            # every header keeps a cell for the sort arrow, so that it shows on any column
+            width = {"formula": 20, "ppl": 8}.get(key)
+            self.add_column(header(label, None), key=key, width=width)
 
     def load(self, rows: list[dict]) -> None:
         self.clear()
@@ -115,8 +124,7 @@ class ResultsTable(DataTable):
         for r in order:
             self.add_row(*cells(r), key=r["id"])
         for key, label in COLUMNS:
-            arrow = (" ▼" if self.sort_reverse else " ▲") if key == col else ""
-            self.columns[key].label = Text(label + arrow)
+            self.columns[key].label = header(label, self.sort_reverse if key == col else None)
         if cursor_key in rows:
             self.move_cursor(row=self.get_row_index(cursor_key))
         self.refresh()

@@ -17,6 +17,9 @@ from textual.widgets.option_list import Option
 from ..messages import CancelRequested
 from ..runs import QueuedRun, RunStatus
 
+NO_RUNS = "no runs yet: type a metric and press ctrl+r"
+WAITING = "the result shows here when the run finishes"
+
 
 def bar(done: int, total: int, width: int = 10) -> str:
     if total <= 0:
@@ -74,7 +77,7 @@ class RunQueueView(Vertical):
     DEFAULT_CSS = """
     RunQueueView { height: 1fr; border: round $panel; }
     RunQueueView > OptionList { height: 1fr; border: none; padding: 0; }
-    RunQueueView > #last-result { height: auto; max-height: 4; padding: 0 1; }
+    RunQueueView > #last-result { height: auto; max-height: 6; padding: 0 1; }
     """
     BINDINGS = [
         Binding("delete,c", "cancel_run", "Cancel run"),
@@ -82,11 +85,12 @@ class RunQueueView(Vertical):
 
     def compose(self) -> ComposeResult:
         yield OptionList(id="run-list")
-        yield Static(Text("no runs yet: type a metric and press ctrl+r", "dim"), id="last-result")
+        yield Static(Text(NO_RUNS, "dim"), id="last-result")
 
     def on_mount(self) -> None:
         self.border_title = "runs"
         self._runs: list[QueuedRun] = []
+        self._has_last = False  # a result (or failure) is shown, not a placeholder
         self.set_interval(1.0, self._tick)  # the elapsed time moves even between blocks
 
     def _tick(self) -> None:
@@ -103,6 +107,9 @@ class RunQueueView(Vertical):
         if runs:
             ol.highlighted = min(highlighted or 0, len(runs) - 1)
         self.border_title = f"runs ({len(runs)})" if runs else "runs"
+        if not self._has_last:
+            hint = WAITING if runs else NO_RUNS
+            self.query_one("#last-result", Static).update(Text(hint, "dim"))
 
     def update_run(self, run: QueuedRun) -> None:
         ol = self.query_one(OptionList)
@@ -110,6 +117,7 @@ class RunQueueView(Vertical):
             ol.replace_option_prompt(run.id, run_prompt(run))
 
     def show_last(self, text: Text) -> None:
+        self._has_last = True
         self.query_one("#last-result", Static).update(text)
 
     def action_cancel_run(self) -> None:
