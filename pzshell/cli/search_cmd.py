@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import time
 from pathlib import Path
 
 from rich.console import Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from ..errors import PzError
-from ..search import FitnessSettings, Search, SearchSettings
+from ..search import Search, SearchSettings
 from ..search.events import CandidateDone, SearchFinished, SearchMessage, SearchProgress
-from ..search.runlog import SETTINGS_NAME, RunLog
+from ..search.runlog import check_run_dir, load_settings
 from .common import console
 
 
@@ -26,46 +28,47 @@ def register(sub) -> None:
         description="GP search over metric trees. Fitness is the perplexity after pruning with "
         "the candidate, on held-out windows of the calibration text (never the evaluation set). "
         "Every candidate is appended to OUT/candidates.jsonl as it is known; Ctrl-C stops cleanly "
-        "and `pzshell search --resume OUT` continues without repeating an evaluation.",
+        "and `pzshell search --resume OUT` continues without repeating an evaluation, with the "
+        "original's settings and run options (workers, device, cache) unless given again. "
+        "Resuming a finished search says so, changes nothing and exits 0.",
+        # an option not given is absent from the namespace: --resume tells given from default
+        argument_default=argparse.SUPPRESS,
     )
-    p.add_argument("--model", default="smollm2")
-    p.add_argument("--sparsity_ratio", type=float, default=0.5)
-    p.add_argument("--sparsity_type", default="unstructured")
-    p.add_argument("--calib", default="builtin", help="calibration-domain text (file, builtin)")
-    p.add_argument("--nsamples", type=int, default=16, help="calibration windows for X")
-    p.add_argument("--grad_samples", type=int, default=8, help="calibration windows for G")
-    p.add_argument("--seqlen", type=int, default=256, help="calibration window length")
-    p.add_argument("--heldout_windows", type=int, default=4)
-    p.add_argument("--heldout_seqlen", type=int, default=256)
+    p.add_argument("--model")
+    p.add_argument("--sparsity_ratio", type=float)
+    p.add_argument("--sparsity_type")
+    p.add_argument("--calib", help="calibration-domain text (file, builtin)")
+    p.add_argument("--nsamples", type=int, help="calibration windows for X")
+    p.add_argument("--grad_samples", type=int, help="calibration windows for G")
+    p.add_argument("--seqlen", type=int, help="calibration window length")
+    p.add_argument("--heldout_windows", type=int)
+    p.add_argument("--heldout_seqlen", type=int)
     p.add_argument(
         "--cheap_windows",
         type=int,
-        default=1,
         help="cheap first stage windows (0: no multi-fidelity)",
     )
-    p.add_argument("--cheap_seqlen", type=int, default=64)
-    p.add_argument("--population", type=int, default=16)
-    p.add_argument("--budget", type=int, default=64, help="evaluations (distinct pruning rules)")
-    p.add_argument("--batch", type=int, default=8, help="children per steady-state batch")
+    p.add_argument("--cheap_seqlen", type=int)
+    p.add_argument("--population", type=int)
+    p.add_argument("--budget", type=int, help="evaluations (distinct pruning rules)")
+    p.add_argument("--batch", type=int, help="children per steady-state batch")
     p.add_argument(
         "--time-limit",
         "--time_limit",
         dest="time_limit",
         type=float,
-        default=None,
         help="stop after this many minutes",
     )
-    p.add_argument("--tournament", type=int, default=3)
-    p.add_argument("--p-crossover", "--p_crossover", dest="p_crossover", type=float, default=0.7)
-    p.add_argument("--p-mutation", "--p_mutation", dest="p_mutation", type=float, default=0.3)
-    p.add_argument("--max-depth", "--max_depth", dest="max_depth", type=int, default=6)
-    p.add_argument("--max-size", "--max_size", dest="max_size", type=int, default=31)
-    p.add_argument("--ops", default="published", choices=("published", "extended"))
+    p.add_argument("--tournament", type=int)
+    p.add_argument("--p-crossover", "--p_crossover", dest="p_crossover", type=float)
+    p.add_argument("--p-mutation", "--p_mutation", dest="p_mutation", type=float)
+    p.add_argument("--max-depth", "--max_depth", dest="max_depth", type=int)
+    p.add_argument("--max-size", "--max_size", dest="max_size", type=int)
+    p.add_argument("--ops", choices=("published", "extended"))
     p.add_argument(
         "--seed-formula",
         dest="seed_formulas",
         action="append",
-        default=[],
         help="a formula to put in the initial population (repeatable)",
     )
     p.add_argument(
@@ -78,63 +81,131 @@ def register(sub) -> None:
         "--final-top",
         dest="final_top",
         type=int,
-        default=3,
         help="re-run the best N with a full layer-sequential prune",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=1, help="local worker processes")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--workers", type=int, help="local worker processes")
     p.add_argument(
         "--ray",
         nargs="?",
         const="local",
-        default=None,
         metavar="ADDRESS",
         help="Ray actors: a local Ray, or the cluster at ADDRESS",
     )
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device")
     p.add_argument(
         "--no-cache",
         dest="use_cache",
         action="store_false",
         help="do not use the persistent fitness cache",
     )
-    p.add_argument("--out", default=None, help="run directory (default runs/search-<time>)")
-    p.add_argument("--resume", default=None, metavar="DIR", help="continue the search in DIR")
+    p.add_argument(
+        "--cache",
+        dest="use_cache",
+        action="store_true",
+        help="use the persistent fitness cache (the default; resumes a --no-cache run with it)",
+    )
+    p.add_argument("--out", help="run directory (default runs/search-<time>)")
+    p.add_argument("--resume", metavar="DIR", help="continue the search in DIR")
     p.set_defaults(func=run)
 
 
-def settings_from_args(args) -> SearchSettings:
-    fit = FitnessSettings(
-        model=args.model,
-        sparsity_ratio=args.sparsity_ratio,
-        sparsity_type=args.sparsity_type,
-        calib=args.calib,
-        nsamples=args.nsamples,
-        grad_samples=args.grad_samples,
-        seqlen=args.seqlen,
-        heldout_windows=args.heldout_windows,
-        heldout_seqlen=args.heldout_seqlen,
-        cheap_windows=args.cheap_windows,
-        cheap_seqlen=args.cheap_seqlen,
-        seed=args.seed,
-    )
-    return SearchSettings(
-        fitness=fit,
-        population=args.population,
-        budget=args.budget,
-        batch=args.batch,
-        tournament=args.tournament,
-        p_crossover=args.p_crossover,
-        p_mutation=args.p_mutation,
-        max_depth=args.max_depth,
-        max_size=args.max_size,
-        ops=args.ops,
-        seed=args.seed,
-        seed_known=args.seed_known,
-        seed_formulas=tuple(args.seed_formulas),
-        final_top=args.final_top,
-        time_limit=args.time_limit * 60 if args.time_limit else None,
-    )
+# what an option not given means for a new search (absent from the namespace: see register)
+DEFAULTS = {
+    "model": "smollm2",
+    "sparsity_ratio": 0.5,
+    "sparsity_type": "unstructured",
+    "calib": "builtin",
+    "nsamples": 16,
+    "grad_samples": 8,
+    "seqlen": 256,
+    "heldout_windows": 4,
+    "heldout_seqlen": 256,
+    "cheap_windows": 1,
+    "cheap_seqlen": 64,
+    "population": 16,
+    "budget": 64,
+    "batch": 8,
+    "time_limit": None,
+    "tournament": 3,
+    "p_crossover": 0.7,
+    "p_mutation": 0.3,
+    "max_depth": 6,
+    "max_size": 31,
+    "ops": "published",
+    "seed_formulas": [],
+    "seed_known": True,
+    "final_top": 3,
+    "seed": 0,
+    "workers": 1,
+    "ray": None,
+    "device": "cpu",
+    "use_cache": True,
+    "out": None,
+    "resume": None,
+}
+_FITNESS = (
+    "model",
+    "sparsity_ratio",
+    "sparsity_type",
+    "calib",
+    "nsamples",
+    "grad_samples",
+    "seqlen",
+    "heldout_windows",
+    "heldout_seqlen",
+    "cheap_windows",
+    "cheap_seqlen",
+)
+_SEARCH = (
+    "population",
+    "budget",
+    "batch",
+    "tournament",
+    "p_crossover",
+    "p_mutation",
+    "max_depth",
+    "max_size",
+    "ops",
+    "seed_known",
+    "final_top",
+)
+
+
+def _arg(args, name: str):
+    return getattr(args, name, DEFAULTS[name])
+
+
+def _given(args) -> set[str]:
+    return {k for k in DEFAULTS if hasattr(args, k)}
+
+
+def _time_limit(args) -> float | None:
+    """``--time-limit`` in seconds; zero, negative or not a number is an error."""
+    t = _arg(args, "time_limit")
+    if t is None:
+        return None
+    if not math.isfinite(t) or t <= 0:
+        raise PzError(f"--time-limit must be a positive number of minutes, got {t:g}")
+    return t * 60
+
+
+def settings_from_args(args, base: SearchSettings | None = None) -> SearchSettings:
+    """The settings of a new search; with ``base`` (a resumed run's), those settings with the
+    options given on this command line applied (a resumed run refuses one that differs)."""
+    given = _given(args)
+    if base is None:
+        base = SearchSettings()
+        given = set(DEFAULTS)
+    fit = {k: _arg(args, k) for k in _FITNESS if k in given}
+    srch = {k: _arg(args, k) for k in _SEARCH if k in given}
+    if "seed" in given:
+        fit["seed"] = srch["seed"] = _arg(args, "seed")
+    if "seed_formulas" in given:
+        srch["seed_formulas"] = tuple(_arg(args, "seed_formulas"))
+    if "time_limit" in given:
+        srch["time_limit"] = _time_limit(args)
+    return dataclasses.replace(base, fitness=dataclasses.replace(base.fitness, **fit), **srch)
 
 
 class _Display:
@@ -191,43 +262,65 @@ class _Display:
 
 
 def run(args: argparse.Namespace) -> int:
-    resume = args.resume is not None
+    # every option is checked, and a resumed directory read, before anything is written
+    given = _given(args)
+    resume = _arg(args, "resume") is not None
+    workers = _arg(args, "workers")
+    if workers < 1:
+        raise PzError(f"--workers must be at least 1, got {workers}")
+    _time_limit(args)
     if resume:
-        saved = RunLog(args.resume).read_json(SETTINGS_NAME)
-        if saved is None:
-            raise PzError(f"--resume {args.resume}: not a search directory (no {SETTINGS_NAME})")
-        settings = SearchSettings.from_dict(saved["settings"])
-        # budget and time limit may be raised when resuming
-        defaults = {"budget": 64, "time_limit": None}
-        if args.budget != defaults["budget"]:
-            settings.budget = args.budget
-        if args.time_limit:
-            settings.time_limit = args.time_limit * 60
+        if "out" in given:
+            raise PzError("give --resume DIR or --out DIR, not both")
         out = Path(args.resume)
+        check_run_dir(out, resume=True)
+        saved, options = load_settings(out)
+        settings = settings_from_args(args, base=saved)
+        # run options: the original's, unless given again
+        if "workers" not in given:
+            workers = options.get("workers", workers)
+        if "ray" in given:
+            ray, ray_address = True, args.ray
+        else:
+            ray = options.get("backend") == "ray"
+            ray_address = options.get("ray_address")
+        device = args.device if "device" in given else options.get("device", DEFAULTS["device"])
+        use_cache = args.use_cache if "use_cache" in given else options.get("cache", True)
+        threads = options.get("threads")
     else:
-        if not 0 <= args.sparsity_ratio < 1:
-            raise PzError(f"--sparsity_ratio must be in [0, 1), got {args.sparsity_ratio}")
+        out = Path(_arg(args, "out") or f"runs/search-{time.strftime('%Y%m%d-%H%M%S')}")
         settings = settings_from_args(args)
-        out = Path(args.out or f"runs/search-{time.strftime('%Y%m%d-%H%M%S')}")
-    cache = None
-    if args.use_cache:
-        from ..search.cache import FitnessCache
-
-        cache = FitnessCache()
-    backend = "ray" if args.ray else ("processes" if args.workers > 1 else "in-process")
-    display = _Display(settings.budget)
+        ray = _arg(args, "ray") is not None
+        ray_address = args.ray if ray else None
+        device, use_cache, threads = _arg(args, "device"), _arg(args, "use_cache"), None
+    backend = "ray" if ray else ("processes" if workers > 1 else "in-process")
     search = Search(
         settings,
         out,
         backend=backend,
-        workers=max(1, args.workers),
-        ray_address=None if args.ray in (None, "local") else args.ray,
-        device=args.device,
-        cache=cache,
-        on_event=display,
+        workers=workers,
+        ray_address=None if ray_address in (None, "local") else ray_address,
+        device=device,
+        threads=threads,
+        on_event=None,
         resume=resume,
     )
-    console.print(f"[bold]pzshell search[/] -> {out}  (backend {backend}, workers {args.workers})")
+    if search.finished:
+        fin = search.run()  # writes nothing
+        console.print(
+            f"{out}: this search is already finished ({fin.evaluations} evaluations, budget "
+            f"{settings.budget}, final stage done); nothing to do. Best: [bold]"
+            f"{escape(fin.best_formula)}[/] held-out ppl {fin.best_fitness:.3f}. Give a larger "
+            f"--budget to continue it."
+        )
+        return 0
+    if use_cache:
+        from ..search.cache import FitnessCache
+
+        search.cache = FitnessCache()
+    display = _Display(settings.budget)
+    search.on_event = display
+    console.print(f"[bold]pzshell search[/] -> {out}  (backend {backend}, workers {workers})")
     try:
         with Live(display.render(), console=console, refresh_per_second=4) as live:
             display_update = display.__call__

@@ -43,3 +43,4 @@ class SearchFinished:
     evaluations: int
     stopped: bool  # True when stopped early (Ctrl-C, stop(), time limit)
     finals: list = field(default_factory=list)
+    already_finished: bool = False  # a resumed run that had nothing left to do (nothing written)

@@ -11,7 +11,14 @@ agree with the in-process one.
 Every evaluated candidate is appended to ``candidates.jsonl`` the moment it is known; the RNG
 and population are saved after every batch. On resume, the last saved state is restored and
 the interrupted batch is regenerated deterministically; its candidates already in the log are
-not evaluated again.
+not evaluated again. Finals already in the log are reused, not recomputed, and the state says
+when the final stage is done: resuming a finished run changes nothing.
+
+A resumed directory is checked before anything runs (:mod:`.runlog`): settings against their
+digest (kept in settings.json and in state.json), the state against the log (every candidate
+the state counts must be logged), and every file for damage; each problem is a
+:class:`SearchError` naming the file. A fresh run's directory is created only once its backend
+is up, so settings that cannot run leave nothing behind.
 """
 
 from __future__ import annotations
@@ -33,7 +40,16 @@ from .events import CandidateDone, SearchFinished, SearchMessage, SearchProgress
 from .fitness import WORST
 from .gp import crossover, mutate, tournament
 from .ranking import multifidelity, pareto_front, sort_key, spearman
-from .runlog import SETTINGS_NAME, STATE_NAME, RunLog
+from .runlog import (
+    LOG_NAME,
+    SETTINGS_NAME,
+    STATE_NAME,
+    RunLog,
+    check_consistent,
+    check_run_dir,
+    load_settings,
+    load_state,
+)
 from .settings import KNOWN_SEEDS, SearchError, SearchSettings, settings_diff
 
 
@@ -55,7 +71,11 @@ class Search:
         on_event: Callable[[object], None] | None = None,
         resume: bool = False,
     ):
+        # everything is checked before anything is written: a setting that cannot run, an
+        # option out of range, a run directory that is a file or damaged all fail here, and a
+        # fresh run's directory is only made once its backend is up (model, text, statistics)
         settings.validate()
+        _check_options(backend, workers, threads)
         self.s = settings
         self.log = RunLog(out_dir)
         self.out_dir = Path(out_dir)
@@ -67,23 +87,49 @@ class Search:
         self.backend_name, self.workers, self.ray_address = backend, workers, ray_address
         self.device, self.threads = device, threads
         self.cache = cache
-        saved = self.log.read_json(SETTINGS_NAME)
+        check_run_dir(out_dir, resume=resume)
+        self._state: dict | None = None
+        self._records: list[dict] = []
+        self._warnings: list[str] = []
         if resume:
-            if saved is None:
-                raise SearchError(f"{out_dir} is not a search directory (no {SETTINGS_NAME})")
-            old = SearchSettings.from_dict(saved["settings"])
+            old, _ = load_settings(out_dir)
             if old.identity() != settings.identity():
                 diff = settings_diff(settings.identity(), old.identity())
                 raise SearchError(
                     f"cannot resume {out_dir}: it was run with other settings ({', '.join(diff)} "
                     f"differ); resume with the same settings or start a new --out directory"
                 )
-        elif saved is not None and (self.out_dir / "candidates.jsonl").exists():
+            self._records, self._warnings = self.log.read()
+            self._state = load_state(out_dir)
+            if self._state is not None:
+                check_consistent(out_dir, self._state, self._records, settings.digest())
+        elif any((self.out_dir / n).exists() for n in (LOG_NAME, STATE_NAME)):
             raise SearchError(
                 f"{out_dir} already holds a search; use --resume {out_dir} or another --out"
             )
-        self.log.write_json(SETTINGS_NAME, {"settings": settings.to_dict()})
         self.context = ""
+
+    @property
+    def finished(self) -> bool:
+        """A resumed run with nothing left to do: its final stage is done, and its budget was
+        reached (or no new candidate could be made) with the same final-top."""
+        st = self._state
+        if not st or not st.get("finished"):
+            return False
+        spent = st["evaluations"] >= self.s.budget or st.get("exhausted", False)
+        return spent and st.get("final_top", self.s.final_top) == self.s.final_top
+
+    def options(self) -> dict:
+        """How this run is run (not what it finds): kept in settings.json, so that a resumed
+        run is run the same way unless told otherwise."""
+        return {
+            "backend": self.backend_name,
+            "workers": self.workers,
+            "ray_address": self.ray_address,
+            "device": self.device,
+            "threads": self.threads,
+            "cache": self.cache is not None,
+        }
 
     # ---- control (thread-safe) ------------------------------------------------------------------
     def pause(self) -> None:
@@ -134,17 +180,33 @@ class Search:
     # ---- the run --------------------------------------------------------------------------------
     def run(self) -> SearchFinished:
         s = self.s
-        records, warnings = self.log.read()
+        all_records, warnings = self._records, self._warnings
         for w in warnings:
             self.on_event(SearchMessage(w, "warning"))
-        records = [r for r in records if r.get("stage") != "final"]
+        final_logged = {r["canonical"]: r for r in all_records if r.get("stage") == "final"}
+        records = [r for r in all_records if r.get("stage") != "final"]
         logged = {r["canonical"]: r for r in records}
-        state = self.log.read_json(STATE_NAME)
+        state = self._state
         done_batches = state["batch"] if state else 0
         # candidates of batches completed before the last saved state; those of an interrupted
         # batch stay in `logged` only, to be reused when the batch is regenerated
         records = [r for r in records if r.get("batch", 0) < done_batches]
+        if self.finished:
+            return self._already_finished(state, records, final_logged)
         backend = self._make_backend()
+        try:
+            # the backend is up (model, text, statistics): the run directory can be written
+            self.log.create()
+            self.log.write_json_if_changed(
+                SETTINGS_NAME,
+                {"settings": s.to_dict(), "digest": s.digest(), "options": self.options()},
+            )
+            return self._run(backend, state, records, logged, final_logged)
+        finally:
+            backend.close()
+
+    def _run(self, backend, state, records, logged, final_logged) -> SearchFinished:
+        s = self.s
         ev = getattr(backend, "ev", None)
         self.context = f"{s.fitness.digest()}"
         if ev is not None:
@@ -162,101 +224,135 @@ class Search:
             rng = random.Random()
             rng.setstate(_to_state(state["rng"]))
             by_id = {r["id"]: r for r in records}
-            pop = [self._rehydrate(by_id[i]) for i in state["population"] if i in by_id]
+            pop = [self._rehydrate(by_id[i]) for i in state["population"]]
             batch_no = state["batch"]
             init = []
         evaluated = state["evaluations"] if state else 0
         hits = state["cache_hits"] if state else 0
         next_id = state["next_id"] if state else 0
+        exhausted = bool(state and state.get("exhausted"))
         history: list[dict] = [self._rehydrate(r) for r in records]
         seen_keys = {r["canonical"] for r in records}
         stopped = False
-        try:
-            while evaluated < s.budget:
-                if self._stop.is_set():
-                    stopped = True
-                    break
-                if s.time_limit and pop and time.perf_counter() - t_start > s.time_limit:
-                    # a budget, not an interruption: the final re-runs still happen
-                    self.on_event(SearchMessage("time limit reached"))
-                    break
-                while self._pause.is_set() and not self._stop.is_set():
-                    time.sleep(0.1)
-                want = min(s.batch if pop else s.population, s.budget - evaluated)
-                batch, rng_hits, next_id = self._make_batch(
-                    rng, pop, init, want, seen_keys, next_id, batch_no
-                )
-                init = []
-                hits += rng_hits
-                threshold = self._threshold(history)
-                todo = []
-                results: dict[int, dict] = {}
-                for cand in batch:
-                    key = cand["canonical"]
-                    if key in logged:  # evaluated before an interruption: reuse, don't repeat
-                        results[cand["id"]] = logged[key]
-                        continue
-                    hit = cache.get(self.context, key) if cache is not None else None
-                    if hit is not None:
-                        rec = dict(cand, **hit, worker="cache", seconds=0.0, cached=True)
-                        results[cand["id"]] = rec
-                        hits += 1
-                        self._record(rec)
-                        continue
-                    todo.append(Task(cand["id"], cand["_tree"], threshold))
-                by_id = {c["id"]: c for c in batch}
-                for res in backend.map_unordered(todo):
-                    cand = by_id[res["cid"]]
-                    rec = dict(
-                        cand,
-                        cheap=res["cheap"],
-                        full=res["full"],
-                        fitness=res["fitness"],
-                        stage=res["stage"],
-                        reason=res["reason"],
-                        seconds=round(res["seconds"], 3),
-                        worker=res["worker"],
-                        cached=False,
-                        threshold=threshold,
+
+        def saved_state(**extra) -> dict:
+            return {
+                "batch": batch_no,
+                "rng": _from_state(rng.getstate()),
+                "population": [p["id"] for p in pop],
+                "evaluations": evaluated,
+                "cache_hits": hits,
+                "next_id": next_id,
+                "settings_digest": s.digest(),
+                "exhausted": exhausted,
+                **extra,
+            }
+
+        while evaluated < s.budget and not exhausted:
+            if self._stop.is_set():
+                stopped = True
+                break
+            if s.time_limit and pop and time.perf_counter() - t_start > s.time_limit:
+                # a budget, not an interruption: the final re-runs still happen
+                self.on_event(SearchMessage("time limit reached"))
+                break
+            while self._pause.is_set() and not self._stop.is_set():
+                time.sleep(0.1)
+            want = min(s.batch if pop else s.population, s.budget - evaluated)
+            batch, rng_hits, next_id = self._make_batch(
+                rng, pop, init, want, seen_keys, next_id, batch_no
+            )
+            init = []
+            hits += rng_hits
+            if not batch:
+                # no progress is possible: stop instead of saving empty batches forever
+                exhausted = True
+                self.on_event(
+                    SearchMessage(
+                        "no new candidate could be made (every child was seen before); the "
+                        "search ends here",
+                        "warning",
                     )
+                )
+                self.log.write_json(STATE_NAME, saved_state())
+                break
+            threshold = self._threshold(history)
+            todo = []
+            results: dict[int, dict] = {}
+            for cand in batch:
+                key = cand["canonical"]
+                if key in logged:  # evaluated before an interruption: reuse, don't repeat
+                    results[cand["id"]] = logged[key]
+                    continue
+                hit = cache.get(self.context, key) if cache is not None else None
+                if hit is not None:
+                    rec = dict(cand, **hit, worker="cache", seconds=0.0, cached=True)
                     results[cand["id"]] = rec
+                    hits += 1
                     self._record(rec)
-                    if cache is not None and rec["stage"] in ("full", "degenerate"):
-                        cache.put(self.context, rec["canonical"], _cacheable(rec))
-                    self._progress(
-                        history + list(results.values()),
-                        evaluated + len([r for r in results.values() if not r.get("cached")]),
-                        hits,
-                        t_start,
-                    )
-                    if self._stop.is_set():
-                        break
-                if self._stop.is_set() and len(results) < len(batch):
-                    stopped = True
-                    break  # the batch is incomplete: state stays at its start, resume redoes it
-                new = [self._rehydrate(results[c["id"]]) for c in batch]
-                evaluated += sum(1 for r in new if not r.get("cached"))
-                history.extend(new)
-                for r in new:
-                    logged[r["canonical"]] = r
-                pop = self._survive(pop + new)
-                batch_no += 1
-                self.log.write_json(
-                    STATE_NAME,
-                    {
-                        "batch": batch_no,
-                        "rng": _from_state(rng.getstate()),
-                        "population": [p["id"] for p in pop],
-                        "evaluations": evaluated,
-                        "cache_hits": hits,
-                        "next_id": next_id,
-                    },
+                    continue
+                todo.append(Task(cand["id"], cand["_tree"], threshold))
+            by_id = {c["id"]: c for c in batch}
+            for res in backend.map_unordered(todo):
+                cand = by_id[res["cid"]]
+                rec = dict(
+                    cand,
+                    cheap=res["cheap"],
+                    full=res["full"],
+                    fitness=res["fitness"],
+                    stage=res["stage"],
+                    reason=res["reason"],
+                    seconds=round(res["seconds"], 3),
+                    worker=res["worker"],
+                    cached=False,
+                    threshold=threshold,
                 )
-                self._progress(history, evaluated, hits, t_start)
-            finals = [] if stopped else self._finals(backend, history)
-        finally:
-            backend.close()
-        return self._finish(history, finals, evaluated, stopped)
+                results[cand["id"]] = rec
+                self._record(rec)
+                if cache is not None and rec["stage"] in ("full", "degenerate"):
+                    cache.put(self.context, rec["canonical"], _cacheable(rec))
+                self._progress(
+                    history + list(results.values()),
+                    evaluated + len([r for r in results.values() if not r.get("cached")]),
+                    hits,
+                    t_start,
+                )
+                if self._stop.is_set():
+                    break
+            if self._stop.is_set() and len(results) < len(batch):
+                stopped = True
+                break  # the batch is incomplete: state stays at its start, resume redoes it
+            new = [self._rehydrate(results[c["id"]]) for c in batch]
+            evaluated += sum(1 for r in new if not r.get("cached"))
+            history.extend(new)
+            for r in new:
+                logged[r["canonical"]] = r
+            pop = self._survive(pop + new)
+            batch_no += 1
+            self.log.write_json(STATE_NAME, saved_state())
+            self._progress(history, evaluated, hits, t_start)
+        if stopped:
+            return self._finish(history, [], evaluated, stopped)
+        # the final stage: finals already in the log (a kill during or after it) are reused
+        finals = self._finals(backend, history, final_logged)
+        fin = self._finish(history, finals, evaluated, stopped)
+        self.log.write_json(STATE_NAME, saved_state(finished=True, final_top=s.final_top))
+        return fin
+
+    def _already_finished(self, state, records, final_logged) -> SearchFinished:
+        """A finished run, resumed with nothing to do: its result, and no file changed."""
+        history = [self._rehydrate(r) for r in records]
+        finals = self._finals(None, history, final_logged)
+        self.on_event(
+            SearchMessage(
+                f"{self.out_dir}: this search is already finished ({state['evaluations']} "
+                f"evaluations of a budget of {self.s.budget}, final stage done); nothing to do "
+                f"(give a larger --budget to continue it)"
+            )
+        )
+        fin = self._result(history, finals, state["evaluations"], False, already_finished=True)
+        self.on_event(fin)
+        return fin
 
     def _initial_trees(self, rng: random.Random) -> list[tuple[Node, str]]:
         s = self.s
@@ -362,36 +458,38 @@ class Search:
             )
         )
 
-    def _finals(self, backend, history: list[dict]) -> list[dict]:
+    def _finals(self, backend, history: list[dict], logged: dict[str, dict]) -> list[dict]:
+        """The top ``final_top`` re-run with a full layer-sequential prune; a final already in
+        the log (keyed by its pruning rule) is reused, never recomputed nor logged twice."""
         ranked = sorted((r for r in history if r["stage"] == "full"), key=sort_key)
         top = ranked[: self.s.final_top]
-        if not top:
-            return []
-        self.on_event(
-            SearchMessage(f"re-running the top {len(top)} with a full layer-sequential prune")
-        )
-        finals = []
-        by_id = {r["id"]: r for r in top}
-        for res in backend.map_unordered(
-            [Task(r["id"], r["_tree"], None, final=True) for r in top]
-        ):
-            r = by_id[res["cid"]]
-            rec = {
-                "id": r["id"],
-                "formula": r["formula"],
-                "canonical": r["canonical"],
-                "fitness": _json_num(res["final"]),
-                "fast_fitness": r["fitness"],
-                "stage": "final",
-                "reason": res["reason"],
-                "seconds": round(res["seconds"], 3),
-                "worker": res["worker"],
-                "size": r["size"],
-                "tree": r["tree"],
-            }
-            self.log.append(rec)
-            self.on_event(CandidateDone(rec))
-            finals.append(rec)
+        finals = [logged[r["canonical"]] for r in top if r["canonical"] in logged]
+        todo = [r for r in top if r["canonical"] not in logged]
+        if todo and backend is not None:
+            self.on_event(
+                SearchMessage(f"re-running the top {len(todo)} with a full layer-sequential prune")
+            )
+            by_id = {r["id"]: r for r in todo}
+            for res in backend.map_unordered(
+                [Task(r["id"], r["_tree"], None, final=True) for r in todo]
+            ):
+                r = by_id[res["cid"]]
+                rec = {
+                    "id": r["id"],
+                    "formula": r["formula"],
+                    "canonical": r["canonical"],
+                    "fitness": _json_num(res["final"]),
+                    "fast_fitness": r["fitness"],
+                    "stage": "final",
+                    "reason": res["reason"],
+                    "seconds": round(res["seconds"], 3),
+                    "worker": res["worker"],
+                    "size": r["size"],
+                    "tree": r["tree"],
+                }
+                self.log.append(rec)
+                self.on_event(CandidateDone(rec))
+                finals.append(rec)
         return sorted(
             finals, key=lambda f: (f["fitness"] if f["fitness"] is not None else WORST, f["id"])
         )
@@ -420,16 +518,22 @@ class Search:
             plot_history(history, out / "fitness.png", title=self._plot_title())
         except Exception as e:  # a plot must never cost the results
             self.on_event(SearchMessage(f"could not draw the plot: {e}", "warning"))
-        fin = SearchFinished(
-            str(out),
+        fin = self._result(history, finals, evaluated, stopped)
+        self.on_event(fin)
+        return fin
+
+    def _result(self, history, finals, evaluated, stopped, **kw) -> SearchFinished:
+        ranked = sorted((r for r in history if r["stage"] == "full"), key=sort_key)
+        best = finals[0] if finals else (ranked[0] if ranked else None)
+        return SearchFinished(
+            str(self.out_dir),
             best["formula"] if best else "-",
             (best["fitness"] if best and best["fitness"] is not None else WORST),
             evaluated,
             stopped,
             finals,
+            **kw,
         )
-        self.on_event(fin)
-        return fin
 
     def _plot_title(self) -> str:
         f = self.s.fitness
@@ -437,6 +541,17 @@ class Search:
             f"{f.model}, {f.sparsity_ratio:.0%} {f.sparsity_type}, held-out "
             f"{f.heldout_windows}x{f.heldout_seqlen} tokens of {f.calib}, seed {self.s.seed}"
         )
+
+
+def _check_options(backend: str, workers, threads) -> None:
+    if backend not in ("in-process", "processes", "ray"):
+        raise SearchError(f"unknown backend {backend!r} (use 'in-process', 'processes' or 'ray')")
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise SearchError(f"--workers must be at least 1, got {workers!r}")
+    if threads is not None and (
+        not isinstance(threads, int) or isinstance(threads, bool) or threads < 1
+    ):
+        raise SearchError(f"threads must be at least 1, got {threads!r}")
 
 
 def _json_num(x):

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
 
+from ..engine.masks import parse_sparsity_type
 from ..errors import PzError
 from ..lang import load_metric
 from ..lang.ops import EXTENDED, PUBLISHED
@@ -39,21 +43,35 @@ class SearchSettings:
     time_limit: float | None = None  # seconds
 
     def validate(self) -> None:
-        if self.population < 2:
-            raise SearchError(f"population must be at least 2, got {self.population}")
+        """Every setting, checked before anything is written (a run directory is only made for
+        settings that can run). Types are checked too: settings may come from a file."""
+        _check_fitness(self.fitness)
+        _whole("population", self.population, 2)
+        _whole("budget", self.budget, 1)
         if self.budget < self.population:
             raise SearchError(
                 f"budget ({self.budget} evaluations) must be at least the population "
                 f"({self.population})"
             )
-        if self.batch < 1:
-            raise SearchError(f"batch must be at least 1, got {self.batch}")
-        if self.tournament < 1:
-            raise SearchError(f"tournament size must be at least 1, got {self.tournament}")
-        for name in ("p_crossover", "p_mutation"):
+        _whole("batch", self.batch, 1)
+        _whole("tournament size", self.tournament, 1)
+        _whole("max depth", self.max_depth, 2)
+        _whole("max size", self.max_size, 1)
+        _whole("init depth", self.init_depth, 1)
+        _whole("seed", self.seed, None)
+        _whole("final-top", self.final_top, 0)
+        for name in ("p_crossover", "p_mutation", "p_const", "promote_quantile"):
             v = getattr(self, name)
-            if not 0 <= v <= 1:
-                raise SearchError(f"{name.replace('_', '-')} must be in [0, 1], got {v}")
+            if not _is_number(v) or not 0 <= v <= 1:
+                raise SearchError(f"{name.replace('_', '-')} must be in [0, 1], got {v!r}")
+        if self.time_limit is not None and (
+            not _is_number(self.time_limit) or not 0 < self.time_limit < math.inf
+        ):
+            raise SearchError(f"the time limit must be a positive number, got {self.time_limit!r}")
+        if not isinstance(self.seed_known, bool):
+            raise SearchError(f"seed_known must be true or false, got {self.seed_known!r}")
+        if not all(isinstance(f, str) for f in self.seed_formulas):
+            raise SearchError(f"seed formulas must be strings, got {list(self.seed_formulas)!r}")
         if self.ops not in ("published", "extended"):
             raise SearchError(f"--ops must be 'published' or 'extended', got '{self.ops}'")
         if self.max_depth < 2:
@@ -81,9 +99,18 @@ class SearchSettings:
 
     @classmethod
     def from_dict(cls, d: dict) -> SearchSettings:
+        """Settings from :meth:`to_dict`'s form; a ``ValueError`` (naming the key) when ``d`` is
+        not that form. The values are checked by :meth:`validate`."""
+        if not isinstance(d, dict) or not isinstance(d.get("fitness"), dict):
+            raise ValueError("no 'fitness' settings")
         d = dict(d)
+        _known_keys(d, cls)
+        _known_keys(d["fitness"], FitnessSettings)
         d["fitness"] = FitnessSettings(**d["fitness"])
-        d["seed_formulas"] = tuple(d.get("seed_formulas", ()))
+        formulas = d.get("seed_formulas", ())
+        if not isinstance(formulas, (list, tuple)):
+            raise ValueError(f"seed_formulas is {formulas!r}, not a list")
+        d["seed_formulas"] = tuple(formulas)
         return cls(**d)
 
     def identity(self) -> dict:
@@ -92,6 +119,53 @@ class SearchSettings:
         for k in ("budget", "time_limit", "final_top"):
             d.pop(k)
         return d
+
+    def digest(self) -> str:
+        """A digest of :meth:`identity`: stored with the settings and in the search state, so
+        that an edited ``settings.json`` is noticed before a run mixes two settings."""
+        blob = json.dumps(self.identity(), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+
+
+def _whole(name: str, v, least: int | None) -> None:
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise SearchError(f"{name} must be a whole number, got {v!r}")
+    if least is not None and v < least:
+        raise SearchError(f"{name} must be at least {least}, got {v}")
+
+
+def _known_keys(d: dict, cls) -> None:
+    unknown = set(d) - {f.name for f in fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown setting {', '.join(sorted(unknown))}")
+
+
+def _check_fitness(f: FitnessSettings) -> None:
+    if not isinstance(f.model, str) or not f.model:
+        raise SearchError(f"--model must name a model, got {f.model!r}")
+    if not isinstance(f.calib, str):
+        raise SearchError(f"--calib must name a text, got {f.calib!r}")
+    r = f.sparsity_ratio
+    if not _is_number(r) or not 0 <= r < 1:
+        raise SearchError(f"--sparsity_ratio must be in [0, 1), got {r!r}")
+    if not isinstance(f.sparsity_type, str):
+        raise SearchError(f"--sparsity_type must be text, got {f.sparsity_type!r}")
+    try:
+        parse_sparsity_type(f.sparsity_type)
+    except PzError as e:
+        raise SearchError(str(e)) from None
+    _whole("--nsamples", f.nsamples, 1)
+    _whole("--grad_samples", f.grad_samples, 1)
+    _whole("--seqlen", f.seqlen, 2)
+    _whole("--heldout_windows", f.heldout_windows, 1)
+    _whole("--heldout_seqlen", f.heldout_seqlen, 2)
+    _whole("--cheap_windows", f.cheap_windows, 0)
+    _whole("--cheap_seqlen", f.cheap_seqlen, 2 if f.cheap_windows else 0)
+    _whole("seed", f.seed, None)
 
 
 def settings_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
