@@ -83,6 +83,7 @@ class Search:
         self._pause = threading.Event()
         self._stop = threading.Event()
         self._inject: list[Node] = []
+        self._evaluated_at_start = 0
         self._lock = threading.Lock()
         self.backend_name, self.workers, self.ray_address = backend, workers, ray_address
         self.device, self.threads = device, threads
@@ -228,6 +229,7 @@ class Search:
             batch_no = state["batch"]
             init = []
         evaluated = state["evaluations"] if state else 0
+        self._evaluated_at_start = evaluated  # the rate counts only this session's evaluations
         hits = state["cache_hits"] if state else 0
         next_id = state["next_id"] if state else 0
         exhausted = bool(state and state.get("exhausted"))
@@ -445,12 +447,13 @@ class Search:
         ok = [r for r in history if r["stage"] == "full"]
         best = min(ok, key=sort_key) if ok else None
         minutes = max((time.perf_counter() - t_start) / 60, 1e-9)
+        new = evaluated - self._evaluated_at_start
         self.on_event(
             SearchProgress(
                 evaluated,
                 self.s.budget,
                 hits,
-                evaluated / minutes if evaluated else 0.0,
+                new / minutes if new > 0 else 0.0,
                 best["fitness"] if best else WORST,
                 best["formula"] if best else "-",
                 pareto_front(history),

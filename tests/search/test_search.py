@@ -257,3 +257,31 @@ def test_time_limit_still_runs_the_finals(tmp_path):
     ).run()
     assert not fin.stopped and len(fin.finals) == 1  # the first batch, then the final re-run
     assert fin.evaluations == 8
+
+
+def test_rate_after_resume_counts_only_new_evaluations(tmp_path, monkeypatch):
+    """A continued search's evaluations per minute are its own, not all past ones over the
+    time since resuming (the review saw 54,905/min)."""
+    import types
+
+    from pzshell.search import evolution
+
+    Search(settings(budget=16, final_top=0), tmp_path / "r", threads=1).run()
+    calls = []
+
+    def clock() -> float:  # the search's start at 0, every later reading one minute on
+        calls.append(None)
+        return 0.0 if len(calls) == 1 else 60.0
+
+    monkeypatch.setattr(evolution, "time", types.SimpleNamespace(perf_counter=clock))
+    seen: list[SearchProgress] = []
+    Search(
+        settings(budget=24, final_top=0),
+        tmp_path / "r",
+        threads=1,
+        resume=True,
+        on_event=lambda ev: seen.append(ev) if isinstance(ev, SearchProgress) else None,
+    ).run()
+    assert seen and seen[-1].evaluations == 24
+    for ev in seen:  # one minute since the start: the rate is the count of new evaluations
+        assert ev.evals_per_minute == pytest.approx(ev.evaluations - 16)
