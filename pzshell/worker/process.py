@@ -212,18 +212,17 @@ class Worker:
         self.search_thread.start()
 
     def _search_main(self, job: StartSearch) -> None:
-        from ..search import Search, SearchSettings
+        from ..search import Search
         from ..search.cache import FitnessCache
-        from ..search.runlog import SETTINGS_NAME, RunLog
+        from ..search.runlog import load_settings
 
         sid = job.search_id
         try:
             settings = job.settings
-            if job.resume:
-                saved = RunLog(job.out_dir).read_json(SETTINGS_NAME)
-                if saved is None:
-                    raise ValueError(f"{job.out_dir} is not a search directory")
-                settings = SearchSettings.from_dict(saved["settings"])
+            use_cache = True
+            if job.resume:  # the run's own settings (digest-checked) and its cache option
+                settings, options = load_settings(job.out_dir)
+                use_cache = options.get("cache", True)
                 if job.budget:
                     settings.budget = max(settings.budget, job.budget)
             from ..models.load import pick_device
@@ -233,7 +232,7 @@ class Worker:
                 settings,
                 job.out_dir,
                 device=device,
-                cache=FitnessCache(),
+                cache=FitnessCache() if use_cache else None,
                 on_event=lambda ev: self._search_event(sid, ev),
                 resume=job.resume,
             )
