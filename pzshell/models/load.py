@@ -22,6 +22,7 @@ from torch import nn
 from ..errors import PzError
 from ..paths import cache_dir
 from .arch import block_list_path, decoder_blocks
+from .files import check_gguf, check_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -88,19 +89,57 @@ def load_model(
     dev = pick_device(device)
     if dtype is None:
         dtype = torch.float16 if dev.type == "cuda" else torch.float32
-    if spec == "tiny":
-        lm = build_tiny()
-    elif spec == "smollm2":
-        lm = _load_smollm2(dtype)
-    else:
-        lm = _load_path_or_hub(spec, dtype, dev)
-    model = lm.model
-    model.eval()
-    model.config.use_cache = False
-    if not getattr(model, "hf_device_map", None) or len(set(model.hf_device_map.values())) <= 1:
-        model.to(device=dev, dtype=dtype)
-    block_list_path(model)  # fail early, with a clear message, on an unsupported architecture
+    try:
+        if spec == "tiny":
+            lm = build_tiny()
+        elif spec == "smollm2":
+            lm = _load_smollm2(dtype)
+        else:
+            lm = _load_path_or_hub(spec, dtype, dev)
+        model = lm.model
+        model.eval()
+        model.config.use_cache = False
+        if not getattr(model, "hf_device_map", None) or len(set(model.hf_device_map.values())) <= 1:
+            model.to(device=dev, dtype=dtype)
+        block_list_path(model)  # fail early, with a clear message, on an unsupported architecture
+    except PzError:
+        raise
+    except Exception as e:  # any reader's failure: name what was being loaded, no traceback
+        raise ModelError(f"could not load model '{spec}': {_first_line(e)}") from None
     return lm
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(e).__name__}: {first[:300]}" if first else type(e).__name__
+
+
+def _check_fit(path: Path, info: dict) -> None:
+    """Weights that ``config.json`` does not describe are an error, not a silently random or
+    dropped layer: missing, unexpected or differently shaped tensors."""
+    problems = []
+    mismatched = list(info.get("mismatched_keys") or [])
+    if mismatched:
+        shown = "; ".join(
+            f"{k}: {tuple(a)} in the weights, {tuple(b)} from config.json"
+            for k, a, b in sorted(mismatched)[:3]
+        )
+        more = f" (and {len(mismatched) - 3} more)" if len(mismatched) > 3 else ""
+        problems.append(f"{len(mismatched)} tensor(s) have another shape: {shown}{more}")
+    for what, keys in (
+        ("missing from the weights", info.get("missing_keys")),
+        ("in the weights but not in the model config.json describes", info.get("unexpected_keys")),
+    ):
+        keys = sorted(keys or [])
+        if keys:
+            more = f" (and {len(keys) - 3} more)" if len(keys) > 3 else ""
+            problems.append(f"{len(keys)} tensor(s) {what}: {', '.join(keys[:3])}{more}")
+    if problems:
+        raise ModelError(
+            f"{path}: config.json does not match the weights ({'; '.join(problems)}); the config "
+            f"or the weight files belong to another model"
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -180,6 +219,7 @@ def _load_smollm2(dtype: torch.dtype) -> LoadedModel:
     target = cache_dir() / "models" / "smollm2-135m-instruct-q4_1"
     gguf = smollm2_gguf_path()
     if not (target / "config.json").exists():
+        check_gguf(gguf)
         log.info("converting %s to safetensors in %s (once, ~40 s)", gguf.name, target)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
@@ -198,6 +238,10 @@ def _load_smollm2(dtype: torch.dtype) -> LoadedModel:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+    try:
+        check_model_dir(target)
+    except PzError as e:
+        raise ModelError(f"{e} (the converted cache; delete {target} to convert again)") from None
     tok = AutoTokenizer.from_pretrained(target)
     model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype)
     return LoadedModel(
@@ -230,6 +274,7 @@ def _load_path_or_hub(spec: str, dtype: torch.dtype, dev: torch.device) -> Loade
         kwargs["device_map"] = "auto"  # multi-GPU: spread the blocks
     try:
         if path.is_file() and path.suffix == ".gguf":
+            check_gguf(path)
             tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
             model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, **kwargs)
             _forget_gguf(model)
@@ -238,13 +283,18 @@ def _load_path_or_hub(spec: str, dtype: torch.dtype, dev: torch.device) -> Loade
             # structurally pruned (pzshell structured): per-block shapes no stock config holds
             from .structure import load_structured
 
+            check_model_dir(path)
             model, tok = load_structured(path, dtype=dtype)
             source = f"structurally pruned model {path}"
         elif path.is_dir():
             if not (path / "config.json").exists():
                 raise ModelError(f"{path} is a directory but has no config.json (not a HF model)")
+            check_model_dir(path)
             tok = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+            model, info = AutoModelForCausalLM.from_pretrained(
+                path, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+            )
+            _check_fit(path, info)
             source = f"local directory {path}"
         elif path.exists():
             raise ModelError(f"{path} is neither a model directory nor a .gguf file")
@@ -258,13 +308,14 @@ def _load_path_or_hub(spec: str, dtype: torch.dtype, dev: torch.device) -> Loade
             tok = AutoTokenizer.from_pretrained(spec)
             model = AutoModelForCausalLM.from_pretrained(spec, **kwargs)
             source = f"hub id {spec}"
-    except ModelError:
+    except PzError:
         raise
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except Exception as e:  # any reader's failure (safetensors, gguf, torch, json): name the path
+        if path.exists():
+            raise ModelError(f"could not load model {path}: {_first_line(e)}") from None
         raise ModelError(
-            f"could not load model '{spec}': {first}. Give a local HF directory, a .gguf file, "
-            f"a reachable hub id, or one of the aliases {', '.join(MODEL_ALIASES)}"
+            f"could not load model '{spec}': {_first_line(e)}. Give a local HF directory, a .gguf "
+            f"file, a reachable hub id, or one of the aliases {', '.join(MODEL_ALIASES)}"
         ) from None
     max_pos = getattr(model.config, "max_position_embeddings", 2048) or 2048
     lm = LoadedModel(model, tok, spec, source, max_pos)
