@@ -91,7 +91,12 @@ def print_eval_summary(res: dict) -> None:
     desc = res["method"]
     if res["method"] != "dense":
         desc += f"  {res.get('sparsity_ratio')} {res.get('sparsity_type')}"
-    t.add_row("pruning", f"{desc}  (achieved {res['actual_sparsity']:.4f} of block weights)")
+    if res.get("sparsity_type") == "structured":
+        before, after = res.get("model_params_before"), res["model_params_after"]
+        size = f"{before:,} -> {after:,} parameters" if before else f"{after:,} parameters"
+        t.add_row("pruning", f"structured  ({size})")
+    else:
+        t.add_row("pruning", f"{desc}  (achieved {res['actual_sparsity']:.4f} of block weights)")
     if "ppl" in res:
         t.add_row("perplexity", ppl_line(res["ppl"], res))
     console.print(t)

@@ -22,6 +22,7 @@ from rich.tree import Tree
 from ..errors import PzError
 from ..lang import Node, load_metric, load_tree_file, save_tree_file, to_infix, to_latex
 from ..lang.algebra import canonical, equivalent_known, explain, simplify
+from ..lang.diagnostics import MetricError
 from ..lang.library import shipped_tree, shipped_tree_names
 from ..lang.ops import OPS
 from ..lang.tree import to_json, to_json_obj
@@ -37,7 +38,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "and JSON. A formula that starts with '-' goes after '--': pzshell parse -- -W*X"
         ),
     )
-    p.add_argument("formula", help="formula, JSON tree file, or shipped tree name")
+    p.add_argument(
+        "formula",
+        help="formula, JSON tree file (a name ending in .json), or shipped tree name; any other "
+        "text is a formula, even where a file of that name exists",
+    )
+    p.add_argument(
+        "--file",
+        action="store_true",
+        help="FORMULA is the path of a JSON tree file, whatever its name",
+    )
     p.add_argument(
         "--json", action="store_true", help="print one JSON object instead of the rich view"
     )
@@ -85,8 +95,22 @@ def describe(node: Node) -> dict[str, Any]:
     }
 
 
+def _names_a_file(text: str) -> bool:
+    try:
+        return len(text) < 4096 and Path(text).exists()
+    except (OSError, ValueError):  # too long or not a path at all
+        return False
+
+
 def run(args: argparse.Namespace) -> int:
-    node = load_metric(args.formula)
+    try:
+        node = load_metric(Path(args.formula) if args.file else args.formula)
+    except MetricError as e:
+        if not args.file and _names_a_file(args.formula):  # meant the file? say how
+            e.message += (
+                f" (a file or directory {args.formula} exists: to read a tree file, add --file)"
+            )
+        raise
     if args.save:
         _save(node, args.save)
     info = describe(node)

@@ -349,6 +349,22 @@ def save_gradients(grads: dict[str, torch.Tensor], path: str | Path) -> None:
         torch.save(grads, tmp)
 
 
+def _why_unreadable(path: Path, e: Exception) -> str:
+    """A short reason why ``torch.load`` failed (its own text runs to a screenful)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    size = path.stat().st_size
+    if size == 0:
+        return "the file is empty"
+    if head[:2] != b"PK" and head[:1] != b"\x80":
+        return f"{size:,} bytes that are not a torch.save archive"
+    if "weights_only" in str(e) or "Unsupported global" in str(e):
+        return "it holds Python objects other than tensors, which are not loaded for safety"
+    text = str(e).strip() or type(e).__name__
+    first = text.splitlines()[0].split(". ")[0]  # PyTorch's text goes on to ask for a bug report
+    return f"a damaged or truncated torch.save archive: {first[:160]}"
+
+
 def load_gradients(path: str | Path, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
     """Load a gradient file (ours or the original code's); check it against ``model``."""
     path = Path(path)
@@ -357,7 +373,7 @@ def load_gradients(path: str | Path, model: nn.Module | None = None) -> dict[str
     try:
         grads = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise GradientError(f"{path}: not a gradient file saved with torch.save ({e})") from None
+        raise GradientError(f"{path}: not a gradient file ({_why_unreadable(path, e)})") from None
     if not isinstance(grads, dict) or not all(isinstance(v, torch.Tensor) for v in grads.values()):
         raise GradientError(f"{path}: expected a dict of tensors keyed '<module>_layer_<i>'")
     if model is not None:

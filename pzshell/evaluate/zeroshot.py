@@ -219,15 +219,8 @@ def prepare_tasks(tasks: str | Iterable[str], *, hub_timeout: float = HUB_TIMEOU
     names = parse_tasks(tasks)
     local = local_tasks()
     hub_tasks = [n for n in names if n not in local]
-    offline = bool(hub_tasks) and not hub_reachable(hub_timeout)
-    if offline and not _hub_cache_has_datasets():
-        raise ZeroShotError(
-            f"zero-shot task(s) {', '.join(hub_tasks)} load their data from the Hugging Face "
-            f"hub (lm-eval tasks), which is not reachable from this machine, and the local "
-            f"datasets cache is empty. Run them where the hub is reachable, or use pzshell's "
-            f"offline task: --tasks {LOCAL_TASK}"
-        )
     with _quiet_lm_eval():
+        # a name that no task has is the error to report, whether or not the hub is reachable
         manager = _task_manager(names)
         unknown = [n for n in names if n not in manager.all_tasks]
         if unknown:
@@ -235,6 +228,14 @@ def prepare_tasks(tasks: str | Iterable[str], *, hub_timeout: float = HUB_TIMEOU
                 f"unknown zero-shot task(s): {', '.join(unknown)}. pzshell's offline task: "
                 f"{', '.join(local)}; lm-eval tasks (data from the hub) such as "
                 f"{', '.join(DEFAULT_TASKS)}"
+            )
+        offline = bool(hub_tasks) and not hub_reachable(hub_timeout)
+        if offline and not _hub_cache_has_datasets():
+            raise ZeroShotError(
+                f"zero-shot task(s) {', '.join(hub_tasks)} load their data from the Hugging "
+                f"Face hub (lm-eval tasks), which is not reachable from this machine, and the "
+                f"local datasets cache is empty. Run them where the hub is reachable, or use "
+                f"pzshell's offline task: --tasks {LOCAL_TASK}"
             )
         try:
             if offline:

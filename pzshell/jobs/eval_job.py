@@ -13,6 +13,7 @@ from ..engine.finetune import block_sparsity
 from ..errors import PzError
 from ..evaluate.zeroshot import prepare_tasks
 from ..models import LoadedModel, count_block_params, load_model, sparsity_report
+from ..models.structure import is_structured_dir
 from ..progress import ProgressFn
 from . import results as schema
 from .provenance import MODEL_FIELDS, read_provenance, source_of
@@ -40,10 +41,15 @@ def model_fields(lm: LoadedModel, spec: str) -> dict:
         out["base_model_source"] = prov.get("base_model_source") or prov.get("model_source")
         out["model"] = spec
         out["model_source"] = lm.source
-        if prov.get("structured"):
-            out.setdefault("method", "structured")
-            out["sparsity_type"] = "structured"
-            out["sparsity_ratio"] = prov.get("pruning_ratio", out.get("sparsity_ratio", 0.0))
+    if prov.get("structured") or is_structured_dir(spec):
+        # a structurally pruned model is described by its structure, with or without a note
+        # of how it was made: never "dense"
+        out["method"] = "structured"
+        out["sparsity_type"] = "structured"
+        out["sparsity_ratio"] = prov.get("pruning_ratio", out.get("sparsity_ratio", 0.0))
+        out["model_params_after"] = sum(p.numel() for p in lm.model.parameters())
+        if "model_params_before" in prov:
+            out["model_params_before"] = prov["model_params_before"]
     out["actual_sparsity"] = zeros / max(total, 1)
     out["layers"] = sparsity_report(lm.model)
     return out

@@ -177,12 +177,64 @@ def problems(results: dict) -> list[str]:
         v = results.get(k)
         if isinstance(v, _NUM) and not isinstance(v, bool) and not (v >= 1 or math.isnan(v)):
             out.append(f"field '{k}': a perplexity is >= 1, got {v}")
+    out += _nested_problems(results)
     st = results.get("sparsity_type")
     if isinstance(st, str) and st not in ("unstructured", "structured") and not _NM.match(st):
         out.append(f"field 'sparsity_type': expected unstructured, structured or N:M, got '{st}'")
     r = results.get("sparsity_ratio")
     if isinstance(r, _NUM) and not isinstance(r, bool) and not 0 <= r < 1:
         out.append(f"field 'sparsity_ratio': expected a fraction in [0, 1), got {r}")
+    return out
+
+
+_TASK_NUMBERS = ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n", "n_total")
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, _NUM) and not isinstance(v, bool)
+
+
+def _nested_problems(results: dict) -> list[str]:
+    """The numbers inside the lists and objects that readers compute with: each ``layers`` row
+    and each zero-shot task's accuracies and counts."""
+    out = []
+    layers = results.get("layers")
+    if isinstance(layers, list):
+        for i, row in enumerate(layers):
+            if not isinstance(row, dict):
+                out.append(f"field 'layers[{i}]': expected an object, got {type(row).__name__}")
+                continue
+            for k in ("block", "pruned"):
+                if k in row and not (isinstance(row[k], int) and not isinstance(row[k], bool)):
+                    out.append(f"field 'layers[{i}].{k}': expected an integer, got {row[k]!r}")
+            if "sparsity" in row and not _is_num(row["sparsity"]):
+                out.append(
+                    f"field 'layers[{i}].sparsity': expected a number, got {row['sparsity']!r}"
+                )
+            shape = row.get("shape")
+            if shape is not None and not (
+                isinstance(shape, (list, tuple)) and all(isinstance(x, int) for x in shape)
+            ):
+                out.append(f"field 'layers[{i}].shape': expected a list of integers, got {shape!r}")
+            if len(out) >= 5:
+                break
+    for key in ("zero_shot", "zero_shot_after_finetune"):
+        zs = results.get(key)
+        if not isinstance(zs, dict):
+            continue
+        if "mean_acc" in zs and zs["mean_acc"] is not None and not _is_num(zs["mean_acc"]):
+            out.append(f"field '{key}.mean_acc': expected a number, got {zs['mean_acc']!r}")
+        tasks = zs.get("tasks", {})
+        if not isinstance(tasks, dict):
+            out.append(f"field '{key}.tasks': expected an object, got {type(tasks).__name__}")
+            continue
+        for name, t in tasks.items():
+            if not isinstance(t, dict):
+                out.append(f"field '{key}.tasks.{name}': expected an object")
+                continue
+            for k, v in t.items():
+                if k in _TASK_NUMBERS and v is not None and not _is_num(v):
+                    out.append(f"field '{key}.tasks.{name}.{k}': expected a number, got {v!r}")
     return out
 
 
@@ -212,7 +264,9 @@ def normalise(data: dict) -> dict:
         d.setdefault("sparsity_type", "structured")
         d.setdefault("sparsity_ratio", data.get("achieved_ratio", data["pruning_ratio"]))
         if "ppl" in d and "eval_nll" not in d:
-            d["eval_nll"] = math.log(d["ppl"]) if d["ppl"] > 0 else float("nan")
+            ppl = d["ppl"]
+            if _is_num(ppl):  # anything else is reported by validate(), with its field
+                d["eval_nll"] = math.log(ppl) if ppl > 0 else float("nan")
     elif "layers" in data and "prune_seconds" in data:
         d.setdefault("job", "prune")
     elif "finetune" in data:

@@ -280,13 +280,15 @@ def _word(terminal: str) -> str:
 
 
 def load_metric(spec: str | Path) -> Node:
-    """A formula, or the path of a Pruner-Zero JSON tree file, or a shipped tree's name."""
+    """A formula, a Pruner-Zero JSON tree (inline, or a file: a :class:`Path`, or a string ending
+    in ``.json``), or a shipped tree's name. Any other string is a formula, even if a file of
+    that name exists (``W/G`` is a division, never the file ``./W/G``)."""
     if isinstance(spec, Path):
         return load_tree_file(spec)
     s = spec.strip()
     if s.startswith("{"):
         return from_json(s)
-    if s.endswith(".json") or (("/" in s or "\\" in s) and Path(s).exists()):
+    if s.endswith(".json"):
         return load_tree_file(s)
     from .library import shipped_tree, shipped_tree_names
 

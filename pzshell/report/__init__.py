@@ -22,8 +22,13 @@ from .tables import COLUMNS, markdown_table, table_rows, zero_shot_table
 
 def write_report(paths: list[str | Path], out_dir: str | Path) -> dict:
     """Read the runs under ``paths``; write ``report.md`` and the PNGs into ``out_dir``."""
-    runs = find_runs(paths)
     out = Path(out_dir)
+    why = atomic.why_not_writable(out, is_dir=True)  # before reading any run
+    if why:
+        raise ReportError(
+            f"--out {out}: {why}; --out is the directory that report.md and the plots go into"
+        )
+    runs = find_runs(paths)
     out.mkdir(parents=True, exist_ok=True)
     plots = plot_perplexity(runs, out)
     for extra in (plot_layers(runs, out), plot_zero_shot(runs, out)):

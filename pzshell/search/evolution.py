@@ -14,6 +14,10 @@ the interrupted batch is regenerated deterministically; its candidates already i
 not evaluated again. Finals already in the log are reused, not recomputed, and the state says
 when the final stage is done: resuming a finished run changes nothing.
 
+Why this module is longer than the others (~570 lines): it is one class, the driver, whose
+methods share the run's state (population, RNG, log, backend); the checks of a run directory
+already live in :mod:`.runlog`, the operators in :mod:`.gp`, the ranking in :mod:`.ranking`.
+
 A resumed directory is checked before anything runs (:mod:`.runlog`): settings against their
 digest (kept in settings.json and in state.json), the state against the log (every candidate
 the state counts must be logged), and every file for damage; each problem is a

@@ -187,3 +187,27 @@ def test_linears_reading_one_input_share_their_statistics(tiny_lm, calib):
     distinct = {id(stats[n]) for n in ("self_attn.q_proj", "self_attn.o_proj", "mlp.up_proj")}
     assert len(distinct | {id(stats["mlp.down_proj"])}) == 4
     assert stats["self_attn.q_proj"].tokens == 6 * 48
+
+
+@pytest.mark.parametrize(
+    "content,says",
+    [
+        (b"", "the file is empty"),
+        (bytes(range(256)) * 20, "5,120 bytes that are not a torch.save archive"),
+        ("truncated", "a damaged or truncated torch.save archive: PytorchStreamReader failed"),
+    ],
+)
+def test_a_damaged_gradient_file_is_a_short_clear_error(tmp_path, content, says, capsys):
+    from pzshell.cli import main
+
+    bad = tmp_path / "g.pth"
+    if content == "truncated":
+        torch.save({"x_layer_0": torch.zeros(64, 64, dtype=torch.float16)}, bad)
+        bad.write_bytes(bad.read_bytes()[:2000])
+    else:
+        bad.write_bytes(content)
+    argv = ["prune", "--model", "tiny", "--prune_method", "pruner-zero", "--gradient_path"]
+    assert main([*argv, str(bad), "--nsamples", "2", "--seqlen", "32", "--eval", "none"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{bad}: not a gradient file" in err and says in err, err
+    assert "issue" not in err and "weights_only" not in err and len(err) < 400

@@ -129,3 +129,12 @@ def test_local_task_on_smollm2(smollm2):
     assert r["n"] == r["n_total"] == 64
     # the dense model knows these everyday facts (measured 49/64 = 76.6%; chance is 25%)
     assert r["acc"] >= 0.6 and 0 < r["acc_stderr"] < 0.1
+
+
+def test_an_unknown_task_is_named_not_the_hub(monkeypatch):
+    """`--tasks no_such_task` used to blame the unreachable hub."""
+    monkeypatch.setattr(zeroshot, "hub_reachable", lambda timeout=0: False)
+    monkeypatch.setattr(zeroshot, "_hub_cache_has_datasets", lambda: False)
+    with pytest.raises(ZeroShotError, match="unknown zero-shot task\\(s\\): no_such_task") as e:
+        prepare_tasks("no_such_task")
+    assert "hub" not in str(e.value).split(".")[0]

@@ -157,7 +157,9 @@ def test_json_missing_children(capsys):
 
 def test_missing_file(capsys, tmp_path):
     assert_user_error(capsys, ["parse", str(tmp_path / "nope.json")], "no such file")
-    assert_user_error(capsys, ["parse", str(tmp_path)], "is a directory")
+    # a path that is not a .json name is a formula; the error says how to read the file
+    assert_user_error(capsys, ["parse", str(tmp_path)], "exists: to read a tree file, add --file")
+    assert_user_error(capsys, ["parse", str(tmp_path), "--file"], "is a directory")
 
 
 def test_user_text_that_looks_like_markup_is_printed_verbatim(capsys):
@@ -265,3 +267,19 @@ def test_help(capsys, argv):
         main(argv)
     assert e.value.code == 0
     assert "usage" in capsys.readouterr().out
+
+
+def test_a_formula_is_never_read_as_a_file(tmp_path, monkeypatch, capsys):
+    """`W/G` is a division even where a file ./W/G exists; a tree file ends in .json or is
+    named with --file."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "W").mkdir()
+    (tmp_path / "W" / "G").write_text(to_json(parse("abs(W)")))
+    assert main(["parse", "W/G", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["infix"] == "W / G"
+    tree = tmp_path / "mytree"  # no .json suffix: only --file reads it
+    tree.write_text(to_json(parse("W*sqrt(X)")))
+    assert main(["parse", str(tree), "--file", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["infix"] == "W * sqrt(X)"
+    assert main(["parse", str(tmp_path / "missing"), "--file"]) == 2
+    assert "missing" in capsys.readouterr().err

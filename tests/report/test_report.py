@@ -170,3 +170,47 @@ def test_cli_report(runs_dir, tmp_path, capsys):
     out = capsys.readouterr()
     assert "6 run(s)" in out.err and (tmp_path / "r" / "report.md").exists()
     assert main(["report", str(tmp_path / "nothing-here")]) == 2
+
+
+@pytest.mark.parametrize(
+    "fields,says",
+    [
+        ({"ppl": "40"}, "field 'ppl': expected a number"),
+        ({"layers": [{"block": 0, "sparsity": "0.5", "shape": [8, 8]}]}, "layers[0].sparsity"),
+        ({"layers": [{"block": "0", "shape": [8, 8]}]}, "layers[0].block"),
+        ({"layers": [{"block": 0, "shape": "8x8"}]}, "layers[0].shape"),
+        ({"zero_shot": {"tasks": {"t": {"acc": "0.5"}}, "mean_acc": 0.5}}, "tasks.t.acc"),
+        ({"zero_shot": {"tasks": {}, "mean_acc": "high"}}, "zero_shot.mean_acc"),
+        # an old structured file (before the schema) with a string perplexity
+        ({"importance": "wanda", "pruning_ratio": 0.2, "ppl": "40"}, "field 'ppl'"),
+    ],
+)
+def test_strings_where_numbers_belong_are_named(tmp_path, capsys, fields, says):
+    """Numbers inside lists and objects used to give tracebacks in the report's arithmetic."""
+    _run(tmp_path, "bad", **fields)
+    assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "r")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "results.json" in err and says in err, err
+    assert "Traceback" not in err
+
+
+def test_results_that_are_not_an_object(tmp_path, capsys):
+    d = tmp_path / "runs" / "x"
+    d.mkdir(parents=True)
+    (d / "results.json").write_text("[1, 2]")
+    assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "r")]) == 2
+    assert "expected a JSON object, got list" in " ".join(capsys.readouterr().err.split())
+
+
+def test_report_out_onto_a_file_fails_before_reading(tmp_path, capsys, monkeypatch):
+    import pzshell.report as report
+
+    def no_reading(paths):
+        raise AssertionError("the runs were read before --out was checked")
+
+    monkeypatch.setattr(report, "find_runs", no_reading)
+    f = tmp_path / "afile"
+    f.write_text("x")
+    assert main(["report", str(tmp_path), "--out", str(f)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"--out {f}: {f} is a file, not a directory" in err

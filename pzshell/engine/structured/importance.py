@@ -73,7 +73,8 @@ def weight_scores(
     """Pure: the per-weight importance of one linear, fp32, shape of ``weight``."""
     w = weight.detach().float()
     if imp.metric is not None:
-        return evaluate(imp.metric, w, G=G, X=X, check=False)
+        # the degenerate-metric check of the prune path: NaN/inf or constant scores are refused
+        return evaluate(imp.metric, w, G=G, X=X)
     if imp.name == "wanda":
         return w.abs() * torch.sqrt(X.float().reshape(1, -1))
     first = (w * grad_mean.float()).abs()

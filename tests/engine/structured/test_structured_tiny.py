@@ -466,3 +466,37 @@ def test_generate_with_kv_cache_and_empty_first_attention(tiny):
     cached = tiny.model.generate(ids, max_new_tokens=6, do_sample=False, use_cache=True)
     plain = tiny.model.generate(ids, max_new_tokens=6, do_sample=False, use_cache=False)
     assert torch.equal(cached, plain)
+
+
+def test_a_degenerate_importance_formula_is_refused(capsys):
+    """`W-W` gives every unit the same importance: refused, as `prune` refuses it, instead of
+    removing an arbitrary quarter of the units."""
+    argv = ["structured", *FAST, "--eval", "none", "--importance_method", "W-W"]
+    assert main(argv) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "constant" in err or "degenerate" in err, err
+
+
+@pytest.mark.parametrize("with_note", [True, False])
+def test_eval_of_a_structured_model_reports_its_structure(tmp_path, capsys, with_note):
+    """`eval` on a structurally pruned directory said "pruning: dense"."""
+    from pzshell.jobs.provenance import PROVENANCE_FILE
+
+    run = tmp_path / "run"
+    flags = ["--pruning_ratio", "0.4", "--eval", "none", "--save", str(run), "--save_model"]
+    assert main(["structured", *FAST, *flags]) == 0
+    made = json.loads((run / "results.json").read_text())
+    if not with_note:  # a directory without pzshell's note of how it was made
+        (run / "model" / PROVENANCE_FILE).unlink()
+    capsys.readouterr()
+    out = tmp_path / "ev"
+    argv = ["eval", "--model", str(run / "model"), "--eval-windows", "1", "--save", str(out)]
+    assert main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["method"] == "structured" and res["sparsity_type"] == "structured"
+    assert res["model_params_after"] == made["model_params_after"]
+    err = " ".join(capsys.readouterr().err.split())
+    assert "dense" not in err and f"{made['model_params_after']:,} parameters" in err
+    if with_note:
+        assert res["model_params_before"] == made["model_params_before"]
+        assert f"{made['model_params_before']:,} -> " in err
