@@ -32,8 +32,7 @@ class WriteFailed(OSError):
 
     def __str__(self) -> str:
         return (
-            f"could not write {self.filename} ({self.strerror}); what was there before is "
-            f"unchanged"
+            f"could not write {self.filename} ({self.strerror}); what was there before is unchanged"
         )
 
 
