@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import PzError
-from ..search import Search, SearchSettings
+from ..search import FitnessSettings, Search, SearchSettings
 from ..search.events import CandidateDone, SearchFinished, SearchMessage, SearchProgress
 from ..search.runlog import check_run_dir, load_settings
 from .common import console
@@ -34,37 +34,127 @@ def register(sub) -> None:
         # an option not given is absent from the namespace: --resume tells given from default
         argument_default=argparse.SUPPRESS,
     )
-    p.add_argument("--model")
-    p.add_argument("--sparsity_ratio", type=float)
-    p.add_argument("--sparsity_type")
-    p.add_argument("--calib", help="calibration-domain text (file, builtin)")
-    p.add_argument("--nsamples", type=int, help="calibration windows for X")
-    p.add_argument("--grad_samples", type=int, help="calibration windows for G")
-    p.add_argument("--seqlen", type=int, help="calibration window length")
-    p.add_argument("--heldout_windows", type=int)
-    p.add_argument("--heldout_seqlen", type=int)
+    p.add_argument("--model", help="model name or local path (default smollm2)")
+    p.add_argument(
+        "--sparsity_ratio",
+        type=_ratios,
+        help="fraction of weights to prune; several, comma-separated (0.5,0.6), make a "
+        "multi-setting fitness (default 0.5)",
+    )
+    p.add_argument(
+        "--sparsity_type",
+        help="unstructured or N:M; several, comma-separated (unstructured,2:4), make a "
+        "multi-setting fitness: the mean log-perplexity over them (default unstructured)",
+    )
+    p.add_argument("--calib", help="calibration-domain text: a file, or builtin (default)")
+    p.add_argument("--nsamples", type=int, help="calibration windows for X and H (default 32)")
+    p.add_argument("--grad_samples", type=int, help="calibration windows for G (default 16)")
+    p.add_argument("--seqlen", type=int, help="calibration window length (default 512)")
+    p.add_argument("--heldout_windows", type=int, help="full-stage held-out windows (default 4)")
+    p.add_argument(
+        "--heldout_seqlen", type=int, help="full-stage held-out window length (default 256)"
+    )
+    p.add_argument(
+        "--proxy_rows",
+        type=int,
+        help="rows per linear of the proxy stage, the layer output error from cached second "
+        "moments (no forward pass); 0 leaves the stage out (default 64)",
+    )
+    p.add_argument(
+        "--proxy-quantile",
+        "--proxy_quantile",
+        dest="proxy_quantile",
+        type=float,
+        help="only candidates whose proxy is within this quantile of those seen go on to "
+        "perplexity (default 0.25)",
+    )
     p.add_argument(
         "--cheap_windows",
         type=int,
-        help="cheap first stage windows (0: no multi-fidelity)",
+        help="windows of an optional cheap perplexity stage between proxy and full "
+        "(default 0: off)",
     )
-    p.add_argument("--cheap_seqlen", type=int)
-    p.add_argument("--population", type=int)
-    p.add_argument("--budget", type=int, help="evaluations (distinct pruning rules)")
-    p.add_argument("--batch", type=int, help="children per steady-state batch")
+    p.add_argument("--cheap_seqlen", type=int, help="cheap-stage window length (default 128)")
+    p.add_argument(
+        "--promote-quantile",
+        "--promote_quantile",
+        dest="promote_quantile",
+        type=float,
+        help="cheap stage: the quantile of cheap values that goes on to full (default 0.5)",
+    )
+    p.add_argument(
+        "--strategy",
+        choices=("gp", "random"),
+        help="gp: genetic programming (default); random: fresh random formulas only, under "
+        "the same stages and budget (the ablation baseline)",
+    )
+    p.add_argument("--population", type=int, help="population size (default 24)")
+    p.add_argument("--budget", type=int, help="distinct pruning rules to screen (default 100000)")
+    p.add_argument("--batch", type=int, help="children per steady-state batch (default 32)")
     p.add_argument(
         "--time-limit",
         "--time_limit",
         dest="time_limit",
         type=float,
-        help="stop after this many minutes",
+        help="stop after this many minutes of search (statistics included; finals after)",
     )
-    p.add_argument("--tournament", type=int)
-    p.add_argument("--p-crossover", "--p_crossover", dest="p_crossover", type=float)
-    p.add_argument("--p-mutation", "--p_mutation", dest="p_mutation", type=float)
-    p.add_argument("--max-depth", "--max_depth", dest="max_depth", type=int)
-    p.add_argument("--max-size", "--max_size", dest="max_size", type=int)
-    p.add_argument("--ops", choices=("published", "extended"))
+    p.add_argument("--tournament", type=int, help="tournament size (default 3)")
+    p.add_argument(
+        "--p-crossover",
+        "--p_crossover",
+        dest="p_crossover",
+        type=float,
+        help="probability that a child is a crossover (default 0.6)",
+    )
+    p.add_argument(
+        "--p-mutation",
+        "--p_mutation",
+        dest="p_mutation",
+        type=float,
+        help="probability of mutation (the rest of the children; default 0.4)",
+    )
+    p.add_argument(
+        "--p-const",
+        "--p_const",
+        dest="p_const",
+        type=float,
+        help="probability that a new leaf is a random constant; constants are tuned by "
+        "mutation (default 0.1)",
+    )
+    p.add_argument(
+        "--parsimony",
+        type=float,
+        help="log-perplexity charged per formula node in selection (default 0.002)",
+    )
+    p.add_argument(
+        "--stagnation",
+        type=int,
+        help="batches without a better fitness before a restart that keeps the Pareto front "
+        "(default 12; 0: never)",
+    )
+    p.add_argument(
+        "--max-depth", "--max_depth", dest="max_depth", type=int, help="deepest tree (default 6)"
+    )
+    p.add_argument(
+        "--max-size",
+        "--max_size",
+        dest="max_size",
+        type=int,
+        help="most nodes in a tree (default 25)",
+    )
+    p.add_argument(
+        "--init-depth",
+        "--init_depth",
+        dest="init_depth",
+        type=int,
+        help="depth of random formulas (initial population, restarts; default 4)",
+    )
+    p.add_argument(
+        "--ops",
+        choices=("published", "extended"),
+        help="operator set: the published Pruner-Zero one, or with pzshell's extensions "
+        "(default extended)",
+    )
     p.add_argument(
         "--seed-formula",
         dest="seed_formulas",
@@ -83,8 +173,8 @@ def register(sub) -> None:
         type=int,
         help="re-run the best N with a full layer-sequential prune",
     )
-    p.add_argument("--seed", type=int)
-    p.add_argument("--workers", type=int, help="local worker processes")
+    p.add_argument("--seed", type=int, help="random seed of the search and its data (default 0)")
+    p.add_argument("--workers", type=int, help="local worker processes (default 1)")
     p.add_argument(
         "--ray",
         nargs="?",
@@ -92,7 +182,7 @@ def register(sub) -> None:
         metavar="ADDRESS",
         help="Ray actors: a local Ray, or the cluster at ADDRESS",
     )
-    p.add_argument("--device")
+    p.add_argument("--device", help="cpu (default), cuda, cuda:N")
     p.add_argument(
         "--no-cache",
         dest="use_cache",
@@ -110,32 +200,30 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-# what an option not given means for a new search (absent from the namespace: see register)
+def _ratios(text: str):
+    """``0.5`` or ``0.5,0.6``: one ratio or several."""
+    try:
+        values = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a ratio or a comma-separated list of ratios (0.5 or 0.5,0.6)"
+        ) from None
+    return values[0] if len(values) == 1 else values
+
+
+_FITNESS = tuple(f.name for f in dataclasses.fields(FitnessSettings) if f.name != "seed")
+_SEARCH = tuple(
+    f.name
+    for f in dataclasses.fields(SearchSettings)
+    if f.name not in ("fitness", "seed", "seed_formulas", "time_limit")
+)
+# what an option not given means for a new search (absent from the namespace: see register);
+# the settings' defaults are the dataclasses', so that the CLI and the library agree
 DEFAULTS = {
-    "model": "smollm2",
-    "sparsity_ratio": 0.5,
-    "sparsity_type": "unstructured",
-    "calib": "builtin",
-    "nsamples": 16,
-    "grad_samples": 8,
-    "seqlen": 256,
-    "heldout_windows": 4,
-    "heldout_seqlen": 256,
-    "cheap_windows": 1,
-    "cheap_seqlen": 64,
-    "population": 16,
-    "budget": 64,
-    "batch": 8,
-    "time_limit": None,
-    "tournament": 3,
-    "p_crossover": 0.7,
-    "p_mutation": 0.3,
-    "max_depth": 6,
-    "max_size": 31,
-    "ops": "published",
+    **{k: getattr(FitnessSettings(), k) for k in _FITNESS},
+    **{k: getattr(SearchSettings(), k) for k in _SEARCH},
     "seed_formulas": [],
-    "seed_known": True,
-    "final_top": 3,
+    "time_limit": None,
     "seed": 0,
     "workers": 1,
     "ray": None,
@@ -144,32 +232,6 @@ DEFAULTS = {
     "out": None,
     "resume": None,
 }
-_FITNESS = (
-    "model",
-    "sparsity_ratio",
-    "sparsity_type",
-    "calib",
-    "nsamples",
-    "grad_samples",
-    "seqlen",
-    "heldout_windows",
-    "heldout_seqlen",
-    "cheap_windows",
-    "cheap_seqlen",
-)
-_SEARCH = (
-    "population",
-    "budget",
-    "batch",
-    "tournament",
-    "p_crossover",
-    "p_mutation",
-    "max_depth",
-    "max_size",
-    "ops",
-    "seed_known",
-    "final_top",
-)
 
 
 def _arg(args, name: str):

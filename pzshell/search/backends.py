@@ -26,16 +26,33 @@ from .fitness import Evaluator, FitnessSettings
 
 @dataclass(frozen=True)
 class Task:
+    """One stage of one candidate: ``screen`` (the proxy stage), ``eval`` (the perplexity
+    stages, the cheap one gated by ``threshold``) or ``final`` (the layer-sequential prune)."""
+
     cid: int
     tree: Node
-    threshold: float | None
-    final: bool = False
+    threshold: float | None = None
+    kind: str = "eval"
 
 
 def run_task(ev: Evaluator, task: Task, worker: str) -> dict:
-    res = ev.final_fitness(task.tree) if task.final else ev.run(task.tree, task.threshold)
+    if task.kind == "final":
+        res = ev.final_fitness(task.tree)
+    elif task.kind == "screen":
+        res = ev.screen(task.tree)
+    else:
+        res = ev.run(task.tree, task.threshold)
     res.update(cid=task.cid, worker=worker)
     return res
+
+
+def startup_of(ev: Evaluator) -> dict:
+    """What building the first evaluator cost: model load and statistics (from the cache?)."""
+    return {
+        "load_seconds": round(ev.load_seconds, 3),
+        "statistics_seconds": round(ev.stats_seconds, 3),
+        "statistics_cached": ev.stats_cached,
+    }
 
 
 class InProcessBackend:
@@ -45,6 +62,7 @@ class InProcessBackend:
         self, settings: FitnessSettings, *, device: str | None = "cpu", threads: int | None = None
     ):
         self.ev = Evaluator(settings, device=device, threads=threads)
+        self.startup = startup_of(self.ev)
         self.workers = 1
 
     def map_unordered(self, tasks: list[Task]) -> Iterator[dict]:
@@ -118,7 +136,7 @@ class ProcessBackend:
         threads: int | None = None,
     ):
         # statistics are computed once here and cached on disk before the workers start
-        Evaluator(settings, device=device, threads=threads)
+        self.startup = startup_of(Evaluator(settings, device=device, threads=threads))
         self.workers = workers
         per = threads or max(1, (os.cpu_count() or 1) // workers)
         ctx = mp.get_context("spawn")
@@ -229,7 +247,8 @@ class RayBackend:
                     ignore_reinit_error=True,
                     log_to_driver=False,
                 )
-        Evaluator(settings, device=device, threads=threads)  # fill the statistics cache once
+        # fill the statistics cache once
+        self.startup = startup_of(Evaluator(settings, device=device, threads=threads))
         per = threads or max(1, (os.cpu_count() or 1) // workers)
         gpus = 1 if device not in (None, "cpu") and str(device).startswith("cuda") else 0
 

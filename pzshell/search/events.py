@@ -19,6 +19,9 @@ class CandidateDone:
 
 @dataclass(frozen=True)
 class SearchProgress:
+    """``evaluations`` counts distinct candidates *screened* (every stage's first), the unit
+    of ``budget``; ``full`` those that reached the full stage."""
+
     evaluations: int
     budget: int
     cache_hits: int
@@ -27,6 +30,11 @@ class SearchProgress:
     best_formula: str
     hall_of_fame: list = field(default_factory=list)  # [(size, fitness, formula)]
     paused: bool = False
+    full: int = 0  # candidates that reached the full stage (mask hits not counted)
+    mask_hits: int = 0  # candidates whose masks equal an earlier one's: its fitness reused
+    rates: dict = field(default_factory=dict)  # per hour of this session: screened, full
+    restarts: int = 0  # stagnation restarts so far
+    stage_seconds: dict = field(default_factory=dict)  # stage -> median seconds
 
 
 @dataclass(frozen=True)

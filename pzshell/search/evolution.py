@@ -36,14 +36,23 @@ from pathlib import Path
 
 from ..lang import Node, load_metric, to_infix, to_json_obj
 from ..lang.algebra import canonical, simplify
-from ..lang.random_trees import ramped_half_and_half
+from ..lang.ops import TERMINALS
+from ..lang.random_trees import ramped_half_and_half, random_tree
 from ..lang.tree import from_json_obj, save_tree_file
 from .backends import InProcessBackend, ProcessBackend, RayBackend, Task
 from .cache import FitnessCache
 from .events import CandidateDone, SearchFinished, SearchMessage, SearchProgress, SearchStarted
 from .fitness import WORST
 from .gp import crossover, mutate, tournament
-from .ranking import multifidelity, pareto_front, sort_key, spearman
+from .ranking import (
+    multifidelity,
+    pareto_front,
+    pareto_records,
+    percentiles,
+    selection_key,
+    sort_key,
+    spearman,
+)
 from .runlog import (
     LOG_NAME,
     SETTINGS_NAME,
@@ -173,10 +182,21 @@ class Search:
 
     def _child(self, rng: random.Random, pop: list[dict]) -> tuple[Node, str, list[int]]:
         s = self.s
+        if s.strategy == "random":  # the ablation baseline: no parents at all
+            depth = rng.randint(2, s.init_depth)
+            method = rng.choice(("full", "grow"))
+            tree = random_tree(
+                rng, depth, method, s.op_names, TERMINALS, s.p_const, min_depth=min(3, depth)
+            )
+            return tree, "random", []
         r = rng.random()
-        a = tournament(rng, pop, s.tournament, sort_key)
+
+        def key(rec: dict) -> tuple:
+            return selection_key(rec, s.parsimony)
+
+        a = tournament(rng, pop, s.tournament, key)
         if r < s.p_crossover:
-            b = tournament(rng, pop, s.tournament, sort_key)
+            b = tournament(rng, pop, s.tournament, key)
             child = crossover(rng, a["_tree"], b["_tree"])
             return child, "crossover", [a["id"], b["id"]]
         child = mutate(rng, a["_tree"], s.max_depth, s.op_names, s.p_const)
@@ -199,6 +219,15 @@ class Search:
         if self.finished:
             return self._already_finished(state, records, final_logged)
         backend = self._make_backend()
+        self.startup = dict(getattr(backend, "startup", {}))
+        if self.startup:
+            cached = "read from the cache" if self.startup["statistics_cached"] else "computed"
+            self.on_event(
+                SearchMessage(
+                    f"model loaded in {self.startup['load_seconds']:.1f} s; statistics {cached} "
+                    f"in {self.startup['statistics_seconds']:.1f} s"
+                )
+            )
         try:
             # the backend is up (model, text, statistics): the run directory can be written
             self.log.create()
@@ -216,7 +245,6 @@ class Search:
         self.context = f"{s.fitness.digest()}"
         if ev is not None:
             self.context += f"-{ev.lm.fingerprint()}-{ev.text_digest}"
-        cache = self.cache
         t_start = time.perf_counter()
         self.on_event(SearchStarted(str(self.out_dir), s.budget, len(records)))
 
@@ -232,13 +260,22 @@ class Search:
             pop = [self._rehydrate(by_id[i]) for i in state["population"]]
             batch_no = state["batch"]
             init = []
-        evaluated = state["evaluations"] if state else 0
-        self._evaluated_at_start = evaluated  # the rate counts only this session's evaluations
-        hits = state["cache_hits"] if state else 0
+        c = self._counts = {
+            "evaluations": state["evaluations"] if state else 0,
+            "cache_hits": state["cache_hits"] if state else 0,
+            "mask_hits": state.get("mask_hits", 0) if state else 0,
+            "full": state.get("full", 0) if state else 0,
+            "stale": state.get("stale", 0) if state else 0,
+            "best": state.get("best", None) if state else None,
+            "restarts": state.get("restarts", 0) if state else 0,
+        }
+        self._evaluated_at_start = c["evaluations"]  # the rate counts this session's only
+        self._full_at_start = c["full"]
         next_id = state["next_id"] if state else 0
         exhausted = bool(state and state.get("exhausted"))
         history: list[dict] = [self._rehydrate(r) for r in records]
         seen_keys = {r["canonical"] for r in records}
+        masks = _mask_index(history)
         stopped = False
 
         def saved_state(**extra) -> dict:
@@ -246,15 +283,15 @@ class Search:
                 "batch": batch_no,
                 "rng": _from_state(rng.getstate()),
                 "population": [p["id"] for p in pop],
-                "evaluations": evaluated,
-                "cache_hits": hits,
                 "next_id": next_id,
                 "settings_digest": s.digest(),
                 "exhausted": exhausted,
+                **{k: c[k] for k in ("evaluations", "cache_hits", "mask_hits", "full")},
+                **{k: c[k] for k in ("stale", "best", "restarts")},
                 **extra,
             }
 
-        while evaluated < s.budget and not exhausted:
+        while c["evaluations"] < s.budget and not exhausted:
             if self._stop.is_set():
                 stopped = True
                 break
@@ -264,12 +301,24 @@ class Search:
                 break
             while self._pause.is_set() and not self._stop.is_set():
                 time.sleep(0.1)
-            want = min(s.batch if pop else s.population, s.budget - evaluated)
+            if pop and s.stagnation and c["stale"] >= s.stagnation:
+                pop, init = self._restart(rng, pop)
+                c["stale"] = 0
+                c["restarts"] += 1
+                self.on_event(
+                    SearchMessage(
+                        f"no better fitness in {s.stagnation} batches: restart {c['restarts']} "
+                        f"(the Pareto front kept, {len(init)} fresh random formulas)"
+                    )
+                )
+            want = min(
+                max(s.batch, len(init)) if pop else s.population, s.budget - c["evaluations"]
+            )
             batch, rng_hits, next_id = self._make_batch(
                 rng, pop, init, want, seen_keys, next_id, batch_no
             )
             init = []
-            hits += rng_hits
+            c["cache_hits"] += rng_hits
             if not batch:
                 # no progress is possible: stop instead of saving empty batches forever
                 exhausted = True
@@ -282,68 +331,204 @@ class Search:
                 )
                 self.log.write_json(STATE_NAME, saved_state())
                 break
-            threshold = self._threshold(history)
-            todo = []
-            results: dict[int, dict] = {}
-            for cand in batch:
-                key = cand["canonical"]
-                if key in logged:  # evaluated before an interruption: reuse, don't repeat
-                    results[cand["id"]] = logged[key]
-                    continue
-                hit = cache.get(self.context, key) if cache is not None else None
-                if hit is not None:
-                    rec = dict(cand, **hit, worker="cache", seconds=0.0, cached=True)
-                    results[cand["id"]] = rec
-                    hits += 1
-                    self._record(rec)
-                    continue
-                todo.append(Task(cand["id"], cand["_tree"], threshold))
-            by_id = {c["id"]: c for c in batch}
-            for res in backend.map_unordered(todo):
-                cand = by_id[res["cid"]]
-                rec = dict(
-                    cand,
-                    cheap=res["cheap"],
-                    full=res["full"],
-                    fitness=res["fitness"],
-                    stage=res["stage"],
-                    reason=res["reason"],
-                    seconds=round(res["seconds"], 3),
-                    worker=res["worker"],
-                    cached=False,
-                    threshold=threshold,
-                )
-                results[cand["id"]] = rec
-                self._record(rec)
-                if cache is not None and rec["stage"] in ("full", "degenerate"):
-                    cache.put(self.context, rec["canonical"], _cacheable(rec))
-                self._progress(
-                    history + list(results.values()),
-                    evaluated + len([r for r in results.values() if not r.get("cached")]),
-                    hits,
-                    t_start,
-                )
-                if self._stop.is_set():
-                    break
-            if self._stop.is_set() and len(results) < len(batch):
+            results = self._evaluate_batch(backend, batch, logged, history, masks, t_start)
+            if results is None:
                 stopped = True
                 break  # the batch is incomplete: state stays at its start, resume redoes it
-            new = [self._rehydrate(results[c["id"]]) for c in batch]
-            evaluated += sum(1 for r in new if not r.get("cached"))
+            new = [self._rehydrate(results[cand["id"]]) for cand in batch]
+            c["evaluations"] += sum(1 for r in new if not r.get("cached"))
+            c["mask_hits"] += sum(1 for r in new if r.get("hit") == "mask" and not r.get("cached"))
+            c["full"] += sum(
+                1
+                for r in new
+                if r.get("full") is not None and not r.get("hit") and not r.get("cached")
+            )
             history.extend(new)
             for r in new:
                 logged[r["canonical"]] = r
+                if r.get("mask_hash") and not r.get("hit"):
+                    masks.setdefault(r["mask_hash"], r)
             pop = self._survive(pop + new)
+            self._note_progress(history)
             batch_no += 1
             self.log.write_json(STATE_NAME, saved_state())
-            self._progress(history, evaluated, hits, t_start)
+            self._progress(history, t_start)
+        self.search_seconds = time.perf_counter() - t_start
         if stopped:
-            return self._finish(history, [], evaluated, stopped)
+            return self._finish(history, [], c["evaluations"], stopped)
         # the final stage: finals already in the log (a kill during or after it) are reused
+        t_final = time.perf_counter()
         finals = self._finals(backend, history, final_logged)
-        fin = self._finish(history, finals, evaluated, stopped)
+        self.final_seconds = time.perf_counter() - t_final
+        fin = self._finish(history, finals, c["evaluations"], stopped)
         self.log.write_json(STATE_NAME, saved_state(finished=True, final_top=s.final_top))
         return fin
+
+    # ---- one batch: the fidelity ladder ---------------------------------------------------------
+    def _evaluate_batch(self, backend, batch, logged, history, masks, t_start) -> dict | None:
+        """Every candidate of ``batch`` up the ladder; ``{id: record}``, or None when stopped
+        before the batch was complete. The gates come from the history before the batch and
+        mask equivalences are resolved in candidate order, so the outcome does not depend on
+        which worker finished first."""
+        s, cache = self.s, self.cache
+        results: dict[int, dict] = {}
+        proxy_on = s.fitness.proxy_rows > 0
+        fresh = []
+        for cand in batch:
+            key = cand["canonical"]
+            if key in logged:  # evaluated before an interruption: reuse, don't repeat
+                results[cand["id"]] = logged[key]
+                continue
+            hit = cache.get(self.context, key) if cache is not None else None
+            if hit is not None:
+                rec = dict(cand, **hit, worker="cache", seconds=0.0, cached=True, hit="cache")
+                results[cand["id"]] = rec
+                self._counts["cache_hits"] += 1
+                self._record(rec)
+                continue
+            fresh.append(cand)
+        # stage 1, the proxy (no forward pass): every fresh candidate
+        screened: dict[int, dict] = {}
+        if proxy_on and fresh:
+            tasks = [Task(cand["id"], cand["_tree"], kind="screen") for cand in fresh]
+            for res in backend.map_unordered(tasks):
+                screened[res["cid"]] = res
+                self._progress(history, t_start, screening=len(screened))
+                if self._stop.is_set():
+                    return None
+        # gates and mask equivalences, in candidate order
+        gate = self._proxy_threshold(history) if proxy_on else None
+        in_batch: dict[str, int] = {}  # mask hash -> the id of its first candidate in the batch
+        twins: dict[int, int] = {}  # id -> the id of the earlier candidate with its masks
+        promoted = []
+        for cand in batch:
+            cid = cand["id"]
+            if cid in results:  # reused: its masks still count as seen, in order
+                h = results[cid].get("mask_hash")
+                if h and results[cid].get("hit") != "mask":
+                    in_batch.setdefault(h, cid)
+                continue
+            sc = screened.get(cid)
+            if sc is None:
+                promoted.append(cand)
+                continue
+            if sc["stage"] == "degenerate":
+                results[cid] = self._record(self._merge(cand, sc, None, gate))
+                if cache is not None:
+                    cache.put(self.context, cand["canonical"], _cacheable(results[cid]))
+                if self._stop.is_set():
+                    return None
+                continue
+            h = sc["mask_hash"]
+            if h in masks:
+                results[cid] = self._record(self._twin(cand, sc, masks[h], gate))
+                if self._stop.is_set():
+                    return None
+                continue
+            if h in in_batch:
+                twins[cid] = in_batch[h]
+                continue
+            in_batch[h] = cid
+            if gate is not None and sc["proxy"] > gate:
+                rec = self._merge(cand, sc, None, gate)
+                rec.update(stage="proxy", fitness=WORST)
+                results[cid] = self._record(rec)
+                if self._stop.is_set():
+                    return None
+                continue
+            promoted.append(cand)
+        if self._stop.is_set() and len(results) < len(batch):
+            return None
+        # stage 2 and 3, perplexity: the promoted only
+        threshold = self._threshold(history)
+        by_id = {cand["id"]: cand for cand in batch}
+        tasks = [Task(cand["id"], cand["_tree"], threshold) for cand in promoted]
+        for res in backend.map_unordered(tasks):
+            cand = by_id[res["cid"]]
+            rec = self._merge(cand, screened.get(cand["id"]), res, gate)
+            rec["threshold"] = threshold
+            results[cand["id"]] = self._record(rec)
+            if cache is not None and rec["stage"] in ("full", "degenerate"):
+                cache.put(self.context, rec["canonical"], _cacheable(rec))
+            self._progress(history + list(results.values()), t_start)
+            if self._stop.is_set():
+                break
+        if self._stop.is_set() and len(results) + len(twins) < len(batch):
+            return None
+        for cid, rep_id in twins.items():
+            results[cid] = self._record(
+                self._twin(by_id[cid], screened[cid], results[rep_id], gate)
+            )
+        return results
+
+    @staticmethod
+    def _merge(cand: dict, screen: dict | None, res: dict | None, gate) -> dict:
+        """A candidate's log record from its stages' results."""
+        sc, res = screen or {}, res or {}
+        per: dict = {}
+        for part in (sc.get("settings") or {}, res.get("settings") or {}):
+            for label, vals in part.items():
+                per.setdefault(label, {}).update(vals)
+        last = res or sc
+        rec = dict(
+            cand,
+            proxy=sc.get("proxy"),
+            mask_hash=sc.get("mask_hash"),
+            cheap=res.get("cheap"),
+            full=res.get("full"),
+            fitness=last.get("fitness", WORST),
+            stage=last.get("stage", "degenerate"),
+            reason=last.get("reason"),
+            settings=per,
+            screen_seconds=round(sc["seconds"], 3) if sc else None,
+            eval_seconds=round(res["seconds"], 3) if res else None,
+            seconds=round(sc.get("seconds", 0.0) + res.get("seconds", 0.0), 3),
+            worker=last.get("worker"),
+            cached=False,
+            gate=gate,
+        )
+        return rec
+
+    def _twin(self, cand: dict, screen: dict, rep: dict, gate) -> dict:
+        """A candidate whose sampled masks equal ``rep``'s: ``rep``'s fitness, no perplexity
+        (kept in the fitness cache when it is a final one)."""
+        rec = self._merge(cand, screen, None, gate)
+        for k in ("cheap", "full", "fitness", "stage", "reason"):
+            rec[k] = rep.get(k)
+        rec["fitness"] = WORST if rec["fitness"] is None else rec["fitness"]
+        rec.update(hit="mask", equivalent_to=rep["id"])
+        if self.cache is not None and rec["stage"] in ("full", "degenerate"):
+            self.cache.put(self.context, rec["canonical"], _cacheable(rec))
+        return rec
+
+    def _proxy_threshold(self, history: list[dict]) -> float | None:
+        """Proxy-stage gate: the ``proxy_quantile`` of the distinct proxy values seen so far."""
+        vals = sorted(
+            r["proxy"]
+            for r in history
+            if r.get("proxy") is not None and not r.get("hit") and math.isfinite(r["proxy"])
+        )
+        if len(vals) < self.s.population // 2:
+            return None  # too little information yet: everyone goes on
+        return vals[min(len(vals) - 1, int(self.s.proxy_quantile * len(vals)))]
+
+    def _restart(self, rng: random.Random, pop: list[dict]) -> tuple[list[dict], list]:
+        """Stagnation: keep the Pareto front (at most half the population), replace the rest
+        by fresh random formulas (evaluated in the next batch)."""
+        s = self.s
+        front = pareto_records(pop)[: max(1, s.population // 2)]
+        n = s.population - len(front)
+        fresh = ramped_half_and_half(rng, n, s.init_depth, s.op_names, p_const=s.p_const)
+        return front, [(t, "restart") for t in fresh]
+
+    def _note_progress(self, history: list[dict]) -> None:
+        c = self._counts
+        ok = [r["fitness"] for r in history if r["stage"] == "full"]
+        best = min(ok) if ok else None
+        if best is not None and (c["best"] is None or best < c["best"]):
+            c["best"], c["stale"] = best, 0
+        else:
+            c["stale"] += 1
 
     def _already_finished(self, state, records, final_logged) -> SearchFinished:
         """A finished run, resumed with nothing to do: its result, and no file changed."""
@@ -395,7 +580,7 @@ class Search:
                 continue
             key = canonical(tree).key
             if key in seen_keys:
-                if origin in ("crossover", "mutation"):
+                if origin in ("crossover", "mutation", "random"):
                     hits += 1
                 continue
             seen_keys.add(key)
@@ -428,17 +613,32 @@ class Search:
         return vals[min(len(vals) - 1, int(self.s.promote_quantile * len(vals)))]
 
     def _survive(self, pool: list[dict]) -> list[dict]:
+        """(mu + lambda) survival: one candidate per pruning rule *and* per mask hash (novelty:
+        equal masks are one candidate, the smallest formula kept), the Pareto front of fitness
+        vs size first (up to a quarter of the population), then the best by fitness with
+        parsimony pressure."""
+        s = self.s
+
+        def key(r: dict) -> tuple:
+            return selection_key(r, s.parsimony)
+
         best: dict[str, dict] = {}
         for r in pool:
-            if r["canonical"] not in best or sort_key(r) < sort_key(best[r["canonical"]]):
-                best[r["canonical"]] = r
-        return sorted(best.values(), key=sort_key)[: self.s.population]
+            ident = r.get("mask_hash") or r["canonical"]
+            if ident not in best or key(r) < key(best[ident]):
+                best[ident] = r
+        kept = list(best.values())
+        front = pareto_records(kept)[: max(1, s.population // 4)]
+        ids = {r["id"] for r in front}
+        rest = sorted((r for r in kept if r["id"] not in ids), key=key)
+        return sorted(front + rest[: s.population - len(front)], key=key)
 
-    def _record(self, rec: dict) -> None:
+    def _record(self, rec: dict) -> dict:
         out = {k: v for k, v in rec.items() if not k.startswith("_")}
         out["fitness"] = _json_num(out.get("fitness"))
         self.log.append(out)
         self.on_event(CandidateDone(out))
+        return rec
 
     @staticmethod
     def _rehydrate(rec: dict) -> dict:
@@ -447,21 +647,34 @@ class Search:
         r["_tree"] = from_json_obj(rec["tree"])
         return r
 
-    def _progress(self, history, evaluated, hits, t_start) -> None:
+    def _progress(self, history, t_start, screening: int = 0) -> None:
+        """A progress event; ``screening``: candidates of the current batch screened so far."""
+        c = self._counts
         ok = [r for r in history if r["stage"] == "full"]
         best = min(ok, key=sort_key) if ok else None
-        minutes = max((time.perf_counter() - t_start) / 60, 1e-9)
-        new = evaluated - self._evaluated_at_start
+        hours = max((time.perf_counter() - t_start) / 3600, 1e-9)
+        new = c["evaluations"] - self._evaluated_at_start + screening
+        full = c["full"] - self._full_at_start
+        own = [r for r in history if not r.get("cached")][-200:]
+        stage = {
+            name: percentiles([r[k] for r in own if r.get(k) is not None])["p50"]
+            for name, k in (("screen", "screen_seconds"), ("eval", "eval_seconds"))
+        }
         self.on_event(
             SearchProgress(
-                evaluated,
+                c["evaluations"] + screening,
                 self.s.budget,
-                hits,
-                new / minutes if new > 0 else 0.0,
+                c["cache_hits"],
+                new / hours / 60 if new > 0 else 0.0,
                 best["fitness"] if best else WORST,
                 best["formula"] if best else "-",
                 pareto_front(history),
                 self.paused,
+                full=c["full"],
+                mask_hits=c["mask_hits"],
+                rates={"screened": new / hours, "full": full / hours},
+                restarts=c["restarts"],
+                stage_seconds=stage,
             )
         )
 
@@ -478,7 +691,7 @@ class Search:
             )
             by_id = {r["id"]: r for r in todo}
             for res in backend.map_unordered(
-                [Task(r["id"], r["_tree"], None, final=True) for r in todo]
+                [Task(r["id"], r["_tree"], kind="final") for r in todo]
             ):
                 r = by_id[res["cid"]]
                 rec = {
@@ -493,6 +706,7 @@ class Search:
                     "worker": res["worker"],
                     "size": r["size"],
                     "tree": r["tree"],
+                    "settings": res.get("settings", {}),
                 }
                 self.log.append(rec)
                 self.on_event(CandidateDone(rec))
@@ -511,13 +725,8 @@ class Search:
             "hall_of_fame.json",
             [{"size": s, "fitness": f, "formula": t} for s, f, t in pareto_front(history)],
         )
-        summary = multifidelity(history)
-        summary.update(
-            evaluations=evaluated,
-            stopped=stopped,
-            finals=finals,
-            best=best["formula"] if best else None,
-        )
+        summary = self._summary(history, finals, evaluated, stopped)
+        summary["best"] = best["formula"] if best else None
         self.log.write_json("summary.json", summary)
         try:
             from .plot import plot_history
@@ -528,6 +737,54 @@ class Search:
         fin = self._result(history, finals, evaluated, stopped)
         self.on_event(fin)
         return fin
+
+    def _summary(self, history, finals, evaluated, stopped) -> dict:
+        """summary.json: the counts, each stage's seconds (p50, p95) and its rank agreement
+        with the full stage, the rates of this session, and where the time outside the
+        search's budget went (statistics, finals)."""
+        c = getattr(self, "_counts", {})
+        own = [r for r in history if not r.get("cached")]
+        search_s = getattr(self, "search_seconds", None)
+        new = evaluated - self._evaluated_at_start
+        new_full = c.get("full", 0) - getattr(self, "_full_at_start", 0)
+        hours = search_s / 3600 if search_s else None
+        stages = {
+            "screen": percentiles([r["screen_seconds"] for r in own if r.get("screen_seconds")]),
+            "eval": percentiles([r["eval_seconds"] for r in own if r.get("eval_seconds")]),
+            "final": percentiles([f["seconds"] for f in finals if f.get("seconds")]),
+        }
+        by_stage: dict[str, int] = {}
+        for r in own:
+            by_stage[r["stage"]] = by_stage.get(r["stage"], 0) + 1
+        return {
+            "strategy": self.s.strategy,
+            "settings": self.s.fitness.describe(),
+            "evaluations": evaluated,
+            "screened": evaluated,
+            "full": c.get("full"),
+            "outcomes": by_stage,
+            "cache_hits": c.get("cache_hits"),
+            "mask_hits": c.get("mask_hits"),
+            "restarts": c.get("restarts"),
+            "stage_seconds": stages,
+            **multifidelity(history),
+            "search_seconds": round(search_s, 1) if search_s else None,
+            "screened_per_hour": round(new / hours, 1) if hours else None,
+            "full_per_hour": round(new_full / hours, 1) if hours else None,
+            **getattr(self, "startup", {}),
+            "final_seconds": round(getattr(self, "final_seconds", 0.0), 1),
+            "stopped": stopped,
+            "finals": finals,
+            "hall_of_fame": [
+                {
+                    "size": r["size"],
+                    "fitness": r["fitness"],
+                    "formula": r["formula"],
+                    "settings": r.get("settings", {}),
+                }
+                for r in pareto_records(history)
+            ],
+        }
 
     def _result(self, history, finals, evaluated, stopped, **kw) -> SearchFinished:
         ranked = sorted((r for r in history if r["stage"] == "full"), key=sort_key)
@@ -561,12 +818,22 @@ def _check_options(backend: str, workers, threads) -> None:
         raise SearchError(f"threads must be at least 1, got {threads!r}")
 
 
+def _mask_index(history: list[dict]) -> dict[str, dict]:
+    """Mask hash -> the first candidate (not itself a mask hit) with those masks."""
+    out: dict[str, dict] = {}
+    for r in history:
+        if r.get("mask_hash") and r.get("hit") != "mask":
+            out.setdefault(r["mask_hash"], r)
+    return out
+
+
 def _json_num(x):
     return None if x is None or not math.isfinite(x) else x
 
 
 def _cacheable(rec: dict) -> dict:
-    return {k: rec[k] for k in ("cheap", "full", "fitness", "stage", "reason")}
+    keys = ("proxy", "mask_hash", "cheap", "full", "fitness", "stage", "reason", "settings")
+    return {k: rec.get(k) for k in keys}
 
 
 def _from_state(state) -> list:

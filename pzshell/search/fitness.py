@@ -1,10 +1,27 @@
-"""Fitness of a candidate metric: perplexity after pruning with it, on held-out calibration text.
+"""Fitness of a candidate metric: a ladder of stages ordered by cost, then perplexity.
 
-Fast path: the statistics ``X`` (column mean squares of every linear's input) and ``G``
-(gradient statistic) are computed once on the dense model and cached on disk; a candidate's
-masks come from them directly (one shot, no layer-sequential passes), the weights are masked in
-place, the perplexity measured on held-out windows, and the dense weights restored. The final
-top candidates are re-run with the full layer-sequential prune (:func:`final_fitness`).
+The statistics ``X`` (column mean squares of every linear's input), ``G`` (gradient statistic)
+and, for the proxy stage, ``H`` (each linear input's second-moment matrix) are computed once on
+the dense model and cached on disk. A candidate then goes up a ladder, each stage sending only
+promising candidates on (the driver, :mod:`.evolution`, sets the gates):
+
+1. **proxy** (:meth:`Evaluator.screen`, no forward pass): on a fixed sample of ``proxy_rows``
+   output rows of every linear, the candidate's mask for those rows and the layer's relative
+   output error ``|dW x|^2 / |W x|^2 = tr(D H D^T) / tr(W H W^T)`` (``D`` the pruned weights),
+   from the cached ``H``; the proxy is the mean over linears of its logarithm. The sampled rows'
+   masks are hashed too: two rules with the same hash prune the same weights on this model (up
+   to the rows not sampled) and share one fitness (a *mask hit*).
+2. **cheap** (optional, ``cheap_windows``): perplexity on a few hundred held-out tokens.
+3. **full**: perplexity on the held-out windows; this is the fitness.
+
+The masks of the cheap and full stages come from the cached statistics directly (one shot, no
+layer-sequential passes): the weights are masked in place, the perplexity measured and the dense
+weights restored. The final top candidates are re-run with the full layer-sequential prune
+(:meth:`Evaluator.final_fitness`).
+
+Several settings (``sparsity_type`` ``"unstructured,2:4"``, ``sparsity_ratio`` ``(0.5, 0.6)``)
+make a *multi-setting* fitness: each stage's value is the mean over the settings of its log
+(``exp(mean log ppl)`` for perplexities), and every setting's value is kept in ``settings``.
 
 The held-out windows come from the *calibration* text (its last 10%, never sampled for
 calibration) — never from the evaluation set.
@@ -18,6 +35,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 
 from .. import atomic
@@ -27,6 +45,7 @@ from ..engine.prune import PruneConfig, prune_model
 from ..engine.stats import activation_stats, compute_gradients, stat_key
 from ..evaluate.perplexity import perplexity
 from ..lang import DegenerateMetric, MetricError, Node, evaluate
+from ..lang.ops import OPS
 from ..models import LoadedModel, block_linears, load_model
 from ..paths import cache_dir
 
@@ -34,21 +53,68 @@ WORST = math.inf
 
 
 @dataclass(frozen=True)
+class Setting:
+    """One pruning setting of a (possibly multi-setting) fitness."""
+
+    ratio: float
+    sparsity_type: str
+    n: int
+    m: int
+
+    @property
+    def label(self) -> str:
+        return self.sparsity_type if self.n else f"{self.ratio:g} {self.sparsity_type}"
+
+
+@dataclass(frozen=True)
 class FitnessSettings:
     """Everything a fitness value depends on (it is part of the cache key)."""
 
     model: str = "smollm2"
-    sparsity_ratio: float = 0.5
-    sparsity_type: str = "unstructured"
+    sparsity_ratio: float | tuple[float, ...] = 0.5  # several: a multi-setting fitness
+    sparsity_type: str = "unstructured"  # several, comma-separated: "unstructured,2:4"
     calib: str = "builtin"
-    nsamples: int = 16  # calibration windows for X
-    grad_samples: int = 8  # calibration windows for G
-    seqlen: int = 256
+    nsamples: int = 32  # calibration windows for X and H
+    grad_samples: int = 16  # calibration windows for G
+    seqlen: int = 512
     heldout_windows: int = 4  # full-stage fitness
     heldout_seqlen: int = 256
-    cheap_windows: int = 1  # cheap stage; 0 disables multi-fidelity
-    cheap_seqlen: int = 64
+    cheap_windows: int = 0  # cheap perplexity stage; 0 leaves it out of the ladder
+    cheap_seqlen: int = 128
+    proxy_rows: int = 64  # rows per linear of the proxy stage; 0 leaves it out of the ladder
     seed: int = 0
+
+    def __post_init__(self):
+        r = self.sparsity_ratio
+        if isinstance(r, list | tuple):
+            r = tuple(r)
+            object.__setattr__(self, "sparsity_ratio", r[0] if len(r) == 1 else r)
+
+    @property
+    def ratios(self) -> tuple:
+        r = self.sparsity_ratio
+        return r if isinstance(r, tuple) else (r,)
+
+    @property
+    def types(self) -> tuple[str, ...]:
+        t = self.sparsity_type
+        return tuple(x.strip() for x in t.split(",")) if isinstance(t, str) else (t,)
+
+    def settings(self) -> list[Setting]:
+        """Every (ratio, type) the fitness averages over; an N:M type ignores the ratio and
+        appears once."""
+        out: list[Setting] = []
+        for t in self.types:
+            n, m = parse_sparsity_type(t)
+            for r in self.ratios[:1] if n else self.ratios:
+                if Setting(r, t, n, m) not in out:
+                    out.append(Setting(r, t, n, m))
+        return out
+
+    def describe(self) -> str:
+        return ", ".join(
+            s.sparsity_type if s.n else f"{s.ratio:.0%} {s.sparsity_type}" for s in self.settings()
+        )
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
@@ -62,6 +128,22 @@ def round_fitness(x: float) -> float:
     return float(f"{x:.7g}")
 
 
+def mean_log(values: list[float]) -> float:
+    """``exp(mean(log v))``: the multi-setting combination (the value itself for one)."""
+    if len(values) == 1:
+        return values[0]
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        return WORST
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def row_local(tree: Node) -> bool:
+    """True when a row of the scores depends only on that row of W and G (and on X): then the
+    proxy stage scores only its sampled rows. Whole-tensor statistics (``mms``, ``zsn``, the
+    norm of ``div``) and column sums (``coln``) need the whole matrix."""
+    return all(OPS[n.data].elementwise or n.data == "rown" for _, n in tree.walk() if n.is_op)
+
+
 class Evaluator:
     """Holds the model, dense weights, cached statistics and held-out windows of one worker."""
 
@@ -71,7 +153,8 @@ class Evaluator:
         if threads:
             torch.set_num_threads(threads)
         self.settings = s = settings
-        self.n, self.m = parse_sparsity_type(s.sparsity_type)
+        self.pairs = s.settings()
+        t0 = time.perf_counter()
         self.lm: LoadedModel = load_model(s.model, device=device)
         text = load_text(s.calib, role="calib")
         ids = tokenize(self.lm.tokenizer, text)
@@ -97,7 +180,12 @@ class Evaluator:
             for n, lin in lm.items()
         ]
         self.dense = {(i, n): lin.weight.detach().clone() for i, n, lin in self.linears}
-        self.X, self.G = self._stats()
+        self.load_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.stats_cached = False
+        self.X, self.G, self.H = self._stats()
+        self.stats_seconds = time.perf_counter() - t0
+        self._proxy_setup()
 
     # ---- statistics, computed once and cached on disk ------------------------------------------
     def stats_key(self) -> str:
@@ -107,64 +195,165 @@ class Evaluator:
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
     def _stats(self):
+        want_h = self.settings.proxy_rows > 0
         path = cache_dir() / "search_stats" / f"{self.stats_key()}.pt"
-        if path.exists():
+        h_path = path.with_name(path.stem + "-H.pt")
+        if path.exists() and (h_path.exists() or not want_h):
             try:
                 d = torch.load(path, map_location="cpu", weights_only=True)
-                return d["X"], d["G"]
+                H = torch.load(h_path, map_location="cpu", weights_only=True) if want_h else None
+                self.stats_cached = True
+                return d["X"], d["G"], H
             except Exception:
                 path.unlink(missing_ok=True)
+                h_path.unlink(missing_ok=True)
         # one statistics pass over the dense model (it ends at the last block's last linear from
-        # the second batch on: no LM head); G in its published fp16 form, as the prune path uses
-        X = {k: st.X.cpu() for k, st in activation_stats(self.lm.model, self.calib_ids).items()}
+        # the second batch on: no LM head); G in its published fp16 form, as the prune path uses.
+        # Linears with one input (q/k/v, gate/up) share one H (torch.save keeps the sharing).
+        st = activation_stats(self.lm.model, self.calib_ids, want_h=want_h)
+        X = {k: v.X.cpu() for k, v in st.items()}
+        H = None
+        if want_h:
+            shared: dict[int, torch.Tensor] = {}
+            H = {k: shared.setdefault(id(v), v.hessian().cpu()) for k, v in st.items()}
+        del st
         G = compute_gradients(self.lm.model, self.calib_ids[: self.settings.grad_samples])
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic.writing_file(path) as tmp:
             torch.save({"X": X, "G": G}, tmp)
-        return X, G
+        if H is not None:
+            with atomic.writing_file(h_path) as tmp:
+                torch.save(H, tmp)
+        return X, G, H
 
-    # ---- fitness -------------------------------------------------------------------------------
-    @torch.no_grad()
-    def _apply_masks(self, tree: Node) -> None:
-        s = self.settings
-        for i, n, lin in self.linears:
+    def _proxy_setup(self) -> None:
+        """The proxy stage's fixed row sample of every linear and its dense output energy."""
+        self.rows: dict[tuple[int, str], torch.Tensor] = {}
+        self.ref: dict[tuple[int, str], float] = {}
+        if self.H is None:
+            return
+        g = torch.Generator().manual_seed(self.settings.seed)
+        for i, n, _ in self.linears:
             W = self.dense[(i, n)]
-            k = stat_key(n, i)
-            G = self.G.get(k) if "G" in tree.terminals else None
-            X = self.X.get(k) if "X" in tree.terminals else None
-            scores = evaluate(tree, W, G=G, X=X)
-            mask = make_mask(scores, s.sparsity_ratio, self.n, self.m)  # per-row groups
-            lin.weight.copy_(W.masked_fill(mask, 0))
+            k = min(self.settings.proxy_rows, W.shape[0])
+            rows = torch.randperm(W.shape[0], generator=g)[:k].sort().values
+            Wr = W[rows].float()
+            self.rows[(i, n)] = rows
+            self.ref[(i, n)] = max(float(((Wr @ self.H[stat_key(n, i)]) * Wr).sum()), 1e-30)
+
+    def _leaves(self, tree: Node, i: int, n: str, rows: torch.Tensor | None = None):
+        k = stat_key(n, i)
+        W = self.dense[(i, n)]
+        G = self.G.get(k) if "G" in tree.terminals else None
+        X = self.X.get(k) if "X" in tree.terminals else None
+        if rows is not None:
+            W = W[rows]
+            G = G[rows] if G is not None else None
+        return W, G, X
+
+    # ---- the proxy stage -----------------------------------------------------------------------
+    @torch.no_grad()
+    def screen(self, tree: Node) -> dict:
+        """The proxy stage: the mean log relative output error of the sampled rows' masks, per
+        setting and combined (their mean), and the hash of those masks. No forward pass. Never
+        raises for a bad candidate: it gets the worst value and a reason."""
+        t0 = time.perf_counter()
+        out: dict = {"proxy": None, "mask_hash": None, "reason": None, "settings": {}}
+        if self.H is None:
+            raise MetricError("the proxy stage is off (proxy_rows = 0)")
+        try:
+            local = row_local(tree)
+            h = hashlib.blake2b(digest_size=10)
+            logs = {p.label: 0.0 for p in self.pairs}
+            for i, n, _ in self.linears:
+                rows = self.rows[(i, n)]
+                if local:
+                    W, G, X = self._leaves(tree, i, n, rows)
+                    scores = evaluate(tree, W, G=G, X=X)
+                else:
+                    W, G, X = self._leaves(tree, i, n)
+                    scores = evaluate(tree, W, G=G, X=X)[rows]
+                    W = W[rows]
+                H = self.H[stat_key(n, i)]
+                for p in self.pairs:
+                    mask = make_mask(scores, p.ratio, p.n, p.m)
+                    h.update(np.packbits(mask.numpy()).tobytes())
+                    D = W.float() * mask
+                    err = float(((D @ H) * D).sum())
+                    logs[p.label] += math.log(max(err / self.ref[(i, n)], 1e-12))
+            per = {k: v / len(self.linears) for k, v in logs.items()}
+            if not all(math.isfinite(v) for v in per.values()):
+                raise DegenerateMetric("the proxy is not finite")
+            out["settings"] = {k: {"proxy": round_fitness(v)} for k, v in per.items()}
+            out["proxy"] = round_fitness(sum(per.values()) / len(per))
+            out["mask_hash"] = h.hexdigest()
+            out["stage"] = "screened"
+        except DegenerateMetric as e:
+            out.update(stage="degenerate", fitness=WORST, reason=str(e))
+        except Exception as e:  # a crashing candidate must not stop the search
+            out.update(stage="degenerate", fitness=WORST, reason=f"crash: {type(e).__name__}: {e}")
+        finally:
+            out["seconds"] = time.perf_counter() - t0
+        return out
+
+    # ---- the perplexity stages -----------------------------------------------------------------
+    @torch.no_grad()
+    def _scores(self, tree: Node) -> dict:
+        out = {}
+        for i, n, _ in self.linears:
+            W, G, X = self._leaves(tree, i, n)
+            out[(i, n)] = evaluate(tree, W, G=G, X=X)
+        return out
+
+    @torch.no_grad()
+    def _apply_masks(self, scores: dict, p: Setting) -> None:
+        for i, n, lin in self.linears:
+            mask = make_mask(scores[(i, n)], p.ratio, p.n, p.m)  # per-row groups
+            lin.weight.copy_(self.dense[(i, n)].masked_fill(mask, 0))
 
     @torch.no_grad()
     def restore(self) -> None:
         for i, n, lin in self.linears:
             lin.weight.copy_(self.dense[(i, n)])
 
-    def ppl(self, tree: Node, windows: torch.Tensor) -> float:
+    def ppl(self, tree: Node, windows: torch.Tensor, setting: Setting | None = None) -> float:
+        """Perplexity on ``windows`` after a one-shot prune with ``tree`` (first setting)."""
+        scores = self._scores(tree)
         try:
-            self._apply_masks(tree)
-            value = perplexity(self.lm.model, windows).ppl
+            self._apply_masks(scores, setting or self.pairs[0])
+            return perplexity(self.lm.model, windows, batch_size=len(windows)).ppl
         finally:
             self.restore()
-        return value
 
     def run(self, tree: Node, threshold: float | None) -> dict:
         """Cheap stage (if enabled), then the full stage unless the cheap value misses
-        ``threshold``. Never raises for a bad candidate: it gets the worst fitness and a reason."""
+        ``threshold``; every setting in turn, the masks made once per setting. Never raises for
+        a bad candidate: it gets the worst fitness and a reason."""
         t0 = time.perf_counter()
-        out: dict = {"cheap": None, "full": None, "reason": None}
+        out: dict = {"cheap": None, "full": None, "reason": None, "settings": {}}
+        per = out["settings"]
         try:
-            if self.cheap is not None:
-                out["cheap"] = round_fitness(self.ppl(tree, self.cheap))
-                if not math.isfinite(out["cheap"]):
-                    raise DegenerateMetric("perplexity is not finite")
-                if threshold is not None and out["cheap"] > threshold:
+            scores = self._scores(tree)
+            stage_windows = [("cheap", self.cheap)] if self.cheap is not None else []
+            stage_windows.append(("full", self.heldout))
+            for stage, windows in stage_windows:
+                vals = []
+                for p in self.pairs:
+                    try:
+                        self._apply_masks(scores, p)
+                        v = round_fitness(
+                            perplexity(self.lm.model, windows, batch_size=len(windows)).ppl
+                        )
+                    finally:
+                        self.restore()
+                    if not math.isfinite(v):
+                        raise DegenerateMetric(f"perplexity at {p.label} is not finite")
+                    per.setdefault(p.label, {})[stage] = v
+                    vals.append(v)
+                out[stage] = round_fitness(mean_log(vals))
+                if stage == "cheap" and threshold is not None and out["cheap"] > threshold:
                     out.update(stage="cheap", fitness=WORST)
                     return out
-            out["full"] = round_fitness(self.ppl(tree, self.heldout))
-            if not math.isfinite(out["full"]):
-                raise DegenerateMetric("perplexity is not finite")
             out.update(stage="full", fitness=out["full"])
         except DegenerateMetric as e:
             out.update(stage="degenerate", fitness=WORST, reason=str(e))
@@ -175,16 +364,27 @@ class Evaluator:
         return out
 
     def final_fitness(self, tree: Node) -> dict:
-        """The full layer-sequential prune with this tree, perplexity on the held-out windows."""
+        """The full layer-sequential prune with this tree at every setting, perplexity on the
+        held-out windows (combined as :func:`mean_log`)."""
         t0 = time.perf_counter()
-        s = self.settings
-        cfg = PruneConfig("metric", s.sparsity_ratio, s.sparsity_type, metric=tree)
+        per: dict = {}
         try:
-            prune_model(self.lm.model, cfg, self.calib_ids, self.G)
-            value = round_fitness(perplexity(self.lm.model, self.heldout).ppl)
-            reason = None
+            vals = []
+            for p in self.pairs:
+                cfg = PruneConfig("metric", p.ratio, p.sparsity_type, metric=tree)
+                try:
+                    prune_model(self.lm.model, cfg, self.calib_ids, self.G)
+                    v = round_fitness(perplexity(self.lm.model, self.heldout).ppl)
+                finally:
+                    self.restore()
+                per[p.label] = {"final": v}
+                vals.append(v)
+            value, reason = round_fitness(mean_log(vals)), None
         except Exception as e:
             value, reason = WORST, f"{type(e).__name__}: {e}"
-        finally:
-            self.restore()
-        return {"final": value, "reason": reason, "seconds": time.perf_counter() - t0}
+        return {
+            "final": value,
+            "reason": reason,
+            "settings": per,
+            "seconds": time.perf_counter() - t0,
+        }

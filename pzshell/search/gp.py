@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 
@@ -48,6 +49,20 @@ def subtree_mutation(
     return replace_at(a, path, random_tree(rng, room, "grow", ops, TERMINALS, p_const, min_depth=1))
 
 
+def constant_mutation(rng: random.Random, a: Node) -> Node:
+    """Tune one ephemeral constant: scale it by ``exp(N(0, 0.5))`` (its sign is kept), rounded to
+    3 significant digits so that near-equal constants share one pruning rule. A tree without
+    constants is returned unchanged."""
+    consts = [(p, n) for p, n in subtrees(a) if n.is_const]
+    if not consts:
+        return a
+    path, n = rng.choice(consts)
+    value = n.value * math.exp(rng.gauss(0.0, 0.5))
+    if value == 0 or not math.isfinite(value):
+        value = rng.choice((-1.0, 1.0)) * 0.5
+    return replace_at(a, path, Node.const(float(f"{value:.3g}")))
+
+
 def point_mutation(rng: random.Random, a: Node, ops: Sequence[str]) -> Node:
     """Change one node to another of the same arity (operator) or another leaf."""
     path, n = rng.choice(subtrees(a))
@@ -63,6 +78,10 @@ def point_mutation(rng: random.Random, a: Node, ops: Sequence[str]) -> Node:
 def mutate(
     rng: random.Random, a: Node, max_depth: int, ops: Sequence[str], p_const: float = 0.0
 ) -> Node:
+    """Subtree or point mutation; a tree with constants has its constants tuned a third of the
+    time (:func:`constant_mutation`)."""
+    if a.has_constants and rng.random() < 1 / 3:
+        return constant_mutation(rng, a)
     if rng.random() < 0.5:
         return subtree_mutation(rng, a, max_depth, ops, p_const)
     return point_mutation(rng, a, ops)

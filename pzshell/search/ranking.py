@@ -8,42 +8,77 @@ from collections.abc import Sequence
 
 from .fitness import WORST
 
+STAGE_RANK = {"full": 0, "cheap": 1, "proxy": 2}
+
 
 def sort_key(rec: dict) -> tuple:
-    """Full-stage candidates beat cheap-stage rejects, which beat degenerate ones; then by
-    fitness, then smaller formulas, then earlier candidates."""
-    stage_rank = {"full": 0, "cheap": 1}.get(rec["stage"], 2)
-    value = rec["fitness"] if stage_rank == 0 else (rec.get("cheap") or WORST)
+    """Full-stage candidates beat cheap-stage rejects, which beat proxy-stage rejects, which
+    beat degenerate ones; then by that stage's value, then smaller formulas, then earlier."""
+    stage_rank = STAGE_RANK.get(rec["stage"], 3)
+    value = {0: rec["fitness"], 1: rec.get("cheap"), 2: rec.get("proxy")}.get(stage_rank)
     return (stage_rank, value if value is not None else WORST, rec["size"], rec["id"])
 
 
-def pareto_front(history: list[dict]) -> list[tuple[int, float, str]]:
-    """Pareto front of fitness vs formula size (best fitness for each size, dominated ones
-    dropped)."""
+def selection_key(rec: dict, parsimony: float) -> tuple:
+    """:func:`sort_key` with parsimony pressure on full-stage candidates: ``log(fitness) +
+    parsimony * size`` (a size-20 formula must be ``exp(20 * parsimony)`` times better than a
+    one-node one to be preferred)."""
+    key = sort_key(rec)
+    if key[0] == 0 and parsimony and math.isfinite(key[1]) and key[1] > 0:
+        return (0, math.log(key[1]) + parsimony * rec["size"], *key[2:])
+    return key
 
+
+def pareto_records(history: list[dict]) -> list[dict]:
+    """The full-stage candidates on the Pareto front of fitness vs formula size (the best
+    fitness for each size, dominated ones dropped), smallest first."""
     ok = sorted(
-        (r for r in history if r["stage"] == "full"), key=lambda r: (r["size"], r["fitness"])
+        (r for r in history if r["stage"] == "full" and not r.get("hit")),
+        key=lambda r: (r["size"], r["fitness"], r["id"]),
     )
     front, best = [], WORST
     for r in ok:
         if r["fitness"] < best:
-            front.append((r["size"], r["fitness"], r["formula"]))
+            front.append(r)
             best = r["fitness"]
     return front
 
 
+def pareto_front(history: list[dict]) -> list[tuple[int, float, str]]:
+    """:func:`pareto_records` as ``(size, fitness, formula)``."""
+    return [(r["size"], r["fitness"], r["formula"]) for r in pareto_records(history)]
+
+
 def multifidelity(history: list[dict]) -> dict:
-    """How well the cheap stage ranks candidates like the full stage (Spearman)."""
-    both = [
-        (r["cheap"], r["full"])
-        for r in history
-        if r.get("cheap") is not None
-        and r.get("full") is not None
-        and math.isfinite(r["cheap"])
-        and math.isfinite(r["full"])
-    ]
-    rho = spearman([a for a, _ in both], [b for _, b in both]) if len(both) >= 3 else None
-    return {"cheap_full_pairs": len(both), "cheap_full_spearman": rho}
+    """How well each cheaper stage ranks candidates like the full stage (Spearman), over the
+    candidates that have both values (mask hits counted once)."""
+    out: dict = {}
+    own = [r for r in history if not r.get("hit")]
+    for stage in ("proxy", "cheap"):
+        both = [
+            (r[stage], r["full"])
+            for r in own
+            if r.get(stage) is not None
+            and r.get("full") is not None
+            and math.isfinite(r[stage])
+            and math.isfinite(r["full"])
+        ]
+        rho = spearman([a for a, _ in both], [b for _, b in both]) if len(both) >= 3 else None
+        out[f"{stage}_full_pairs"] = len(both)
+        out[f"{stage}_full_spearman"] = rho
+    return out
+
+
+def percentiles(values: Sequence[float]) -> dict:
+    """p50 and p95 (nearest rank) of ``values``, and their count."""
+    v = sorted(values)
+    if not v:
+        return {"n": 0, "p50": None, "p95": None}
+
+    def at(q: float) -> float:
+        return round(v[min(len(v) - 1, max(0, math.ceil(q * len(v)) - 1))], 3)
+
+    return {"n": len(v), "p50": at(0.5), "p95": at(0.95)}
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:

@@ -24,22 +24,26 @@ class SearchError(PzError):
 @dataclass
 class SearchSettings:
     fitness: FitnessSettings = field(default_factory=FitnessSettings)
-    population: int = 16
-    budget: int = 64  # evaluations (distinct pruning rules)
-    batch: int = 8
+    strategy: str = "gp"  # or "random": fresh random trees only, the ablation baseline
+    population: int = 24
+    budget: int = 100_000  # evaluations (distinct pruning rules screened)
+    batch: int = 32
     tournament: int = 3
-    p_crossover: float = 0.7
-    p_mutation: float = 0.3
+    p_crossover: float = 0.6
+    p_mutation: float = 0.4
     max_depth: int = 6
-    max_size: int = 31
+    max_size: int = 25
     init_depth: int = 4
-    ops: str = "published"  # or "extended"
-    p_const: float = 0.0
-    promote_quantile: float = 0.5  # cheap stage: only the better half pays for the full stage
+    ops: str = "extended"  # or "published"
+    p_const: float = 0.1
+    proxy_quantile: float = 0.25  # proxy stage: only the best quarter pays for perplexity
+    promote_quantile: float = 0.5  # cheap stage (when on): only the better half goes on
+    parsimony: float = 0.002  # log-perplexity added per node, in selection only
+    stagnation: int = 12  # batches without a better fitness before a restart (0: never)
     seed: int = 0
     seed_known: bool = True
     seed_formulas: tuple[str, ...] = ()
-    final_top: int = 3
+    final_top: int = 5
     time_limit: float | None = None  # seconds
 
     def validate(self) -> None:
@@ -60,7 +64,12 @@ class SearchSettings:
         _whole("init depth", self.init_depth, 1)
         _whole("seed", self.seed, None)
         _whole("final-top", self.final_top, 0)
-        for name in ("p_crossover", "p_mutation", "p_const", "promote_quantile"):
+        _whole("stagnation", self.stagnation, 0)
+        if self.strategy not in ("gp", "random"):
+            raise SearchError(f"--strategy must be 'gp' or 'random', got {self.strategy!r}")
+        if not _is_number(self.parsimony) or not 0 <= self.parsimony < 1:
+            raise SearchError(f"parsimony must be in [0, 1), got {self.parsimony!r}")
+        for name in ("p_crossover", "p_mutation", "p_const", "promote_quantile", "proxy_quantile"):
             v = getattr(self, name)
             if not _is_number(v) or not 0 <= v <= 1:
                 raise SearchError(f"{name.replace('_', '-')} must be in [0, 1], got {v!r}")
@@ -149,15 +158,24 @@ def _check_fitness(f: FitnessSettings) -> None:
         raise SearchError(f"--model must name a model, got {f.model!r}")
     if not isinstance(f.calib, str):
         raise SearchError(f"--calib must name a text, got {f.calib!r}")
-    r = f.sparsity_ratio
-    if not _is_number(r) or not 0 <= r < 1:
-        raise SearchError(f"--sparsity_ratio must be in [0, 1), got {r!r}")
-    if not isinstance(f.sparsity_type, str):
+    ratios = f.ratios
+    if not ratios:
+        raise SearchError("--sparsity_ratio needs at least one value")
+    for r in ratios:
+        if not _is_number(r) or not 0 <= r < 1:
+            raise SearchError(f"--sparsity_ratio must be in [0, 1), got {r!r}")
+    if len(set(ratios)) != len(ratios):
+        raise SearchError(f"--sparsity_ratio lists a value twice: {list(ratios)}")
+    if not isinstance(f.sparsity_type, str) or not f.sparsity_type.strip():
         raise SearchError(f"--sparsity_type must be text, got {f.sparsity_type!r}")
-    try:
-        parse_sparsity_type(f.sparsity_type)
-    except PzError as e:
-        raise SearchError(str(e)) from None
+    types = f.types
+    if len(set(types)) != len(types):
+        raise SearchError(f"--sparsity_type lists a type twice: {f.sparsity_type}")
+    for t in types:
+        try:
+            parse_sparsity_type(t)
+        except PzError as e:
+            raise SearchError(f"--sparsity_type: {e}") from None
     _whole("--nsamples", f.nsamples, 1)
     _whole("--grad_samples", f.grad_samples, 1)
     _whole("--seqlen", f.seqlen, 2)
@@ -165,6 +183,7 @@ def _check_fitness(f: FitnessSettings) -> None:
     _whole("--heldout_seqlen", f.heldout_seqlen, 2)
     _whole("--cheap_windows", f.cheap_windows, 0)
     _whole("--cheap_seqlen", f.cheap_seqlen, 2 if f.cheap_windows else 0)
+    _whole("--proxy_rows", f.proxy_rows, 0)
     _whole("seed", f.seed, None)
 
 

@@ -123,6 +123,8 @@ def test_resume_after_sigkill(tmp_path):
         "2",
         "--heldout_seqlen",
         "64",
+        "--cheap_windows",
+        "1",
         "--cheap_seqlen",
         "32",
         "--population",
@@ -210,7 +212,7 @@ def test_inject_pause_stop(tmp_path):
         (dict(population=1), "population must be at least 2"),
         (dict(budget=4), "at least the population"),
         (dict(seed_formulas=("foo(W)",)), "unknown operator 'foo'"),
-        (dict(seed_formulas=("rown(W)",)), "--ops extended"),
+        (dict(ops="published", seed_formulas=("rown(W)",)), "--ops extended"),
         (dict(p_crossover=1.5), "p-crossover"),
     ],
 )

@@ -40,9 +40,13 @@ def test_short_search_on_smollm2(tmp_path):
     assert fin.evaluations == 6 and not fin.stopped
     recs, warnings = RunLog(out).read()
     assert not warnings
-    evaluated = [r for r in recs if r["stage"] == "full"]
+    screened = [r for r in recs if r["stage"] != "final"]
+    keys = [r["canonical"] for r in screened]
+    assert len(keys) == len(set(keys)) == 6  # six distinct pruning rules, each screened once
+    # every one went through the proxy stage on the real model (a finite mean log error < 0)
+    assert all(r["stage"] == "degenerate" or r["proxy"] < 0 for r in screened)
+    evaluated = [r for r in screened if r["stage"] == "full"]
     keys = [r["canonical"] for r in evaluated]
-    assert len(keys) == len(set(keys)) == 6  # six distinct pruning rules
     # the seeded Wanda rule (and the shipped known metrics) were evaluated on the real model:
     # 50% unstructured SmolLM2 keeps a finite held-out perplexity far below a broken model's
     wanda = canonical(load_metric("W*sqrt(X)")).key
