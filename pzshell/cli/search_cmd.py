@@ -69,6 +69,14 @@ def register(sub) -> None:
         "perplexity (default 0.25)",
     )
     p.add_argument(
+        "--promote-max",
+        "--promote_max",
+        dest="promote_max",
+        type=float,
+        help="at most this fraction of a batch goes on to perplexity, the best proxies first "
+        "(default 0.3)",
+    )
+    p.add_argument(
         "--cheap_windows",
         type=int,
         help="windows of an optional cheap perplexity stage between proxy and full "

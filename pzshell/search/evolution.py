@@ -218,6 +218,7 @@ class Search:
         records = [r for r in records if r.get("batch", 0) < done_batches]
         if self.finished:
             return self._already_finished(state, records, final_logged)
+        self._t_run = time.perf_counter()  # the time limit counts model and statistics too
         backend = self._make_backend()
         self.startup = dict(getattr(backend, "startup", {}))
         if self.startup:
@@ -295,7 +296,7 @@ class Search:
             if self._stop.is_set():
                 stopped = True
                 break
-            if s.time_limit and pop and time.perf_counter() - t_start > s.time_limit:
+            if s.time_limit and pop and time.perf_counter() - self._t_run > s.time_limit:
                 # a budget, not an interruption: the final re-runs still happen
                 self.on_event(SearchMessage("time limit reached"))
                 break
@@ -437,7 +438,19 @@ class Search:
                     return None
                 continue
             promoted.append(cand)
-        if self._stop.is_set() and len(results) < len(batch):
+        if gate is not None:  # at most promote_max of the batch: the best proxies, in order
+            cap = max(1, math.ceil(s.promote_max * len(batch)))
+            ranked = sorted(
+                (c for c in promoted if c["id"] in screened),
+                key=lambda c: (screened[c["id"]]["proxy"], c["id"]),
+            )
+            for cand in ranked[cap:]:
+                rec = self._merge(cand, screened[cand["id"]], None, gate)
+                rec.update(stage="proxy", fitness=WORST, reason="outside the batch's best")
+                results[cand["id"]] = self._record(rec)
+            cut = {c["id"] for c in ranked[cap:]}
+            promoted = [c for c in promoted if c["id"] not in cut]
+        if self._stop.is_set() and len(results) + len(twins) < len(batch):
             return None
         # stage 2 and 3, perplexity: the promoted only
         threshold = self._threshold(history)
@@ -450,7 +463,7 @@ class Search:
             results[cand["id"]] = self._record(rec)
             if cache is not None and rec["stage"] in ("full", "degenerate"):
                 cache.put(self.context, rec["canonical"], _cacheable(rec))
-            self._progress(history + list(results.values()), t_start)
+            self._progress(history + list(results.values()), t_start, screening=len(screened))
             if self._stop.is_set():
                 break
         if self._stop.is_set() and len(results) + len(twins) < len(batch):

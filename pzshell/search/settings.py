@@ -37,6 +37,7 @@ class SearchSettings:
     ops: str = "extended"  # or "published"
     p_const: float = 0.1
     proxy_quantile: float = 0.25  # proxy stage: only the best quarter pays for perplexity
+    promote_max: float = 0.3  # and at most this fraction of a batch, the best proxies first
     promote_quantile: float = 0.5  # cheap stage (when on): only the better half goes on
     parsimony: float = 0.002  # log-perplexity added per node, in selection only
     stagnation: int = 12  # batches without a better fitness before a restart (0: never)
@@ -69,7 +70,14 @@ class SearchSettings:
             raise SearchError(f"--strategy must be 'gp' or 'random', got {self.strategy!r}")
         if not _is_number(self.parsimony) or not 0 <= self.parsimony < 1:
             raise SearchError(f"parsimony must be in [0, 1), got {self.parsimony!r}")
-        for name in ("p_crossover", "p_mutation", "p_const", "promote_quantile", "proxy_quantile"):
+        for name in (
+            "p_crossover",
+            "p_mutation",
+            "p_const",
+            "promote_quantile",
+            "proxy_quantile",
+            "promote_max",
+        ):
             v = getattr(self, name)
             if not _is_number(v) or not 0 <= v <= 1:
                 raise SearchError(f"{name.replace('_', '-')} must be in [0, 1], got {v!r}")

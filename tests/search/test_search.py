@@ -271,9 +271,9 @@ def test_rate_after_resume_counts_only_new_evaluations(tmp_path, monkeypatch):
     Search(settings(budget=16, final_top=0), tmp_path / "r", threads=1).run()
     calls = []
 
-    def clock() -> float:  # the search's start at 0, every later reading one minute on
+    def clock() -> float:  # the run's and the loop's start at 0, every later reading a minute on
         calls.append(None)
-        return 0.0 if len(calls) == 1 else 60.0
+        return 0.0 if len(calls) <= 2 else 60.0
 
     monkeypatch.setattr(evolution, "time", types.SimpleNamespace(perf_counter=clock))
     seen: list[SearchProgress] = []

@@ -43,7 +43,8 @@ async def test_search_start_pause_resume_inject_stop(make_app, fake):
         assert worker_events(seen, se.CandidateDone)
         assert len(app.query_one(FitnessChart).points) == 3
         assert app.query_one("#hall-of-fame", FormulaTable).row_count == 1
-        assert "3/24 evaluations" in static_text(app, "#search-status")
+        status = static_text(app, "#search-status")
+        assert "3/24 screened" in status and "full 0" in status and "mask 0" in status
 
         cands = app.query_one("#candidates")
         cands.focus()

@@ -49,7 +49,7 @@ class EvolvePanel(Vertical):
     EvolvePanel #search-controls { height: 1; }
     EvolvePanel #search-controls Button { margin: 0 1 0 0; }
     EvolvePanel #search-status {
-        height: 2; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis;
+        height: 3; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis;
     }
     EvolvePanel #search-plots { height: 1fr; }
     EvolvePanel FitnessChart { width: 1fr; }
@@ -100,7 +100,7 @@ class EvolvePanel(Vertical):
         )
 
     def on_mount(self) -> None:
-        self.query_one("#hall-of-fame").border_title = "hall of fame (best per size)"
+        self.query_one("#hall-of-fame").border_title = "Pareto front: best ppl per size"
         self.query_one("#candidates").border_title = "latest candidates"
         self.evaluated = 0
         self.clock = time.monotonic  # tests replace it
@@ -189,8 +189,12 @@ class EvolvePanel(Vertical):
         t = Text(no_wrap=True, overflow="ellipsis")
         state = "paused" if p.paused else self.state.value
         t.append(f"{state}  ", "bold yellow" if p.paused else "bold")
-        t.append(f"{p.evaluations}/{p.budget} evaluations", "bold")
-        t.append(f"  {self.rate(p):.1f}/min  cache hits {p.cache_hits} ({rate:.0%})")
+        t.append(f"{p.evaluations}/{p.budget} screened", "bold")
+        t.append(f"  {self.rate(p):.1f}/min  full {p.full}  ")
+        t.append(f"hits: rule {p.cache_hits} ({rate:.0%}), mask {p.mask_hits}")
+        if p.restarts:
+            t.append(f"  restarts {p.restarts}")
+        t.append("\n" + _speeds(p), "dim")
         t.append("\nbest ", "bold green")
         t.append(f"{_ppl(p.best_fitness)}  ", "bold green")
         t.append(p.best_formula)
@@ -233,3 +237,16 @@ class EvolvePanel(Vertical):
                 self._made += 1
         if stage == "full" and isinstance(fit, (int, float)):
             self.query_one(FitnessChart).add(self.evaluated, fit)
+
+
+def _speeds(p: SearchProgress) -> str:
+    """Per-stage speed: rates per hour and median seconds per candidate."""
+    parts = []
+    r = p.rates or {}
+    if r:
+        parts.append(f"per hour: {r.get('screened', 0):.0f} screened, {r.get('full', 0):.0f} full")
+    for stage, label in (("screen", "proxy"), ("eval", "perplexity")):
+        v = (p.stage_seconds or {}).get(stage)
+        if v is not None:
+            parts.append(f"{label} {v:.2f} s")
+    return "  ".join(parts) or "per-stage speed: after the first candidates"

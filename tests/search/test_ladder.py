@@ -1,0 +1,337 @@
+"""The fidelity ladder (proxy, cheap, full), mask-hash equivalence, multi-setting fitness,
+constants, parsimony and Pareto survival, restarts and ``--strategy random``, on ``tiny``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+
+import pytest
+
+from pzshell.cli import main
+from pzshell.lang import load_metric
+from pzshell.lang.algebra import canonical
+from pzshell.lang.tree import from_json_obj
+from pzshell.search import Evaluator, Search
+from pzshell.search.events import CandidateDone
+from pzshell.search.fitness import mean_log, row_local
+from pzshell.search.gp import constant_mutation, mutate
+from pzshell.search.ranking import pareto_records, percentiles, selection_key, sort_key
+from pzshell.search.runlog import RunLog
+
+from .test_search import FIT, settings, trajectory
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PZSHELL_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def ev(tmp_path_factory):
+    import os
+
+    old = os.environ.get("PZSHELL_CACHE")
+    os.environ["PZSHELL_CACHE"] = str(tmp_path_factory.mktemp("evcache"))
+    try:
+        yield Evaluator(FIT, threads=1)
+    finally:
+        if old is None:
+            os.environ.pop("PZSHELL_CACHE", None)
+        else:
+            os.environ["PZSHELL_CACHE"] = old
+
+
+# ---- the proxy stage ---------------------------------------------------------------------------
+def test_proxy_is_the_sampled_rows_relative_output_error(ev):
+    tree = load_metric("W*sqrt(X)")
+    res = ev.screen(tree)
+    assert res["stage"] == "screened" and res["reason"] is None
+    # recompute it directly: mean over linears of log(tr(D H D^T) / tr(W H W^T))
+    from pzshell.engine.masks import make_mask
+    from pzshell.engine.stats import stat_key
+    from pzshell.lang import evaluate
+
+    logs = []
+    for i, n, _ in ev.linears:
+        k = stat_key(n, i)
+        W = ev.dense[(i, n)]
+        rows = ev.rows[(i, n)]
+        s = evaluate(tree, W, X=ev.X[k])[rows]
+        D = W[rows] * make_mask(s, 0.5)
+        H = ev.H[k]
+        err = float(((D @ H) * D).sum())
+        ref = float(((W[rows] @ H) * W[rows]).sum())
+        logs.append(math.log(err / ref))
+    assert res["proxy"] == pytest.approx(sum(logs) / len(logs), rel=1e-5)
+    assert res["proxy"] < 0  # pruning half the weights loses less than all of the output
+
+
+def test_proxy_ranks_a_good_rule_above_a_bad_one(ev):
+    good = ev.screen(load_metric("W*sqrt(X)"))["proxy"]
+    bad = ev.screen(load_metric("-W"))["proxy"]  # prunes the largest weights first
+    assert good < bad
+
+
+def test_row_local_formulas_score_only_the_sampled_rows_and_agree(ev):
+    local, whole = load_metric("W*sqrt(X)"), load_metric("div(W*sqrt(X), W)")
+    assert row_local(local) and not row_local(whole)
+    # div by the norm of W scales the whole matrix: the same masks, by the whole-matrix path
+    a, b = ev.screen(local), ev.screen(whole)
+    assert a["mask_hash"] == b["mask_hash"] and a["proxy"] == b["proxy"]
+
+
+def test_degenerate_candidate_is_scored_and_explained(ev):
+    res = ev.screen(load_metric("log(W - W)"))
+    assert res["stage"] == "degenerate" and res["reason"]
+
+
+# ---- mask-hash equivalence ---------------------------------------------------------------------
+def test_equal_masks_hash_equal_though_the_rules_differ(ev):
+    a, b = load_metric("W"), load_metric("W*exp(W)")  # increasing in |W|: the same masks
+    assert canonical(a).key != canonical(b).key  # the canonical key cannot see it
+    assert ev.screen(a)["mask_hash"] == ev.screen(b)["mask_hash"]
+    assert ev.screen(load_metric("W*sqrt(X)"))["mask_hash"] != ev.screen(a)["mask_hash"]
+
+
+def test_search_reuses_the_fitness_of_an_equal_mask(tmp_path):
+    s = settings(
+        seed_formulas=("W*exp(W)",), population=6, budget=6, final_top=0, strategy="random"
+    )
+    Search(s, tmp_path / "r", threads=1).run()
+    recs = {r["formula"]: r for r in RunLog(tmp_path / "r").read()[0]}
+    w, twin = recs["W"], recs["W * exp(W)"]
+    assert twin["hit"] == "mask" and twin["equivalent_to"] == w["id"]
+    assert twin["fitness"] == w["fitness"] and twin["mask_hash"] == w["mask_hash"]
+    assert twin["eval_seconds"] is None  # no perplexity was paid for it
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    every = RunLog(tmp_path / "r").read()[0]
+    hits = [r for r in every if r.get("hit") == "mask"]
+    assert summary["mask_hits"] == len(hits) >= 1
+    # the full-stage count is of perplexities paid for: twins with a full fitness are not in it
+    twins_full = sum(1 for r in hits if r["stage"] == "full")
+    assert summary["full"] == summary["outcomes"]["full"] - twins_full
+
+
+# ---- the ladder's gates --------------------------------------------------------------------------
+def test_ladder_gates_send_only_promising_candidates_on(tmp_path):
+    Search(settings(budget=40, final_top=0), tmp_path / "r", threads=1).run()
+    recs = [r for r in RunLog(tmp_path / "r").read()[0] if not r.get("hit")]
+    stages = {r["stage"] for r in recs}
+    assert {"proxy", "full"} <= stages  # both the proxy gate and the full stage were used
+    for r in recs:
+        if r["stage"] == "proxy":  # rejected at the proxy: no perplexity paid
+            assert r["full"] is None and r["eval_seconds"] is None
+            if r["reason"] is None:  # its proxy missed the gate
+                assert r["proxy"] > r["gate"]
+            else:  # within the gate, but the batch's promote_max went to better proxies
+                assert r["reason"] == "outside the batch's best"
+                went_on = [
+                    o["proxy"]
+                    for o in recs
+                    if o["batch"] == r["batch"] and o["stage"] in ("full", "cheap")
+                ]
+                assert went_on and max(went_on) <= r["proxy"]
+        if r["stage"] in ("full", "cheap") and r["gate"] is not None:
+            assert r["proxy"] <= r["gate"]
+        if r["stage"] == "cheap":  # the cheap stage's own gate
+            assert r["cheap"] > r["threshold"] and r["full"] is None
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["screened"] == 40
+    assert summary["stage_seconds"]["screen"]["n"] > 0 and summary["stage_seconds"]["eval"]["n"]
+    assert summary["proxy_full_pairs"] >= 3 and -1 <= summary["proxy_full_spearman"] <= 1
+    assert summary["statistics_seconds"] >= 0 and "final_seconds" in summary
+
+
+def test_without_the_proxy_every_candidate_goes_to_perplexity(tmp_path):
+    fit = dataclasses.replace(FIT, proxy_rows=0)
+    Search(settings(fitness=fit, final_top=0), tmp_path / "r", threads=1).run()
+    recs = RunLog(tmp_path / "r").read()[0]
+    assert all(r["proxy"] is None and r["stage"] != "proxy" for r in recs)
+
+
+# ---- multi-setting fitness ---------------------------------------------------------------------
+def test_multi_setting_fitness_is_the_mean_of_its_parts(tmp_path):
+    both = dataclasses.replace(FIT, sparsity_type="unstructured,2:4", cheap_windows=0)
+    assert [p.label for p in both.settings()] == ["0.5 unstructured", "2:4"]
+    tree = load_metric("W*sqrt(X)")
+    multi = Evaluator(both, threads=1).run(tree, None)
+    parts = []
+    for t in ("unstructured", "2:4"):
+        one = Evaluator(dataclasses.replace(both, sparsity_type=t), threads=1).run(tree, None)
+        parts.append(one["full"])
+        label = "2:4" if t == "2:4" else "0.5 unstructured"
+        assert multi["settings"][label]["full"] == pytest.approx(one["full"], rel=1e-6)
+    assert multi["full"] == pytest.approx(math.exp(sum(map(math.log, parts)) / 2), rel=1e-6)
+    assert mean_log(parts) == pytest.approx(multi["full"], rel=1e-6)
+    # the proxy too: the mean of the settings' proxies
+    sc = Evaluator(both, threads=1).screen(tree)
+    per = [v["proxy"] for v in sc["settings"].values()]
+    assert sc["proxy"] == pytest.approx(sum(per) / 2, rel=1e-6)
+
+
+def test_ratios_and_types_lists_from_the_cli(tmp_path):
+    out = tmp_path / "r"
+    args = ["search", "--model", "tiny", "--nsamples", "4", "--grad_samples", "2"]
+    args += ["--seqlen", "64", "--heldout_windows", "2", "--heldout_seqlen", "64"]
+    args += ["--sparsity_ratio", "0.4,0.6", "--sparsity_type", "unstructured,2:4"]
+    args += ["--population", "4", "--budget", "4", "--final-top", "0", "--out", str(out)]
+    assert main(args) == 0
+    saved = json.loads((out / "settings.json").read_text())["settings"]["fitness"]
+    assert saved["sparsity_ratio"] == [0.4, 0.6] and saved["sparsity_type"] == "unstructured,2:4"
+    rec = next(r for r in RunLog(out).read()[0] if r["stage"] == "full")
+    assert set(rec["settings"]) == {"0.4 unstructured", "0.6 unstructured", "2:4"}
+
+
+@pytest.mark.parametrize(
+    "flags, match",
+    [
+        (["--sparsity_ratio", "0.5,x"], "comma-separated list of ratios"),
+        (["--sparsity_ratio", "0.5,0.5"], "lists a value twice"),
+        (["--sparsity_type", "unstructured,3:2"], "need 0 < N < M"),
+        (["--strategy", "annealing"], "invalid choice"),
+    ],
+)
+def test_bad_setting_lists_are_refused(tmp_path, capsys, flags, match):
+    try:
+        code = main(["search", "--model", "tiny", "--out", str(tmp_path / "x"), *flags])
+    except SystemExit as e:  # argparse's own refusals
+        code = e.code
+    assert code == 2
+    captured = capsys.readouterr()
+    assert match in " ".join((captured.err + captured.out).split())
+    assert not (tmp_path / "x").exists()
+
+
+# ---- constants ---------------------------------------------------------------------------------
+def test_constant_mutation_tunes_a_constant_and_keeps_the_shape():
+    rng = random.Random(0)
+    tree = load_metric("W*sqrt(X) + 0.5*G")
+    seen = set()
+    for _ in range(20):
+        child = constant_mutation(rng, tree)
+        assert child.size == tree.size
+        (c,) = [n for _, n in child.walk() if n.is_const]
+        assert c.value > 0 and len(c.data.replace(".", "").lstrip("0")) <= 3
+        seen.add(c.value)
+    assert len(seen) > 10  # tuned, not replaced by one value
+    assert constant_mutation(rng, load_metric("W*X")) == load_metric("W*X")
+    # mutate() tunes constants a part of the time
+    kinds = {mutate(random.Random(i), tree, 6, ("add", "mul")).size == tree.size for i in range(30)}
+    assert True in kinds
+
+
+def test_constants_survive_a_resume_exactly(tmp_path):
+    kw = dict(p_const=0.5, budget=32, final_top=0)
+    Search(settings(**kw), tmp_path / "a", threads=1).run()
+    consts = [r for r in RunLog(tmp_path / "a").read()[0] if from_json_obj(r["tree"]).has_constants]
+    assert consts  # constants were drawn and evaluated
+    n = [0]
+
+    def stop_at(ev):
+        if isinstance(ev, CandidateDone):
+            n[0] += 1
+            if n[0] == 19:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Search(settings(**kw), tmp_path / "b", threads=1, on_event=stop_at).run()
+    Search(settings(**kw), tmp_path / "b", threads=1, resume=True).run()
+    assert trajectory(tmp_path / "a") == trajectory(tmp_path / "b")
+    # the constants' text is the same, digit for digit
+    trees = {r["id"]: r["tree"] for r in RunLog(tmp_path / "b").read()[0]}
+    assert all(trees[r["id"]] == r["tree"] for r in RunLog(tmp_path / "a").read()[0])
+
+
+# ---- selection ---------------------------------------------------------------------------------
+def _rec(i, fitness, size, stage="full", **kw):
+    return dict(id=i, fitness=fitness, size=size, stage=stage, formula=f"f{i}", **kw)
+
+
+def test_parsimony_prefers_the_smaller_of_two_close_formulas():
+    small, big = _rec(0, 60.0, 3), _rec(1, 59.9, 21)
+    assert sort_key(big) < sort_key(small)  # without pressure the bigger one wins
+    assert selection_key(small, 0.002) < selection_key(big, 0.002)
+    assert selection_key(big, 0.0) < selection_key(small, 0.0)
+    much_better = _rec(2, 50.0, 21)
+    assert selection_key(much_better, 0.002) < selection_key(small, 0.002)
+    # rejects stay behind every full-stage candidate
+    assert selection_key(_rec(3, math.inf, 1, "proxy", proxy=-9.0), 0.002) > selection_key(big, 0)
+
+
+def test_pareto_front_and_percentiles():
+    recs = [_rec(0, 70, 3), _rec(1, 65, 5), _rec(2, 66, 7), _rec(3, 60, 9), _rec(4, 68, 3)]
+    assert [r["id"] for r in pareto_records(recs)] == [4, 1, 3]
+    assert percentiles([1, 2, 3, 4, 100]) == {"n": 5, "p50": 3, "p95": 100}
+    assert percentiles([]) == {"n": 0, "p50": None, "p95": None}
+
+
+def test_survival_keeps_one_candidate_per_mask_and_the_pareto_front(tmp_path):
+    s = Search(settings(population=4), tmp_path / "x")
+    pool = [
+        _rec(0, 60.0, 9, mask_hash="a", canonical="k0"),
+        _rec(1, 60.0, 3, mask_hash="a", canonical="k1"),  # the same masks, smaller: kept
+        _rec(2, 70.0, 1, mask_hash="b", canonical="k2"),  # on the front (smallest)
+        _rec(3, 61.0, 5, mask_hash="c", canonical="k3"),
+        _rec(4, 62.0, 5, mask_hash="d", canonical="k4"),
+        _rec(5, 63.0, 5, mask_hash="e", canonical="k5"),
+    ]
+    kept = [r["id"] for r in s._survive(pool)]
+    assert 0 not in kept and 1 in kept and 2 in kept and len(kept) == 4
+
+
+# ---- restarts and the random baseline ----------------------------------------------------------
+def test_stagnation_restarts_keep_the_front_and_the_run_resumes_exactly(tmp_path):
+    kw = dict(budget=36, stagnation=1, final_top=0)
+    msgs = []
+    Search(settings(**kw), tmp_path / "a", threads=1, on_event=msgs.append).run()
+    state = json.loads((tmp_path / "a" / "state.json").read_text())
+    assert state["restarts"] >= 1
+    assert any("restart" in r["origin"] for r in RunLog(tmp_path / "a").read()[0])
+    n = [0]
+
+    def stop_at(ev):
+        if isinstance(ev, CandidateDone):
+            n[0] += 1
+            if n[0] == 23:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Search(settings(**kw), tmp_path / "b", threads=1, on_event=stop_at).run()
+    Search(settings(**kw), tmp_path / "b", threads=1, resume=True).run()
+    assert trajectory(tmp_path / "a") == trajectory(tmp_path / "b")
+
+
+def test_random_strategy_runs_and_resumes(tmp_path):
+    kw = dict(strategy="random", budget=24, final_top=1)
+    fin = Search(settings(**kw), tmp_path / "a", threads=1).run()
+    assert fin.evaluations == 24
+    recs = RunLog(tmp_path / "a").read()[0]
+    later = [r for r in recs if r.get("batch", 0) > 0 and r["stage"] != "final"]
+    assert later and all(r["origin"] == "random" and r["parents"] == [] for r in later)
+    n = [0]
+
+    def stop_at(ev):
+        if isinstance(ev, CandidateDone):
+            n[0] += 1
+            if n[0] == 13:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Search(settings(**kw), tmp_path / "b", threads=1, on_event=stop_at).run()
+    Search(settings(**kw), tmp_path / "b", threads=1, resume=True).run()
+    assert trajectory(tmp_path / "a") == trajectory(tmp_path / "b")
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert summary["strategy"] == "random"
+
+
+def test_the_default_search_is_the_benchmarked_one():
+    """`pzshell search` with no flag runs SearchSettings() (the defaults bench/search.py uses)."""
+    import argparse
+
+    from pzshell.cli.search_cmd import settings_from_args
+    from pzshell.search import SearchSettings
+
+    assert settings_from_args(argparse.Namespace()) == SearchSettings()
