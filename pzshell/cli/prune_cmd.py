@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from ..engine.layer_ratios import ALLOCATIONS, OWL_LAMBDA, OWL_M
+from ..engine.layer_ratios import OWL_LAMBDA, OWL_M
 from ..engine.prune import METHOD_ALIASES, METHODS
 from ..engine.refine import DSNOT_CYCLES, DSNOT_THRESHOLD, REFINEMENTS
 from ..errors import PzError
@@ -79,9 +79,11 @@ def register(sub) -> None:
     p.add_argument(
         "--allocation",
         default="uniform",
-        choices=ALLOCATIONS,
-        help="per-block sparsity: uniform (every block the same, default) or owl (outlier-"
-        "weighted: blocks with more |W|*sqrt(X) outliers keep more; same model-wide total)",
+        metavar="uniform|owl|FORMULA",
+        help="per-block sparsity: uniform (every block the same, default), owl (outlier-"
+        "weighted: blocks with more |W|*sqrt(X) outliers keep more; same model-wide total), or "
+        "a formula over per-block statistics D (outlier %%), A (angular distance in/out), "
+        "L (depth 0..1), e.g. 'D * (1 - L)': a larger value keeps more, spread by --owl_lambda",
     )
     p.add_argument(
         "--owl_m",
@@ -93,7 +95,8 @@ def register(sub) -> None:
         "--owl_lambda",
         type=float,
         default=OWL_LAMBDA,
-        help=f"OWL: block ratios spread over target +- lambda (default {OWL_LAMBDA:g})",
+        help=f"OWL and formulas: block ratios spread over target +- lambda "
+        f"(default {OWL_LAMBDA:g})",
     )
     p.add_argument(
         "--refine",

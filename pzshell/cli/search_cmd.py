@@ -77,6 +77,12 @@ def register(sub) -> None:
         "(default 0.3)",
     )
     p.add_argument(
+        "--allocation",
+        metavar="uniform|owl|FORMULA",
+        help="per-block sparsity of every candidate's masks (unstructured only): uniform "
+        "(default), owl, or a formula over D, A, L as in `pzshell prune --allocation`",
+    )
+    p.add_argument(
         "--cheap_windows",
         type=int,
         help="windows of an optional cheap perplexity stage between proxy and full "
@@ -285,6 +291,7 @@ class _Display:
         self.progress: SearchProgress | None = None
         self.recent: list[dict] = []
         self.messages: list[str] = []
+        self.topics: dict[str, str] = {}
         self.budget = budget
 
     def __call__(self, ev) -> None:
@@ -292,6 +299,8 @@ class _Display:
             self.progress = ev
         elif isinstance(ev, CandidateDone):
             self.recent = ([ev.record] + self.recent)[:6]
+        elif isinstance(ev, SearchMessage) and ev.topic:
+            self.topics[ev.topic] = ev.text  # time outside the loop: one line each, kept
         elif isinstance(ev, SearchMessage):
             self.messages = ([ev.text] + self.messages)[:3]
 
@@ -300,14 +309,27 @@ class _Display:
         head = Text()
         if p:
             rate = p.cache_hits / max(p.cache_hits + p.evaluations, 1)
-            head.append(f"evaluations {p.evaluations}/{p.budget}   ", style="bold")
-            head.append(f"{p.evals_per_minute:.1f}/min   cache hits {p.cache_hits} ({rate:.0%})")
+            head.append(f"screened {p.evaluations}/{p.budget}   full {p.full}   ", style="bold")
+            head.append(f"hits: rule {p.cache_hits} ({rate:.0%}), mask {p.mask_hits}")
+            if p.restarts:
+                head.append(f"   restarts {p.restarts}")
+            r, st = p.rates or {}, p.stage_seconds or {}
+            speed = f"\nper hour: {r.get('screened', 0):.0f} screened, {r.get('full', 0):.0f} full"
+            for stage, label in (("screen", "proxy"), ("eval", "perplexity")):
+                if st.get(stage) is not None:
+                    speed += f"   {label} {st[stage]:.2f} s"
+            head.append(speed, style="dim")
             head.append(f"\nbest {p.best_fitness:.3f}  ", style="bold green")
             head.append(p.best_formula)
         else:
             head.append("preparing model and statistics ...")
+        for topic in ("statistics", "finals"):
+            if topic in self.topics:
+                head.append(f"\n{topic}: {self.topics[topic]}", style="cyan")
         head.append("\nCtrl-C stops cleanly (resume with --resume DIR)", style="dim")
-        hof = Table(title="hall of fame (best per size)", title_justify="left", expand=False)
+        hof = Table(
+            title="Pareto front: best held-out ppl per size", title_justify="left", expand=False
+        )
         hof.add_column("size", justify="right")
         hof.add_column("held-out ppl", justify="right")
         hof.add_column("formula")

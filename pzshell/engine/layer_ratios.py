@@ -20,6 +20,7 @@ functions, plus :func:`owl_block_ratios`, the dense statistics pass.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -30,7 +31,7 @@ from ..models.arch import decoder_blocks, find_linears
 from ..progress import ProgressFn, emit
 from .calib import capture_block_inputs, run_block, run_block_collecting
 
-ALLOCATIONS = ("uniform", "owl")
+ALLOCATIONS = ("uniform", "owl")  # or an allocation formula (.alloc_formula)
 OWL_M = 5.0  # the paper's outlier threshold M (Table 8: 5 for LLaMA-7B/13B)
 OWL_LAMBDA = 0.08  # the paper's spread lambda (0.08 for LLaMA-7B)
 MAX_RATIO = 0.99  # no block is pruned further than this
@@ -118,3 +119,78 @@ def owl_block_ratios(
         emit(progress, "allocate", i + 1, len(blocks), f"block {i}: {outliers[-1]:.2f}% outliers")
     ratios = fit_to_target(owl_from_outliers(outliers, sparsity, lam), sizes, sparsity)
     return ratios, outliers
+
+
+@torch.no_grad()
+def block_statistics(
+    model: nn.Module,
+    calib_ids: torch.Tensor,
+    *,
+    m: float = OWL_M,
+    batch_size: int = 8,
+    want_angular: bool = True,
+    progress: ProgressFn | None = None,
+) -> tuple[dict[str, list[float]], list[int]]:
+    """``({"D": ..., "A": ..., "L": ...}, sizes)``: the per-block terms of an allocation formula
+    (:mod:`.alloc_formula`) and each block's linear parameter count, from one pass over the dense
+    model (``A`` only with ``want_angular``)."""
+    blocks = decoder_blocks(model)
+    chunks = capture_block_inputs(model, calib_ids, batch_size)
+    outliers, angular, sizes = [], [], []
+    for i, block in enumerate(blocks):
+        linears = find_linears(block)
+        stats = run_block_collecting(block, linears, chunks, want_h=False)
+        scores = [lin.weight.abs() * stats[name].X.sqrt() for name, lin in linears.items()]
+        outliers.append(outlier_ratio(scores, m))
+        sizes.append(sum(lin.weight.numel() for lin in linears.values()))
+        del stats, scores
+        if want_angular or i + 1 < len(blocks):
+            out = run_block(block, chunks)
+            if want_angular:
+                angular.append(_angular(chunks, out))
+            chunks = out
+        emit(progress, "allocate", i + 1, len(blocks), f"block {i}: {outliers[-1]:.2f}% outliers")
+    n = len(blocks)
+    terms = {"D": outliers, "L": [i / max(n - 1, 1) for i in range(n)]}
+    if want_angular:
+        terms["A"] = angular
+    return terms, sizes
+
+
+def _angular(inputs, outputs) -> float:
+    """Mean over tokens of ``arccos(cos(h_in, h_out)) / pi``."""
+    total, count = 0.0, 0
+    for a, b in zip(inputs, outputs, strict=True):
+        x, y = a.hidden.float().flatten(0, -2), b.hidden.float().flatten(0, -2).to(a.hidden.device)
+        cos = torch.nn.functional.cosine_similarity(x, y, dim=-1).clamp(-1, 1)
+        total += float(torch.arccos(cos).sum() / math.pi)
+        count += cos.numel()
+    return total / max(count, 1)
+
+
+def formula_block_ratios(
+    formula: str,
+    model: nn.Module,
+    calib_ids: torch.Tensor,
+    sparsity: float,
+    *,
+    m: float = OWL_M,
+    lam: float = OWL_LAMBDA,
+    batch_size: int = 8,
+    progress: ProgressFn | None = None,
+) -> tuple[list[float], dict[str, list[float]]]:
+    """``(ratios, terms)`` of an allocation formula: its value per block, spread as OWL spreads
+    its outlier ratios (:func:`.alloc_formula.spread`), fitted to the model-wide target."""
+    from .alloc_formula import parse_allocation, spread
+
+    f = parse_allocation(formula)
+    terms, sizes = block_statistics(
+        model,
+        calib_ids,
+        m=m,
+        batch_size=batch_size,
+        want_angular="A" in f.terms,
+        progress=progress,
+    )
+    values = f.values(terms)
+    return fit_to_target(spread(values, sparsity, lam), sizes, sparsity), terms

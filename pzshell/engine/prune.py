@@ -19,8 +19,15 @@ from ..lang import Node, evaluate, load_metric
 from ..lang.diagnostics import DegenerateMetric
 from ..models.arch import decoder_blocks, find_linears
 from ..progress import ProgressFn, emit
+from .alloc_formula import AllocationFormulaError, parse_allocation
 from .calib import capture_block_inputs, run_block, run_block_collecting
-from .layer_ratios import ALLOCATIONS, OWL_LAMBDA, OWL_M, owl_block_ratios
+from .layer_ratios import (
+    ALLOCATIONS,
+    OWL_LAMBDA,
+    OWL_M,
+    formula_block_ratios,
+    owl_block_ratios,
+)
 from .masks import SparsityError, make_mask, parse_sparsity_type
 from .refine import DSNOT_CYCLES, DSNOT_THRESHOLD, REFINEMENTS, RefineReport, dsnot
 from .sparsegpt import sparsegpt_prune
@@ -118,9 +125,12 @@ class PruneConfig:
         if self.n and self.m and self.use_variant:
             raise PruneError("Wanda's cumulative variant applies to unstructured sparsity only")
         if self.allocation not in ALLOCATIONS:
-            raise PruneError(
-                f"unknown allocation '{self.allocation}'; choose from {', '.join(ALLOCATIONS)}"
-            )
+            try:  # anything else is an allocation formula over per-block statistics
+                parse_allocation(self.allocation)
+            except AllocationFormulaError as e:
+                raise PruneError(
+                    f"--allocation is 'uniform', 'owl' or a formula over per-block statistics; {e}"
+                ) from None
         if self.allocation != "uniform" and self.n:
             raise PruneError(
                 f"allocation '{self.allocation}' gives each block its own sparsity, but "
@@ -187,6 +197,7 @@ class PruneResult:
     seconds: float = 0.0
     block_ratios: list[float] | None = None  # the requested sparsity of each block
     block_outliers: list[float] | None = None  # OWL's outlier ratio (%) of each block
+    block_angular: list[float] | None = None  # a formula allocation's A of each block
     allocation_seconds: float = 0.0
 
     @property
@@ -337,6 +348,21 @@ def prune_model(
             batch_size=cfg.batch_size,
             progress=progress,
         )
+        result.allocation_seconds = time.perf_counter() - t
+    elif cfg.allocation != "uniform":
+        t = time.perf_counter()
+        ratios, terms = formula_block_ratios(
+            cfg.allocation,
+            model,
+            calib_ids,
+            cfg.sparsity_ratio,
+            m=cfg.owl_m,
+            lam=cfg.owl_lambda,
+            batch_size=cfg.batch_size,
+            progress=progress,
+        )
+        result.block_outliers = terms["D"]
+        result.block_angular = terms.get("A")
         result.allocation_seconds = time.perf_counter() - t
     if cfg.allocation != "uniform":
         result.block_ratios = ratios

@@ -158,6 +158,8 @@ def run_prune(
             owl_m=cfg.owl_m,
             owl_lambda=cfg.owl_lambda,
         )
+    if pr.block_angular is not None:
+        results.update(block_angular=[round(x, 5) for x in pr.block_angular])
     if evaluation is not None:
         results.update(evaluation.measure(lm, progress))
     if prepared is not None:

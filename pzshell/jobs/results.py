@@ -56,6 +56,7 @@ FIELDS: dict[str, tuple[tuple[type, ...], tuple[str, ...] | str]] = {
     "block_sparsity": ((list,), ()),
     "block_sparsity_achieved": ((list,), ()),
     "block_outliers": ((list,), ()),
+    "block_angular": ((list,), ()),
     "owl_m": (_NUM, ()),
     "owl_lambda": (_NUM, ()),
     "allocation_seconds": (_NUM, ()),

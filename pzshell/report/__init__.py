@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import atomic
-from .plots import plot_layers, plot_perplexity, plot_zero_shot
+from .plots import plot_allocation, plot_layers, plot_perplexity, plot_zero_shot
 from .runs import ReportError, SavedRun, find_runs
 from .tables import COLUMNS, markdown_table, table_rows, zero_shot_table
 
@@ -30,7 +30,7 @@ def write_report(paths: list[str | Path], out_dir: str | Path) -> dict:
         )
     runs = find_runs(paths)
     out.mkdir(parents=True, exist_ok=True)
-    plots = plot_perplexity(runs, out)
+    plots = plot_perplexity(runs, out) + plot_allocation(runs, out)
     for extra in (plot_layers(runs, out), plot_zero_shot(runs, out)):
         if extra is not None:
             plots.append(extra)
@@ -62,6 +62,7 @@ __all__ = [
     "SavedRun",
     "find_runs",
     "markdown_table",
+    "plot_allocation",
     "plot_layers",
     "plot_perplexity",
     "plot_zero_shot",

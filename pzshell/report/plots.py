@@ -151,6 +151,49 @@ def plot_layers(runs: list[SavedRun], out_dir: Path) -> Path | None:
     return path
 
 
+def plot_allocation(runs: list[SavedRun], out_dir: Path) -> list[Path]:
+    """Per-block sparsity bars of every run whose allocation is not uniform: the ratio the
+    allocation asked of each block, the achieved one beside it, the model-wide target as a
+    line; with OWL, the block's outlier ratio on a second axis. One PNG per run."""
+    paths = []
+    for r in runs:
+        asked = r.get("block_sparsity")
+        if r.is_dense or r.get("allocation") in (None, "uniform") or not asked:
+            continue
+        got = r.get("block_sparsity_achieved") or []
+        fig = _figure(8, 4.4)
+        ax = fig.add_subplot()
+        xs = list(range(len(asked)))
+        ax.bar([x - 0.2 for x in xs], asked, 0.4, color="tab:blue", label="asked")
+        if len(got) == len(asked):
+            ax.bar([x + 0.2 for x in xs], got, 0.4, color="tab:orange", label="achieved")
+        target = r.get("sparsity_ratio")
+        if target:
+            ax.axhline(target, color="black", linestyle=":", label=f"model-wide {target:.0%}")
+        lo, hi = min(asked), max(asked)
+        ax.set_ylim(max(0.0, lo - 0.1), min(1.0, hi + 0.1))
+        outliers = r.get("block_outliers")
+        if outliers and len(outliers) == len(asked):
+            ax2 = ax.twinx()
+            ax2.plot(xs, outliers, color="tab:red", marker=".", linewidth=1, label="outliers")
+            ax2.set_ylabel("outlier ratio (OWL's D)", color="tab:red")
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("decoder block")
+        ax.set_ylabel("sparsity of the block")
+        ppl = r.get("ppl")
+        ppl_text = f", ppl {ppl:.2f}" if isinstance(ppl, (int, float)) else ""
+        ax.set_title(f"Per-block sparsity: {r.model}, {r.label}{ppl_text}", fontsize=10)
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+        path = out_dir / f"allocation_{_slug(r.name)}.png"
+        with atomic.writing_file(path) as tmp:
+            fig.savefig(tmp)
+        paths.append(path)
+    return paths
+
+
 def plot_zero_shot(runs: list[SavedRun], out_dir: Path) -> Path | None:
     """Grouped bars: accuracy per task for every run (and after fine-tuning), ± stderr."""
     entries = zero_shot_entries(runs)

@@ -48,14 +48,26 @@ class SavedRun:
         if self.get("structured"):
             spars += " structured"
         tuned = f" + {self.get('finetuned')}" if self.get("finetuned") else ""
-        return f"{method} {spars}{tuned}"
+        return f"{method} {spars}{self.options}{tuned}"
+
+    @property
+    def options(self) -> str:
+        """How the mask was placed and fixed, when not the default: ``, owl``, ``, dsnot``."""
+        parts = []
+        if self.get("allocation") not in (None, "uniform"):
+            parts.append(str(self.get("allocation")))
+        if self.get("refine") not in (None, "none"):
+            parts.append(str(self.get("refine")))
+        return "".join(f", {p}" for p in parts)
 
     @property
     def series(self) -> str:
-        """Curve key for the perplexity plot: the method (+ metric) and the sparsity type."""
+        """Curve key for the perplexity plot: the method (+ metric), the sparsity type, the
+        allocation and the refinement (OWL and uniform runs of one method are two curves)."""
         method = self.get("method", "?")
         if method.startswith("metric") and self.get("metric"):
             method = f"{method} {self.get('metric')}"
+        method += self.options
         stype = self.get("sparsity_type", "unstructured")
         if stype != "unstructured":
             method += f" ({stype})"

@@ -41,6 +41,7 @@ class SearchProgress:
 class SearchMessage:
     text: str
     level: str = "info"
+    topic: str = ""  # "statistics" or "finals": time outside the search loop, kept on display
 
 
 @dataclass(frozen=True)

@@ -226,7 +226,8 @@ class Search:
             self.on_event(
                 SearchMessage(
                     f"model loaded in {self.startup['load_seconds']:.1f} s; statistics {cached} "
-                    f"in {self.startup['statistics_seconds']:.1f} s"
+                    f"in {self.startup['statistics_seconds']:.1f} s",
+                    topic="statistics",
                 )
             )
         try:
@@ -361,6 +362,14 @@ class Search:
         t_final = time.perf_counter()
         finals = self._finals(backend, history, final_logged)
         self.final_seconds = time.perf_counter() - t_final
+        if finals:
+            self.on_event(
+                SearchMessage(
+                    f"finals: {len(finals)} layer-sequential prunes in {self.final_seconds:.0f} s "
+                    f"(after the search loop)",
+                    topic="finals",
+                )
+            )
         fin = self._finish(history, finals, c["evaluations"], stopped)
         self.log.write_json(STATE_NAME, saved_state(finished=True, final_top=s.final_top))
         return fin
@@ -700,7 +709,10 @@ class Search:
         todo = [r for r in top if r["canonical"] not in logged]
         if todo and backend is not None:
             self.on_event(
-                SearchMessage(f"re-running the top {len(todo)} with a full layer-sequential prune")
+                SearchMessage(
+                    f"re-running the top {len(todo)} with a full layer-sequential prune",
+                    topic="finals",
+                )
             )
             by_id = {r["id"]: r for r in todo}
             for res in backend.map_unordered(

@@ -82,6 +82,7 @@ class FitnessSettings:
     cheap_windows: int = 0  # cheap perplexity stage; 0 leaves it out of the ladder
     cheap_seqlen: int = 128
     proxy_rows: int = 64  # rows per linear of the proxy stage; 0 leaves it out of the ladder
+    allocation: str = "uniform"  # per-block sparsity: uniform, owl or a formula (unstructured)
     seed: int = 0
 
     def __post_init__(self):
@@ -186,6 +187,27 @@ class Evaluator:
         self.X, self.G, self.H = self._stats()
         self.stats_seconds = time.perf_counter() - t0
         self._proxy_setup()
+        self.block_ratios = self._allocate()
+
+    def _allocate(self) -> dict[str, list[float]]:
+        """Each setting's per-block ratios (one pass over the dense model for a non-uniform
+        allocation; the prune path's own code)."""
+        s = self.settings
+        n_blocks = 1 + max(i for i, _, _ in self.linears)
+        if s.allocation == "uniform":
+            return {p.label: [p.ratio] * n_blocks for p in self.pairs}
+        from ..engine.layer_ratios import formula_block_ratios, owl_block_ratios
+
+        out = {}
+        for p in self.pairs:
+            if s.allocation == "owl":
+                ratios, _ = owl_block_ratios(self.lm.model, self.calib_ids, p.ratio)
+            else:
+                ratios, _ = formula_block_ratios(
+                    s.allocation, self.lm.model, self.calib_ids, p.ratio
+                )
+            out[p.label] = ratios
+        return out
 
     # ---- statistics, computed once and cached on disk ------------------------------------------
     def stats_key(self) -> str:
@@ -276,7 +298,7 @@ class Evaluator:
                     W = W[rows]
                 H = self.H[stat_key(n, i)]
                 for p in self.pairs:
-                    mask = make_mask(scores, p.ratio, p.n, p.m)
+                    mask = make_mask(scores, self.block_ratios[p.label][i], p.n, p.m)
                     h.update(np.packbits(mask.numpy()).tobytes())
                     D = W.float() * mask
                     err = float(((D @ H) * D).sum())
@@ -307,8 +329,9 @@ class Evaluator:
 
     @torch.no_grad()
     def _apply_masks(self, scores: dict, p: Setting) -> None:
+        ratios = self.block_ratios[p.label]
         for i, n, lin in self.linears:
-            mask = make_mask(scores[(i, n)], p.ratio, p.n, p.m)  # per-row groups
+            mask = make_mask(scores[(i, n)], ratios[i], p.n, p.m)  # per-row groups
             lin.weight.copy_(self.dense[(i, n)].masked_fill(mask, 0))
 
     @torch.no_grad()
@@ -367,11 +390,14 @@ class Evaluator:
         """The full layer-sequential prune with this tree at every setting, perplexity on the
         held-out windows (combined as :func:`mean_log`)."""
         t0 = time.perf_counter()
+        s = self.settings
         per: dict = {}
         try:
             vals = []
             for p in self.pairs:
-                cfg = PruneConfig("metric", p.ratio, p.sparsity_type, metric=tree)
+                cfg = PruneConfig(
+                    "metric", p.ratio, p.sparsity_type, metric=tree, allocation=s.allocation
+                )
                 try:
                     prune_model(self.lm.model, cfg, self.calib_ids, self.G)
                     v = round_fitness(perplexity(self.lm.model, self.heldout).ppl)

@@ -192,6 +192,22 @@ def _check_fitness(f: FitnessSettings) -> None:
     _whole("--cheap_windows", f.cheap_windows, 0)
     _whole("--cheap_seqlen", f.cheap_seqlen, 2 if f.cheap_windows else 0)
     _whole("--proxy_rows", f.proxy_rows, 0)
+    if not isinstance(f.allocation, str):
+        raise SearchError(f"--allocation must be text, got {f.allocation!r}")
+    if f.allocation != "uniform":
+        from ..engine.alloc_formula import AllocationFormulaError, is_formula, parse_allocation
+
+        nm = [t for t in types if t != "unstructured"]
+        if nm:
+            raise SearchError(
+                f"--allocation {f.allocation} gives each block its own sparsity, but "
+                f"{', '.join(nm)} fixes every block's; search unstructured settings with it"
+            )
+        if is_formula(f.allocation):
+            try:
+                parse_allocation(f.allocation)
+            except AllocationFormulaError as e:
+                raise SearchError(f"--allocation: {e}") from None
     _whole("seed", f.seed, None)
 
 

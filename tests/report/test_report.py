@@ -214,3 +214,34 @@ def test_report_out_onto_a_file_fails_before_reading(tmp_path, capsys, monkeypat
     assert main(["report", str(tmp_path), "--out", str(f)]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert f"--out {f}: {f} is a file, not a directory" in err
+
+
+def test_allocation_and_refinement_are_their_own_curves_with_block_bars(tmp_path):
+    """OWL and uniform runs of one method are two perplexity curves (so are DSnoT runs); a
+    non-uniform run gets its per-block bars: asked, achieved, outliers."""
+    for ratio, ppl in ((0.6, 80.0), (0.7, 300.0)):
+        tag = f"{int(ratio * 100)}"
+        _run(tmp_path, f"u{tag}", sparsity_ratio=ratio, ppl=ppl)
+        _run(
+            tmp_path,
+            f"owl{tag}",
+            sparsity_ratio=ratio,
+            ppl=ppl * 0.9,
+            allocation="owl",
+            refine="none",
+            block_sparsity=[ratio - 0.05, ratio, ratio + 0.05],
+            block_sparsity_achieved=[ratio - 0.05, ratio, ratio + 0.05],
+            block_outliers=[0.02, 0.01, 0.005],
+            owl_m=5.0,
+            owl_lambda=0.08,
+        )
+        _run(tmp_path, f"dsnot{tag}", sparsity_ratio=ratio, ppl=ppl * 0.95, refine="dsnot")
+    runs = find_runs([tmp_path / "runs"])
+    assert {r.series for r in runs} == {"wanda", "wanda, owl", "wanda, dsnot"}
+    labels = {r.label for r in runs}
+    assert any(lbl.endswith("60%, owl") for lbl in labels)
+    rep = write_report([tmp_path / "runs"], tmp_path / "rep")
+    bars = [p for p in rep["plots"] if p.name.startswith("allocation_")]
+    assert sorted(p.name for p in bars) == ["allocation_owl60.png", "allocation_owl70.png"]
+    assert all(p.read_bytes()[:8] == PNG for p in bars)
+    assert "allocation_owl70" in rep["report"]

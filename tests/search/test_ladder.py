@@ -335,3 +335,30 @@ def test_the_default_search_is_the_benchmarked_one():
     from pzshell.search import SearchSettings
 
     assert settings_from_args(argparse.Namespace()) == SearchSettings()
+
+
+# ---- a fixed allocation inside the search --------------------------------------------------------
+def test_search_with_an_allocation_prunes_each_block_at_its_ratio(tmp_path):
+    from pzshell.engine.layer_ratios import formula_block_ratios
+    from pzshell.search import SearchError
+
+    fit = dataclasses.replace(FIT, allocation="1 - L", cheap_windows=0)
+    ev = Evaluator(fit, threads=1)
+    ratios = ev.block_ratios["0.5 unstructured"]
+    expect, _ = formula_block_ratios("1 - L", ev.lm.model, ev.calib_ids, 0.5)
+    assert ratios == pytest.approx(expect) and ratios[0] < 0.5 < ratios[1]
+    # the masks of the full stage follow the ratios: block 1 is pruned more than block 0
+    scores = ev._scores(load_metric("W*sqrt(X)"))
+    ev._apply_masks(scores, ev.pairs[0])
+    zero = {i: [] for i in range(2)}
+    for i, _, lin in ev.linears:
+        zero[i].append(float((lin.weight == 0).float().mean()))
+    ev.restore()
+    assert sum(zero[0]) / len(zero[0]) < 0.5 < sum(zero[1]) / len(zero[1])
+    fin = Search(settings(fitness=fit, budget=8, final_top=1), tmp_path / "r", threads=1).run()
+    assert math.isfinite(fin.best_fitness)
+    bad = dataclasses.replace(FIT, allocation="owl", sparsity_type="unstructured,2:4")
+    with pytest.raises(SearchError, match="2:4 fixes every block"):
+        Search(settings(fitness=bad), tmp_path / "x")
+    with pytest.raises(SearchError, match="unknown name 'Q'"):
+        Search(settings(fitness=dataclasses.replace(FIT, allocation="Q")), tmp_path / "y")
