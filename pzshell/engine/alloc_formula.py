@@ -52,7 +52,12 @@ class AllocationFormula:
 
     @property
     def terms(self) -> set[str]:
-        return {n.id for n in ast.walk(self.tree) if isinstance(n, ast.Name) and n.id in TERMS}
+        called = {id(n.func) for n in ast.walk(self.tree) if isinstance(n, ast.Call)}
+        return {
+            n.id
+            for n in ast.walk(self.tree)
+            if isinstance(n, ast.Name) and n.id in TERMS and id(n) not in called
+        }
 
     def values(self, stats: dict[str, list[float]]) -> list[float]:
         """The formula on every block: a list as long as the blocks; a clear error when it is
@@ -68,7 +73,7 @@ class AllocationFormula:
             raise AllocationFormulaError(
                 f"allocation formula '{self.text}' is not finite for block "
                 f"{', '.join(map(str, bad[:5]))}{' ...' if len(bad) > 5 else ''} "
-                f"({_describe(stats, bad[0])}); guard it (e.g. log(D + 1))"
+                f"({_describe(stats, bad[0])}); guard it (for example, add a constant to a divisor)"
             )
         vals = out.tolist()
         if n > 1 and max(vals) - min(vals) <= 1e-12 * max(1.0, abs(max(vals))):
@@ -124,7 +129,10 @@ _BIN = {ast.Add: torch.add, ast.Sub: torch.sub, ast.Mult: torch.mul, ast.Div: to
 
 
 def _check(node: ast.AST, text: str) -> None:
+    called = {id(n.func) for n in ast.walk(node) if isinstance(n, ast.Call)}
     for n in ast.walk(node):
+        if isinstance(n, ast.Name) and id(n) in called:
+            continue  # a function's name: checked with its call
         if isinstance(n, ast.Name):
             if n.id not in TERMS:
                 raise AllocationFormulaError(

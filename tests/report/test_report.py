@@ -244,4 +244,4 @@ def test_allocation_and_refinement_are_their_own_curves_with_block_bars(tmp_path
     bars = [p for p in rep["plots"] if p.name.startswith("allocation_")]
     assert sorted(p.name for p in bars) == ["allocation_owl60.png", "allocation_owl70.png"]
     assert all(p.read_bytes()[:8] == PNG for p in bars)
-    assert "allocation_owl70" in rep["report"]
+    assert "allocation_owl70" in rep["report"].read_text()
