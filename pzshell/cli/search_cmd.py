@@ -110,7 +110,8 @@ def register(sub) -> None:
         "--time_limit",
         dest="time_limit",
         type=float,
-        help="stop after this many minutes of search (statistics included; finals after)",
+        help="stop after this many minutes of search (statistics included; finals after; "
+        "default 60)",
     )
     p.add_argument("--tournament", type=int, help="tournament size (default 3)")
     p.add_argument(
@@ -237,7 +238,7 @@ DEFAULTS = {
     **{k: getattr(FitnessSettings(), k) for k in _FITNESS},
     **{k: getattr(SearchSettings(), k) for k in _SEARCH},
     "seed_formulas": [],
-    "time_limit": None,
+    "time_limit": 60.0,  # minutes: SearchSettings().time_limit
     "seed": 0,
     "workers": 1,
     "ray": None,

@@ -45,7 +45,7 @@ class SearchSettings:
     seed_known: bool = True
     seed_formulas: tuple[str, ...] = ()
     final_top: int = 5
-    time_limit: float | None = None  # seconds
+    time_limit: float | None = 3600.0  # seconds, model and statistics included; None: none
 
     def validate(self) -> None:
         """Every setting, checked before anything is written (a run directory is only made for
