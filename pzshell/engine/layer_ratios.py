@@ -104,19 +104,10 @@ def owl_block_ratios(
     progress: ProgressFn | None = None,
 ) -> tuple[list[float], list[float]]:
     """``(ratios, outliers)``: OWL's per-block sparsity, from one pass over the dense model."""
-    blocks = decoder_blocks(model)
-    chunks = capture_block_inputs(model, calib_ids, batch_size)
-    outliers, sizes = [], []
-    for i, block in enumerate(blocks):
-        linears = find_linears(block)
-        stats = run_block_collecting(block, linears, chunks, want_h=False)
-        scores = [lin.weight.abs() * stats[name].X.sqrt() for name, lin in linears.items()]
-        outliers.append(outlier_ratio(scores, m))
-        sizes.append(sum(lin.weight.numel() for lin in linears.values()))
-        del stats, scores
-        if i + 1 < len(blocks):
-            chunks = run_block(block, chunks)
-        emit(progress, "allocate", i + 1, len(blocks), f"block {i}: {outliers[-1]:.2f}% outliers")
+    terms, sizes = block_statistics(
+        model, calib_ids, m=m, batch_size=batch_size, want_angular=False, progress=progress
+    )
+    outliers = terms["D"]
     ratios = fit_to_target(owl_from_outliers(outliers, sparsity, lam), sizes, sparsity)
     return ratios, outliers
 

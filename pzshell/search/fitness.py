@@ -29,6 +29,7 @@ calibration) — never from the evaluation set.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -143,6 +144,21 @@ def row_local(tree: Node) -> bool:
     proxy stage scores only its sampled rows. Whole-tensor statistics (``mms``, ``zsn``, the
     norm of ``div``) and column sums (``coln``) need the whole matrix."""
     return all(OPS[n.data].elementwise or n.data == "rown" for _, n in tree.walk() if n.is_op)
+
+
+@contextlib.contextmanager
+def _scored(out: dict):
+    """A stage of one candidate: never raises for a bad candidate (it gets the worst fitness
+    and a reason), and records the stage's seconds in ``out``."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    except DegenerateMetric as e:
+        out.update(stage="degenerate", fitness=WORST, reason=str(e))
+    except Exception as e:  # a crashing candidate must not stop the search
+        out.update(stage="degenerate", fitness=WORST, reason=f"crash: {type(e).__name__}: {e}")
+    finally:
+        out["seconds"] = time.perf_counter() - t0
 
 
 class Evaluator:
@@ -279,11 +295,10 @@ class Evaluator:
         """The proxy stage: the mean log relative output error of the sampled rows' masks, per
         setting and combined (their mean), and the hash of those masks. No forward pass. Never
         raises for a bad candidate: it gets the worst value and a reason."""
-        t0 = time.perf_counter()
         out: dict = {"proxy": None, "mask_hash": None, "reason": None, "settings": {}}
         if self.H is None:
             raise MetricError("the proxy stage is off (proxy_rows = 0)")
-        try:
+        with _scored(out):
             local = row_local(tree)
             h = hashlib.blake2b(digest_size=10)
             logs = {p.label: 0.0 for p in self.pairs}
@@ -310,12 +325,6 @@ class Evaluator:
             out["proxy"] = round_fitness(sum(per.values()) / len(per))
             out["mask_hash"] = h.hexdigest()
             out["stage"] = "screened"
-        except DegenerateMetric as e:
-            out.update(stage="degenerate", fitness=WORST, reason=str(e))
-        except Exception as e:  # a crashing candidate must not stop the search
-            out.update(stage="degenerate", fitness=WORST, reason=f"crash: {type(e).__name__}: {e}")
-        finally:
-            out["seconds"] = time.perf_counter() - t0
         return out
 
     # ---- the perplexity stages -----------------------------------------------------------------
@@ -339,23 +348,13 @@ class Evaluator:
         for i, n, lin in self.linears:
             lin.weight.copy_(self.dense[(i, n)])
 
-    def ppl(self, tree: Node, windows: torch.Tensor, setting: Setting | None = None) -> float:
-        """Perplexity on ``windows`` after a one-shot prune with ``tree`` (first setting)."""
-        scores = self._scores(tree)
-        try:
-            self._apply_masks(scores, setting or self.pairs[0])
-            return perplexity(self.lm.model, windows, batch_size=len(windows)).ppl
-        finally:
-            self.restore()
-
     def run(self, tree: Node, threshold: float | None) -> dict:
         """Cheap stage (if enabled), then the full stage unless the cheap value misses
         ``threshold``; every setting in turn, the masks made once per setting. Never raises for
         a bad candidate: it gets the worst fitness and a reason."""
-        t0 = time.perf_counter()
         out: dict = {"cheap": None, "full": None, "reason": None, "settings": {}}
         per = out["settings"]
-        try:
+        with _scored(out):
             scores = self._scores(tree)
             stage_windows = [("cheap", self.cheap)] if self.cheap is not None else []
             stage_windows.append(("full", self.heldout))
@@ -378,12 +377,6 @@ class Evaluator:
                     out.update(stage="cheap", fitness=WORST)
                     return out
             out.update(stage="full", fitness=out["full"])
-        except DegenerateMetric as e:
-            out.update(stage="degenerate", fitness=WORST, reason=str(e))
-        except Exception as e:  # a crashing candidate must not stop the search
-            out.update(stage="degenerate", fitness=WORST, reason=f"crash: {type(e).__name__}: {e}")
-        finally:
-            out["seconds"] = time.perf_counter() - t0
         return out
 
     def final_fitness(self, tree: Node) -> dict:

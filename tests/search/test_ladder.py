@@ -44,6 +44,22 @@ def ev(tmp_path_factory):
             os.environ["PZSHELL_CACHE"] = old
 
 
+def _interrupt_and_resume(s, out, after: int) -> None:
+    """Run ``s`` into ``out``, killed (KeyboardInterrupt) at the ``after``-th candidate, then
+    resume it to the end."""
+    n = [0]
+
+    def stop_at(ev):
+        if isinstance(ev, CandidateDone):
+            n[0] += 1
+            if n[0] == after:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Search(s, out, threads=1, on_event=stop_at).run()
+    Search(s, out, threads=1, resume=True).run()
+
+
 # ---- the proxy stage ---------------------------------------------------------------------------
 def test_proxy_is_the_sampled_rows_relative_output_error(ev):
     tree = load_metric("W*sqrt(X)")
@@ -228,17 +244,7 @@ def test_constants_survive_a_resume_exactly(tmp_path):
     Search(settings(**kw), tmp_path / "a", threads=1).run()
     consts = [r for r in RunLog(tmp_path / "a").read()[0] if from_json_obj(r["tree"]).has_constants]
     assert consts  # constants were drawn and evaluated
-    n = [0]
-
-    def stop_at(ev):
-        if isinstance(ev, CandidateDone):
-            n[0] += 1
-            if n[0] == 19:
-                raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        Search(settings(**kw), tmp_path / "b", threads=1, on_event=stop_at).run()
-    Search(settings(**kw), tmp_path / "b", threads=1, resume=True).run()
+    _interrupt_and_resume(settings(**kw), tmp_path / "b", after=19)
     assert trajectory(tmp_path / "a") == trajectory(tmp_path / "b")
     # the constants' text is the same, digit for digit
     trees = {r["id"]: r["tree"] for r in RunLog(tmp_path / "b").read()[0]}
@@ -290,17 +296,7 @@ def test_stagnation_restarts_keep_the_front_and_the_run_resumes_exactly(tmp_path
     state = json.loads((tmp_path / "a" / "state.json").read_text())
     assert state["restarts"] >= 1
     assert any("restart" in r["origin"] for r in RunLog(tmp_path / "a").read()[0])
-    n = [0]
-
-    def stop_at(ev):
-        if isinstance(ev, CandidateDone):
-            n[0] += 1
-            if n[0] == 23:
-                raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        Search(settings(**kw), tmp_path / "b", threads=1, on_event=stop_at).run()
-    Search(settings(**kw), tmp_path / "b", threads=1, resume=True).run()
+    _interrupt_and_resume(settings(**kw), tmp_path / "b", after=23)
     assert trajectory(tmp_path / "a") == trajectory(tmp_path / "b")
 
 
@@ -311,17 +307,7 @@ def test_random_strategy_runs_and_resumes(tmp_path):
     recs = RunLog(tmp_path / "a").read()[0]
     later = [r for r in recs if r.get("batch", 0) > 0 and r["stage"] != "final"]
     assert later and all(r["origin"] == "random" and r["parents"] == [] for r in later)
-    n = [0]
-
-    def stop_at(ev):
-        if isinstance(ev, CandidateDone):
-            n[0] += 1
-            if n[0] == 13:
-                raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        Search(settings(**kw), tmp_path / "b", threads=1, on_event=stop_at).run()
-    Search(settings(**kw), tmp_path / "b", threads=1, resume=True).run()
+    _interrupt_and_resume(settings(**kw), tmp_path / "b", after=13)
     assert trajectory(tmp_path / "a") == trajectory(tmp_path / "b")
     summary = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert summary["strategy"] == "random"
