@@ -11,7 +11,8 @@ the calibration text (wikitext-2 valid.txt, as in bench/prune.py), the sparsity 
 (`--types`, default both: one search with a two-setting fitness) and the time limit, which
 counts model loading and statistics; the finals inside the search are skipped (the test prunes
 below are the full layer-sequential ones). Search fitness: perplexity on held-out windows of the
-*calibration* text (its last 10%), never the evaluation set.
+*calibration* text (its last 10%, clear of the calibration windows), never the evaluation set;
+the search's calibration windows are the test prunes' own (32x512 of valid.txt, seed 0).
 
 The test rows use bench/prune.py's settings: calibration 32x512 of valid.txt, seed 0, the first
 8x1024 tokens of wiki.test.raw. The baselines (Wanda, Pruner-Zero, SparseGPT) are read from

@@ -47,12 +47,21 @@ def register(sub) -> None:
         "multi-setting fitness: the mean log-perplexity over them (default unstructured)",
     )
     p.add_argument("--calib", help="calibration-domain text: a file, or builtin (default)")
+    p.add_argument(
+        "--calib_windows",
+        choices=("prune", "head"),
+        help="prune: the calibration windows `pzshell prune` draws with the same --nsamples, "
+        "--seqlen and --seed, so the search scores the masks a prune will make, and held-out "
+        "windows clear of them (default); head: calibration from the text's first 90%%",
+    )
     p.add_argument("--nsamples", type=int, help="calibration windows for X and H (default 32)")
     p.add_argument("--grad_samples", type=int, help="calibration windows for G (default 16)")
     p.add_argument("--seqlen", type=int, help="calibration window length (default 512)")
-    p.add_argument("--heldout_windows", type=int, help="full-stage held-out windows (default 4)")
+    p.add_argument("--heldout_windows", type=int, help="full-stage held-out windows (default 2)")
     p.add_argument(
-        "--heldout_seqlen", type=int, help="full-stage held-out window length (default 256)"
+        "--heldout_seqlen",
+        type=int,
+        help="full-stage held-out window length (default 1024, the evaluation protocol's)",
     )
     p.add_argument(
         "--proxy_rows",
@@ -83,6 +92,13 @@ def register(sub) -> None:
         "(default), owl, or a formula over D, A, L as in `pzshell prune --allocation`",
     )
     p.add_argument(
+        "--statistics",
+        choices=("sequential", "dense"),
+        help="X behind every candidate's masks: sequential, per setting as a layer-sequential "
+        "Wanda prune sees it (what a real prune gives the metric; default), or dense (the "
+        "unpruned model's)",
+    )
+    p.add_argument(
         "--cheap_windows",
         type=int,
         help="windows of an optional cheap perplexity stage between proxy and full "
@@ -111,6 +127,7 @@ def register(sub) -> None:
         dest="time_limit",
         type=float,
         help="stop after this many minutes of search (statistics included; finals after; "
+        "the first population is always scored in full, so a very short limit runs over; "
         "default 60)",
     )
     p.add_argument("--tournament", type=int, help="tournament size (default 3)")
@@ -354,6 +371,35 @@ class _Display:
         return Group(*parts)
 
 
+class _PlainLog:
+    """Progress as plain lines, for output that is not a terminal: every message, and the
+    counters when a batch ends, when the best changes, or at most every ``every`` seconds."""
+
+    def __init__(self, write, every: float = 30.0):
+        self.write, self.every = write, every
+        self.last = -math.inf
+        self.seen: tuple | None = None
+
+    def __call__(self, ev) -> None:
+        if isinstance(ev, SearchMessage):
+            text = f"{ev.topic}: {ev.text}" if ev.topic else ev.text
+            self.write(text, markup=False, soft_wrap=True)
+        elif isinstance(ev, SearchProgress):
+            now = time.monotonic()
+            seen = (ev.best_formula, ev.full, ev.restarts)
+            if seen == self.seen and now - self.last < self.every:
+                return
+            self.last, self.seen = now, seen
+            rates = ev.rates or {}
+            line = (
+                f"screened {ev.evaluations}/{ev.budget}  full {ev.full}  hits: rule "
+                f"{ev.cache_hits}, mask {ev.mask_hits}  restarts {ev.restarts}  per hour: "
+                f"{rates.get('screened', 0):.0f} screened, {rates.get('full', 0):.0f} full  "
+                f"best {ev.best_fitness:.3f} {ev.best_formula}"
+            )
+            self.write(line, markup=False, soft_wrap=True)
+
+
 def run(args: argparse.Namespace) -> int:
     # every option is checked, and a resumed directory read, before anything is written
     given = _given(args)
@@ -415,20 +461,25 @@ def run(args: argparse.Namespace) -> int:
     search.on_event = display
     console.print(f"[bold]pzshell search[/] -> {out}  (backend {backend}, workers {workers})")
     try:
-        with Live(display.render(), console=console, refresh_per_second=4) as live:
-            display_update = display.__call__
+        if console.is_terminal:
+            with Live(display.render(), console=console, refresh_per_second=4) as live:
+                display_update = display.__call__
 
-            def on_event(ev):
-                display_update(ev)
-                live.update(display.render())
+                def on_event(ev):
+                    display_update(ev)
+                    live.update(display.render())
 
-            search.on_event = on_event
-            fin: SearchFinished = search.run()
+                search.on_event = on_event
+                fin: SearchFinished = search.run()
+        else:  # a log file or a pipe: a live display would print only its first frame
+            search.on_event = _PlainLog(console.print)
+            fin = search.run()
     except KeyboardInterrupt:
         console.print(f"[yellow]stopped.[/] Continue with: pzshell search --resume {out}")
         return 130
     console.print(
         f"best: [bold]{fin.best_formula}[/] held-out ppl {fin.best_fitness:.3f} after "
-        f"{fin.evaluations} evaluations; {out}/best.json, hall_of_fame.json, fitness.png"
+        f"{fin.evaluations} evaluations; {out}/best.json, hall_of_fame.json, fitness.png",
+        soft_wrap=True,
     )
     return 0

@@ -142,12 +142,17 @@ def sample_windows(
             f"calibration text {name} has {ids.numel()} tokens, fewer than one window "
             f"of {seqlen}; use a longer text or a smaller --seqlen"
         )
-    rng = random.Random(seed)
     out = torch.empty((nsamples, seqlen), dtype=torch.long)
-    for k in range(nsamples):
-        i = rng.randint(0, ids.numel() - seqlen - 1)
+    for k, i in enumerate(window_offsets(ids.numel(), nsamples, seqlen, seed)):
         out[k] = ids[i : i + seqlen]
     return out
+
+
+def window_offsets(n_tokens: int, nsamples: int, seqlen: int, seed: int = 0) -> list[int]:
+    """The start offsets :func:`sample_windows` draws (``random.seed(seed)``, then
+    ``randint(0, n_tokens - seqlen - 1)`` per window): which tokens a calibration touched."""
+    rng = random.Random(seed)
+    return [rng.randint(0, n_tokens - seqlen - 1) for _ in range(nsamples)]
 
 
 def eval_windows(
@@ -186,4 +191,5 @@ __all__ = [
     "load_text",
     "sample_windows",
     "tokenize",
+    "window_offsets",
 ]

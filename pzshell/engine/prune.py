@@ -323,8 +323,11 @@ def prune_model(
     calib_ids: torch.Tensor | None = None,
     gradients: dict[str, torch.Tensor] | None = None,
     progress: ProgressFn | None = None,
+    record_x: dict[str, torch.Tensor] | None = None,
 ) -> PruneResult:
-    """Prune ``model`` in place; returns per-layer sparsity and time."""
+    """Prune ``model`` in place; returns per-layer sparsity and time. ``record_x``, a dict,
+    receives every linear's ``X`` as this prune saw it (block inputs from the already pruned
+    blocks before it), keyed like the statistics (:func:`stat_key`)."""
     t0 = time.perf_counter()
     blocks = decoder_blocks(model)
     if cfg.needs_gradients and gradients is None:
@@ -390,6 +393,8 @@ def prune_model(
                         f"has shape {tuple(lin.weight.shape)}: the file was made for another model"
                     )
             st = stats.get(name)
+            if record_x is not None and st is not None:
+                record_x[stat_key(name, i)] = st.X.detach().cpu().clone()
             ratio = ratios[i]
             if cfg.allocation != "uniform" and cfg.metric is not None:  # SparseGPT's own
                 # mask is chosen per 128 columns from the whole ratio: no rows to round

@@ -219,6 +219,13 @@ class Search:
         if self.finished:
             return self._already_finished(state, records, final_logged)
         self._t_run = time.perf_counter()  # the time limit counts model and statistics too
+        self.on_event(
+            SearchMessage(
+                f"loading {s.fitness.model} and its statistics on the calibration text "
+                f"(computed once, then read from the cache) ...",
+                topic="statistics",
+            )
+        )
         backend = self._make_backend()
         self.startup = dict(getattr(backend, "startup", {}))
         if self.startup:

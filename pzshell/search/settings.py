@@ -123,7 +123,9 @@ class SearchSettings:
         d = dict(d)
         _known_keys(d, cls)
         _known_keys(d["fitness"], FitnessSettings)
-        d["fitness"] = FitnessSettings(**d["fitness"])
+        # a run saved before the setting existed used the dense model's statistics
+        old = {"statistics": "dense", "calib_windows": "head"}
+        d["fitness"] = FitnessSettings(**{**old, **d["fitness"]})
         formulas = d.get("seed_formulas", ())
         if not isinstance(formulas, (list, tuple)):
             raise ValueError(f"seed_formulas is {formulas!r}, not a list")
@@ -208,6 +210,17 @@ def _check_fitness(f: FitnessSettings) -> None:
                 parse_allocation(f.allocation)
             except AllocationFormulaError as e:
                 raise SearchError(f"--allocation: {e}") from None
+    if f.statistics not in ("sequential", "dense"):
+        raise SearchError(
+            f"--statistics is 'sequential' (X as a layer-sequential Wanda prune sees it, per "
+            f"setting) or 'dense' (X of the unpruned model), got {f.statistics!r}"
+        )
+    if f.calib_windows not in ("prune", "head"):
+        raise SearchError(
+            f"--calib_windows is 'prune' (the windows `pzshell prune` draws, held-out windows "
+            f"clear of them) or 'head' (calibration from the text's first 90%), got "
+            f"{f.calib_windows!r}"
+        )
     _whole("seed", f.seed, None)
 
 

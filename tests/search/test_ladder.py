@@ -75,7 +75,7 @@ def test_proxy_is_the_sampled_rows_relative_output_error(ev):
         k = stat_key(n, i)
         W = ev.dense[(i, n)]
         rows = ev.rows[(i, n)]
-        s = evaluate(tree, W, X=ev.X[k])[rows]
+        s = evaluate(tree, W, X=ev.Xs[ev.pairs[0].label][k])[rows]
         D = W[rows] * make_mask(s, 0.5)
         H = ev.H[k]
         err = float(((D @ H) * D).sum())
@@ -83,6 +83,78 @@ def test_proxy_is_the_sampled_rows_relative_output_error(ev):
         logs.append(math.log(err / ref))
     assert res["proxy"] == pytest.approx(sum(logs) / len(logs), rel=1e-5)
     assert res["proxy"] < 0  # pruning half the weights loses less than all of the output
+
+
+# ---- the statistics and the windows -------------------------------------------------------------
+def test_sequential_statistics_give_wanda_exactly_its_layer_sequential_prune(ev):
+    """The default statistics are X as Wanda's layer-sequential prune sees it, so Wanda's one-shot
+    masks in the search are that prune's masks: the same held-out perplexity, to the digit."""
+    import torch
+
+    from pzshell.engine.prune import PruneConfig, prune_model
+    from pzshell.evaluate.perplexity import perplexity
+    from pzshell.search.fitness import round_fitness
+
+    p = ev.pairs[0]
+    assert ev.settings.statistics == "sequential" and ev.Xs[p.label] is not ev.X
+    differs = [k for k in ev.X if not torch.equal(ev.X[k], ev.Xs[p.label][k])]
+    assert differs and all(not k.endswith("_layer_0") for k in differs)  # block 0: dense input
+    wanda = load_metric("W*sqrt(X)")
+    res = ev.run(wanda, None)
+    try:
+        ev._apply_masks(wanda, p)
+        one_shot = {(i, m): lin.weight.detach().clone() for i, m, lin in ev.linears}
+        ev.restore()
+        prune_model(ev.lm.model, PruneConfig("wanda", p.ratio, p.sparsity_type), ev.calib_ids)
+        seq = {(i, m): lin.weight.detach().clone() for i, m, lin in ev.linears}
+        n = len(ev.heldout)
+        direct = round_fitness(perplexity(ev.lm.model, ev.heldout, batch_size=n).ppl)
+    finally:
+        ev.restore()
+    assert all(torch.equal(one_shot[k], seq[k]) for k in seq)
+    assert res["full"] == direct
+
+
+def test_dense_statistics_are_the_unpruned_models(tmp_path):
+    e = Evaluator(dataclasses.replace(FIT, statistics="dense"), threads=1)
+    assert all(x is e.X for x in e.Xs.values())
+
+
+def test_calibration_windows_are_the_prune_jobs_and_held_out_avoids_them():
+    import torch
+
+    from pzshell.data import (
+        calibration_windows,
+        load_text,
+        sample_windows,
+        tokenize,
+        window_offsets,
+    )
+    from pzshell.models import load_model
+    from pzshell.search.fitness import split_calibration
+
+    lm = load_model("tiny")
+    text = load_text("builtin", role="calib")
+    ids = tokenize(lm.tokenizer, text)
+    s = dataclasses.replace(FIT, nsamples=64, seqlen=512, heldout_windows=3, heldout_seqlen=256)
+    calib, held, cheap = split_calibration(ids, s, text.name)
+    assert torch.equal(calib, calibration_windows(lm.tokenizer, text, 64, 512, s.seed))
+    # every held-out window is a run of the text that no calibration window touches
+    used = torch.zeros(ids.numel(), dtype=torch.bool)
+    for o in window_offsets(ids.numel(), 64, 512, s.seed):
+        used[o : o + 512] = True
+    tail = int(ids.numel() * 0.9)
+    for w in held:
+        starts = [i for i in range(tail, ids.numel() - 255) if torch.equal(ids[i : i + 256], w)]
+        assert starts and not used[starts[0] : starts[0] + 256].any()
+    assert torch.equal(cheap.flatten(), held.flatten()[: cheap.numel()])
+    head = dataclasses.replace(s, calib_windows="head")
+    calib_h, held_h, _ = split_calibration(ids, head, text.name)
+    split = max(tail, ids.numel() - 3 * 256)
+    assert torch.equal(calib_h, sample_windows(ids[:split], 64, 512, s.seed))  # the first 90%
+    assert torch.equal(held_h.flatten(), ids[split : split + held_h.numel()])
+    with pytest.raises(Exception, match="too short"):
+        split_calibration(ids, dataclasses.replace(s, heldout_windows=10_000), text.name)
 
 
 def test_proxy_ranks_a_good_rule_above_a_bad_one(ev):
@@ -334,8 +406,7 @@ def test_search_with_an_allocation_prunes_each_block_at_its_ratio(tmp_path):
     expect, _ = formula_block_ratios("1 - L", ev.lm.model, ev.calib_ids, 0.5)
     assert ratios == pytest.approx(expect) and ratios[0] < 0.5 < ratios[1]
     # the masks of the full stage follow the ratios: block 1 is pruned more than block 0
-    scores = ev._scores(load_metric("W*sqrt(X)"))
-    ev._apply_masks(scores, ev.pairs[0])
+    ev._apply_masks(load_metric("W*sqrt(X)"), ev.pairs[0])
     zero = {i: [] for i in range(2)}
     for i, _, lin in ev.linears:
         zero[i].append(float((lin.weight == 0).float().mean()))

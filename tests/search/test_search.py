@@ -287,3 +287,22 @@ def test_rate_after_resume_counts_only_new_evaluations(tmp_path, monkeypatch):
     assert seen and seen[-1].evaluations == 24
     for ev in seen:  # one minute since the start: the rate is the count of new evaluations
         assert ev.evals_per_minute == pytest.approx(ev.evaluations - 16)
+
+
+def test_cli_plain_progress_when_not_a_terminal(tmp_path):
+    """Output to a file or pipe gets plain progress lines (a rich live display would print only
+    its first frame there): the statistics step, the counters and the best formula."""
+    cmd = [
+        sys.executable, "-m", "pzshell", "search", "--model", "tiny", "--nsamples", "4",
+        "--grad_samples", "2", "--seqlen", "64", "--heldout_windows", "2", "--heldout_seqlen",
+        "64", "--population", "6", "--budget", "10", "--batch", "4", "--final-top", "0",
+        "--no-cache", "--out", str(tmp_path / "p"),
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert any(x.startswith("statistics: loading tiny") for x in lines), done.stderr
+    assert any(x.startswith("statistics: model loaded in") for x in lines), done.stderr
+    counters = [x for x in lines if x.startswith("screened ")]
+    assert counters and "/10" in counters[-1] and " best " in counters[-1], done.stderr
+    assert lines[-1].startswith("best: "), done.stderr
