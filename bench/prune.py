@@ -6,6 +6,8 @@
     .venv/bin/python bench/prune.py --suite high   # 60% and 70% unstructured, each method with
                                                # uniform and OWL allocation, Wanda + DSnoT
                                                # (bench/results/prune_high.json, ~30 min)
+    .venv/bin/python bench/prune.py --suite refine # Wanda with and without DSnoT at 50%, 60%
+                                               # and 70% (bench/results/prune_refine.json)
 
 Settings (the issue's): calibration 32 windows x 512 tokens sampled with seed 0 from
 ``../shared/data/wikitext-2/valid.txt``; evaluation on the first 8 windows x 1024 tokens of
@@ -83,8 +85,15 @@ def run_one(spec: dict) -> dict:
 
 def _configs(args: argparse.Namespace, base: dict) -> list[dict]:
     """The configurations of a suite: ``base`` (the methods at 50%, unstructured and 2:4) or
-    ``high`` (60% and 70% unstructured, uniform and OWL, and Wanda refined by DSnoT at 50-70%)."""
+    ``high`` (60% and 70% unstructured, uniform and OWL, and Wanda refined by DSnoT at 50-70%) or
+    ``refine`` (Wanda with and without DSnoT at 50-70%, side by side)."""
     methods = args.methods.split(",")
+    if args.suite == "refine":
+        return [
+            dict(base, method="wanda", type="unstructured", ratio=r, refine=refine)
+            for r in (0.5, 0.6, 0.7)
+            for refine in ("none", "dsnot")
+        ]
     if args.suite == "base":
         types = args.types.split(",")
         return [
@@ -114,7 +123,7 @@ def main() -> int:
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--methods", default="dense,magnitude,wanda,sparsegpt,pruner-zero")
     ap.add_argument("--types", default="unstructured,2:4")
-    ap.add_argument("--suite", default="base", choices=("base", "high"))
+    ap.add_argument("--suite", default="base", choices=("base", "high", "refine"))
     ap.add_argument("--out", default=None, help="default bench/results/prune[_high].json")
     ap.add_argument(
         "--grad-path",
@@ -142,7 +151,8 @@ def main() -> int:
     else:
         tmp = Path(tempfile.mkdtemp(prefix="pzbench-"))
         grad_path = tmp / f"grads_{base['nsamples']}x{base['seqlen']}.pth"
-    out = Path(args.out or RESULTS / ("prune.json" if args.suite == "base" else "prune_high.json"))
+    name = {"base": "prune.json", "high": "prune_high.json", "refine": "prune_refine.json"}
+    out = Path(args.out or RESULTS / name[args.suite])
     rows = []
     for spec in _configs(args, base):
         method, typ = spec["method"], spec["type"]
