@@ -28,6 +28,7 @@ import time
 from benchlib import (
     CALIB,
     RESULTS,
+    ROOT,
     calib_spec,
     eval_spec,
     print_table,
@@ -76,6 +77,7 @@ def main() -> int:
 
     # ---- the truth: the full layer-sequential prune on the test set ----------------------------
     known = _known_test_ppl()
+    grad_path = ROOT / "runs" / f"grads_{args.model}_valid_32x512_seed0.pth"
     truth: dict = {}
     for f in formulas:
         for p in pairs:
@@ -92,6 +94,7 @@ def main() -> int:
                 sparsity_ratio=p.ratio,
                 sparsity_type=p.sparsity_type,
                 eval=eval_spec(1024, 8),
+                gradient_path=str(grad_path),  # computed once, then reused (bench/search.py's)
             )
             _, res = run_prune(job)
             truth[key] = {
