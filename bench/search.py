@@ -70,11 +70,11 @@ def main() -> int:
 
     from rich.console import Console
 
+    from pzshell.cli.search_cmd import PlainLog
     from pzshell.jobs import ModelSpec, PruneJob, run_prune
     from pzshell.lang import load_metric
     from pzshell.search import Search, SearchSettings
     from pzshell.search.cache import FitnessCache
-    from pzshell.search.events import SearchMessage, SearchProgress
 
     console = Console(stderr=True)
     base = SearchSettings()
@@ -84,21 +84,11 @@ def main() -> int:
     settings = dataclasses.replace(
         base, fitness=fit, strategy=args.strategy, final_top=0, time_limit=args.minutes * 60
     )
-    last: dict = {"t": 0.0}
-
-    def on_event(ev):
-        if isinstance(ev, SearchMessage):
-            console.print(f"{time.strftime('%H:%M:%S')} {ev.text}")
-        if isinstance(ev, SearchProgress):
-            last["p"] = ev
-            if time.perf_counter() - last["t"] > 30:
-                last["t"] = time.perf_counter()
-                console.print(
-                    f"{time.strftime('%H:%M:%S')} screened {ev.evaluations} full {ev.full} "
-                    f"mask hits {ev.mask_hits} rule hits {ev.cache_hits} restarts {ev.restarts} "
-                    f"({ev.rates.get('screened', 0):.0f}/h, {ev.rates.get('full', 0):.0f}/h) "
-                    f"best {ev.best_fitness:.3f} {ev.best_formula}"
-                )
+    # the CLI's own plain-text progress (every message, counters at each batch end, each new
+    # best and at least every 30 s), each line with the clock time
+    on_event = PlainLog(
+        lambda text, **kw: console.print(f"{time.strftime('%H:%M:%S')} {text}", **kw)
+    )
 
     # a fresh cache file: the benchmark measures this run's work, not an earlier run's
     cache_path = out.parent / f"{out.name}-fitness.sqlite"

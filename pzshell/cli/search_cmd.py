@@ -87,9 +87,15 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--allocation",
-        metavar="uniform|owl|FORMULA",
+        metavar="uniform|owl|FORMULA|search",
         help="per-block sparsity of every candidate's masks (unstructured only): uniform "
-        "(default), owl, or a formula over D, A, L as in `pzshell prune --allocation`",
+        "(default), owl, or a formula over D, A, L as in `pzshell prune --allocation`; "
+        "'search' searches allocation formulas for the fixed --metric instead of metrics",
+    )
+    p.add_argument(
+        "--metric",
+        help="with --allocation search: the metric whose allocation is searched (a formula, a "
+        "tree file or a shipped name; default W * sqrt(X), Wanda)",
     )
     p.add_argument(
         "--statistics",
@@ -263,6 +269,7 @@ DEFAULTS = {
     "use_cache": True,
     "out": None,
     "resume": None,
+    "metric": None,
 }
 
 
@@ -371,7 +378,7 @@ class _Display:
         return Group(*parts)
 
 
-class _PlainLog:
+class PlainLog:
     """Progress as plain lines, for output that is not a terminal: every message, and the
     counters when a batch ends, when the best changes, or at most every ``every`` seconds."""
 
@@ -395,12 +402,23 @@ class _PlainLog:
                 f"screened {ev.evaluations}/{ev.budget}  full {ev.full}  hits: rule "
                 f"{ev.cache_hits}, mask {ev.mask_hits}  restarts {ev.restarts}  per hour: "
                 f"{rates.get('screened', 0):.0f} screened, {rates.get('full', 0):.0f} full  "
-                f"best {ev.best_fitness:.3f} {ev.best_formula}"
+                + (
+                    f"best {ev.best_fitness:.3f} {ev.best_formula}"
+                    if math.isfinite(ev.best_fitness)
+                    else "best: none scored yet"
+                )
             )
             self.write(line, markup=False, soft_wrap=True)
 
 
 def run(args: argparse.Namespace) -> int:
+    if _arg(args, "allocation") == "search":
+        return _run_allocation_search(args)
+    if _arg(args, "metric") is not None:
+        raise PzError(
+            "--metric fixes the metric of an allocation search: give it with --allocation "
+            "search (a metric search evolves the metric itself)"
+        )
     # every option is checked, and a resumed directory read, before anything is written
     given = _given(args)
     resume = _arg(args, "resume") is not None
@@ -472,7 +490,7 @@ def run(args: argparse.Namespace) -> int:
                 search.on_event = on_event
                 fin: SearchFinished = search.run()
         else:  # a log file or a pipe: a live display would print only its first frame
-            search.on_event = _PlainLog(console.print)
+            search.on_event = PlainLog(console.print)
             fin = search.run()
     except KeyboardInterrupt:
         console.print(f"[yellow]stopped.[/] Continue with: pzshell search --resume {out}")
@@ -480,6 +498,108 @@ def run(args: argparse.Namespace) -> int:
     console.print(
         f"best: [bold]{fin.best_formula}[/] held-out ppl {fin.best_fitness:.3f} after "
         f"{fin.evaluations} evaluations; {out}/best.json, hall_of_fame.json, fitness.png",
+        soft_wrap=True,
+    )
+    return 0
+
+
+def _run_allocation_search(args: argparse.Namespace) -> int:
+    """``--allocation search``: allocation formulas for a fixed metric (:mod:`..search.
+    alloc_search`); every option checked, and the run directory, before the model loads."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..search.alloc_search import AllocationProgress, AllocationSearch, AllocationSearchSettings
+
+    given = _given(args)
+    refused = {"resume", "workers", "ray"} & given
+    if refused:
+        raise PzError(
+            f"--allocation search runs in this process and is not resumable: drop "
+            f"{', '.join('--' + k for k in sorted(refused))}"
+        )
+    args = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "allocation"})
+    base = settings_from_args(args)
+    budget = _arg(args, "budget") if "budget" in given else 120
+    time_limit = _time_limit(args) if "time_limit" in given else None
+    settings = AllocationSearchSettings(
+        metric=_arg(args, "metric") or "W * sqrt(X)",
+        fitness=base.fitness,
+        budget=budget,
+        time_limit=time_limit,
+        seed=_arg(args, "seed"),
+    )
+    out = Path(_arg(args, "out") or f"runs/alloc-search-{time.strftime('%Y%m%d-%H%M%S')}")
+    search = AllocationSearch(settings, out, device=_arg(args, "device"))
+    console.print(
+        f"[bold]pzshell search --allocation search[/] -> {out}  metric {escape(settings.metric)}"
+        f", {base.fitness.describe()}, budget {budget}"
+        + (f", {time_limit / 60:g} min" if time_limit else "")
+    )
+    console.print(
+        "statistics: loading the model and its statistics (computed once, then read from the "
+        "cache) ...",
+        markup=False,
+    )
+
+    def line(ev: AllocationProgress) -> str:
+        last = ev.last or {}
+        if "final" in last:
+            f = last["final"]
+            return (
+                f"final (real prune) {f['formula']} @ lambda {f['lambda']:g}: held-out ppl "
+                f"{f['final']:.3f} in {f['seconds']:.0f} s"
+                + (f" ({f['reason']})" if f["reason"] else "")
+            )
+        what = (
+            f"= {last['hit']}"
+            if last.get("hit")
+            else (last.get("reason") or f"{last.get('fitness', math.inf):.3f}")
+        )
+        return (
+            f"{ev.screened}/{ev.budget} screened, {ev.ratio_hits} ratio hits, {ev.refused} "
+            f"refused; uniform {ev.baseline:.3f}, best {ev.best_fitness:.3f} "
+            f"{ev.best_formula} @ {ev.best_lambda:g}; last {last.get('formula')} @ "
+            f"{last.get('lambda', 0):g}: {what}"
+        )
+
+    try:
+        if console.is_terminal:
+            with Progress(
+                TextColumn("allocations"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.description}"),
+                console=console,
+            ) as bar:
+                task = bar.add_task("", total=budget)
+
+                def on_event(ev):
+                    bar.update(task, completed=ev.screened, description=escape(line(ev)))
+                    if ev.last and "final" in ev.last:
+                        bar.console.print(escape(line(ev)))
+
+                search.on_event = on_event
+                summary = search.run()
+        else:
+            search.on_event = lambda ev: console.print(line(ev), markup=False, soft_wrap=True)
+            summary = search.run()
+    except KeyboardInterrupt:
+        console.print(
+            f"[yellow]stopped.[/] The allocations scored so far are in {out}/allocations.jsonl"
+        )
+        return 130
+    b = summary["best"]
+    if not b:
+        console.print(f"no allocation scored a finite perplexity; see {out}/allocations.jsonl")
+        return 1
+    score = b.get("final", b.get("fitness"))
+    console.print(
+        f"best: [bold]{escape(b['formula'])}[/] lambda {b['lambda']:g}, held-out ppl "
+        f"{score:.3f} (real prune; uniform "
+        + next((f"{f['final']:.3f}" for f in summary["finals"] if f["formula"] == "uniform"), "-")
+        + f"). Prune with: pzshell prune --metric '{settings.metric}' --allocation "
+        f"'{b['formula']}' --owl_lambda {b['lambda']:g}; {out}/summary.json",
         soft_wrap=True,
     )
     return 0

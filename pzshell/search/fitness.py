@@ -418,10 +418,13 @@ class Evaluator:
 
     # ---- the perplexity stages -----------------------------------------------------------------
     @torch.no_grad()
-    def _apply_masks(self, tree: Node, p: Setting, memo: dict | None = None) -> None:
+    def apply_masks(
+        self, tree: Node, p: Setting, memo: dict | None = None, ratios: list[float] | None = None
+    ) -> None:
         """The candidate's one-shot masks at setting ``p`` (from that setting's statistics),
         applied in place; :meth:`restore` undoes it. ``memo`` keeps the last scores, so that
-        the settings (and stages) that share them compute them once."""
+        the settings (and stages) that share them compute them once. ``ratios``: each block's
+        sparsity instead of the setting's allocation (the allocation search's candidates)."""
         key, Xs = self._x_for(tree, p)
         memo = {} if memo is None else memo
         if key not in memo:
@@ -430,7 +433,7 @@ class Evaluator:
             for i, n, _ in self.linears:
                 W, G, X = self._leaves(tree, i, n, None, Xs)
                 scores[(i, n)] = evaluate(tree, W, G=G, X=X)
-        ratios = self.block_ratios[p.label]
+        ratios = self.block_ratios[p.label] if ratios is None else ratios
         for i, n, lin in self.linears:
             mask = make_mask(memo[key][(i, n)], ratios[i], p.n, p.m)  # per-row groups
             lin.weight.copy_(self.dense[(i, n)].masked_fill(mask, 0))
@@ -454,7 +457,7 @@ class Evaluator:
                 vals = []
                 for p in self.pairs:
                     try:
-                        self._apply_masks(tree, p, memo)
+                        self.apply_masks(tree, p, memo)
                         v = round_fitness(
                             perplexity(self.lm.model, windows, batch_size=len(windows)).ppl
                         )

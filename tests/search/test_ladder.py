@@ -102,7 +102,7 @@ def test_sequential_statistics_give_wanda_exactly_its_layer_sequential_prune(ev)
     wanda = load_metric("W*sqrt(X)")
     res = ev.run(wanda, None)
     try:
-        ev._apply_masks(wanda, p)
+        ev.apply_masks(wanda, p)
         one_shot = {(i, m): lin.weight.detach().clone() for i, m, lin in ev.linears}
         ev.restore()
         prune_model(ev.lm.model, PruneConfig("wanda", p.ratio, p.sparsity_type), ev.calib_ids)
@@ -406,7 +406,7 @@ def test_search_with_an_allocation_prunes_each_block_at_its_ratio(tmp_path):
     expect, _ = formula_block_ratios("1 - L", ev.lm.model, ev.calib_ids, 0.5)
     assert ratios == pytest.approx(expect) and ratios[0] < 0.5 < ratios[1]
     # the masks of the full stage follow the ratios: block 1 is pruned more than block 0
-    ev._apply_masks(load_metric("W*sqrt(X)"), ev.pairs[0])
+    ev.apply_masks(load_metric("W*sqrt(X)"), ev.pairs[0])
     zero = {i: [] for i in range(2)}
     for i, _, lin in ev.linears:
         zero[i].append(float((lin.weight == 0).float().mean()))
