@@ -98,6 +98,12 @@ def register(sub) -> None:
         "tree file or a shipped name; default W * sqrt(X), Wanda)",
     )
     p.add_argument(
+        "--owl_lambda",
+        type=float,
+        help="with --allocation owl or a formula: block ratios spread over target +- lambda "
+        "(default 0.08; an allocation search prints the lambda it chose)",
+    )
+    p.add_argument(
         "--statistics",
         choices=("sequential", "dense"),
         help="X behind every candidate's masks: sequential, per setting as a layer-sequential "
@@ -511,6 +517,11 @@ def _run_allocation_search(args: argparse.Namespace) -> int:
     from ..search.alloc_search import AllocationProgress, AllocationSearch, AllocationSearchSettings
 
     given = _given(args)
+    if "owl_lambda" in given:
+        raise PzError(
+            "--allocation search tries its own lambdas for every formula (0.02 to 0.2); drop "
+            "--owl_lambda"
+        )
     refused = {"resume", "workers", "ray"} & given
     if refused:
         raise PzError(
@@ -599,7 +610,9 @@ def _run_allocation_search(args: argparse.Namespace) -> int:
         f"{score:.3f} (real prune; uniform "
         + next((f"{f['final']:.3f}" for f in summary["finals"] if f["formula"] == "uniform"), "-")
         + f"). Prune with: pzshell prune --metric '{settings.metric}' --allocation "
-        f"'{b['formula']}' --owl_lambda {b['lambda']:g}; {out}/summary.json",
+        f"'{b['formula']}' --owl_lambda {b['lambda']:g}; or search metrics under it: "
+        f"pzshell search --allocation '{b['formula']}' --owl_lambda {b['lambda']:g}; "
+        f"{out}/summary.json",
         soft_wrap=True,
     )
     return 0

@@ -372,7 +372,7 @@ class Search:
         if finals:
             self.on_event(
                 SearchMessage(
-                    f"finals: {len(finals)} layer-sequential prunes in {self.final_seconds:.0f} s "
+                    f"{len(finals)} layer-sequential prunes in {self.final_seconds:.0f} s "
                     f"(after the search loop)",
                     topic="finals",
                 )

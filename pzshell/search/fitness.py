@@ -46,6 +46,7 @@ import torch
 
 from .. import atomic
 from ..data import load_text, sample_windows, tokenize, window_offsets
+from ..engine.layer_ratios import OWL_LAMBDA
 from ..engine.masks import make_mask, parse_sparsity_type
 from ..engine.prune import PruneConfig, prune_model
 from ..engine.stats import activation_stats, compute_gradients, stat_key
@@ -96,6 +97,7 @@ class FitnessSettings:
     cheap_seqlen: int = 128
     proxy_rows: int = 64  # rows per linear of the proxy stage; 0 leaves it out of the ladder
     allocation: str = "uniform"  # per-block sparsity: uniform, owl or a formula (unstructured)
+    owl_lambda: float = OWL_LAMBDA  # how far a non-uniform allocation spreads the blocks' ratios
     # X of every candidate's masks: "sequential", per setting as a layer-sequential prune with
     # the reference metric sees it (the blocks before already pruned), or "dense" (unpruned)
     statistics: str = "sequential"
@@ -134,7 +136,29 @@ class FitnessSettings:
         )
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        d = asdict(self)
+        if d["owl_lambda"] == OWL_LAMBDA:  # the digest of a run saved before the setting existed
+            del d["owl_lambda"]
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _load_cached(*paths):
+    """The statistics in ``paths`` (all of them), or None when one is missing or unreadable;
+    an unreadable file is removed, so that it is computed again and saved whole."""
+    if not all(p.exists() for p in paths):
+        return None
+    try:
+        return [torch.load(p, map_location="cpu", weights_only=True) for p in paths]
+    except Exception:
+        for p in paths:
+            p.unlink(missing_ok=True)
+        return None
+
+
+def _save_cached(path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic.writing_file(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def round_fitness(x: float) -> float:
@@ -259,10 +283,12 @@ class Evaluator:
         out = {}
         for p in self.pairs:
             if s.allocation == "owl":
-                ratios, _ = owl_block_ratios(self.lm.model, self.calib_ids, p.ratio)
+                ratios, _ = owl_block_ratios(
+                    self.lm.model, self.calib_ids, p.ratio, lam=s.owl_lambda
+                )
             else:
                 ratios, _ = formula_block_ratios(
-                    s.allocation, self.lm.model, self.calib_ids, p.ratio
+                    s.allocation, self.lm.model, self.calib_ids, p.ratio, lam=s.owl_lambda
                 )
             out[p.label] = ratios
         return out
@@ -278,15 +304,10 @@ class Evaluator:
         want_h = self.settings.proxy_rows > 0
         path = cache_dir() / "search_stats" / f"{self.stats_key()}.pt"
         h_path = path.with_name(path.stem + "-H.pt")
-        if path.exists() and (h_path.exists() or not want_h):
-            try:
-                d = torch.load(path, map_location="cpu", weights_only=True)
-                H = torch.load(h_path, map_location="cpu", weights_only=True) if want_h else None
-                self.stats_cached = True
-                return d["X"], d["G"], H
-            except Exception:
-                path.unlink(missing_ok=True)
-                h_path.unlink(missing_ok=True)
+        got = _load_cached(path, *([h_path] if want_h else []))
+        if got is not None and "X" in got[0] and "G" in got[0]:
+            self.stats_cached = True
+            return got[0]["X"], got[0]["G"], got[1] if want_h else None
         # one statistics pass over the dense model (it ends at the last block's last linear from
         # the second batch on: no LM head); G in its published fp16 form, as the prune path uses.
         # Linears with one input (q/k/v, gate/up) share one H (torch.save keeps the sharing).
@@ -298,12 +319,9 @@ class Evaluator:
             H = {k: shared.setdefault(id(v), v.hessian().cpu()) for k, v in st.items()}
         del st
         G = compute_gradients(self.lm.model, self.calib_ids[: self.settings.grad_samples])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic.writing_file(path) as tmp:
-            torch.save({"X": X, "G": G}, tmp)
+        _save_cached(path, {"X": X, "G": G})
         if H is not None:
-            with atomic.writing_file(h_path) as tmp:
-                torch.save(H, tmp)
+            _save_cached(h_path, H)
         return X, G, H
 
     def _setting_stats(self) -> dict[str, dict[str, torch.Tensor]]:
@@ -319,27 +337,28 @@ class Evaluator:
             return {p.label: self.X for p in self.pairs}
         out = {}
         for p in self.pairs:
-            tag = json.dumps([SEQUENTIAL_REFERENCE, p.label, p.ratio, s.allocation])
+            tag = [SEQUENTIAL_REFERENCE, p.label, p.ratio, s.allocation]
+            tag = json.dumps(tag + ([s.owl_lambda] if s.owl_lambda != OWL_LAMBDA else []))
             tag = hashlib.sha256(tag.encode()).hexdigest()[:12]
             path = cache_dir() / "search_stats" / f"{self.stats_key()}-seqX-{tag}.pt"
-            if path.exists():
-                try:
-                    out[p.label] = torch.load(path, map_location="cpu", weights_only=True)
-                    continue
-                except Exception:
-                    path.unlink(missing_ok=True)
+            got = _load_cached(path)
+            if got is not None:
+                out[p.label] = got[0]
+                continue
             self.stats_cached = False
             rec: dict[str, torch.Tensor] = {}
             cfg = PruneConfig(
-                SEQUENTIAL_REFERENCE, p.ratio, p.sparsity_type, allocation=s.allocation
+                SEQUENTIAL_REFERENCE,
+                p.ratio,
+                p.sparsity_type,
+                allocation=s.allocation,
+                owl_lambda=s.owl_lambda,
             )
             try:
                 prune_model(self.lm.model, cfg, self.calib_ids, self.G, record_x=rec)
             finally:
                 self.restore()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic.writing_file(path) as tmp:
-                torch.save(rec, tmp)
+            _save_cached(path, rec)
             out[p.label] = rec
         return out
 
@@ -484,7 +503,12 @@ class Evaluator:
             vals = []
             for p in self.pairs:
                 cfg = PruneConfig(
-                    "metric", p.ratio, p.sparsity_type, metric=tree, allocation=s.allocation
+                    "metric",
+                    p.ratio,
+                    p.sparsity_type,
+                    metric=tree,
+                    allocation=s.allocation,
+                    owl_lambda=s.owl_lambda,
                 )
                 try:
                     prune_model(self.lm.model, cfg, self.calib_ids, self.G)

@@ -7,6 +7,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 
+from ..engine.layer_ratios import OWL_LAMBDA
 from ..engine.masks import parse_sparsity_type
 from ..errors import PzError
 from ..lang import load_metric
@@ -210,6 +211,13 @@ def _check_fitness(f: FitnessSettings) -> None:
                 parse_allocation(f.allocation)
             except AllocationFormulaError as e:
                 raise SearchError(f"--allocation: {e}") from None
+    if not _is_number(f.owl_lambda) or not 0 <= f.owl_lambda < 0.5:
+        raise SearchError(f"--owl_lambda must be in [0, 0.5), got {f.owl_lambda!r}")
+    if f.allocation == "uniform" and f.owl_lambda != OWL_LAMBDA:
+        raise SearchError(
+            f"--owl_lambda {f.owl_lambda:g} spreads a non-uniform allocation; with --allocation "
+            f"uniform it would change nothing: give --allocation owl or a formula"
+        )
     if f.statistics not in ("sequential", "dense"):
         raise SearchError(
             f"--statistics is 'sequential' (X as a layer-sequential Wanda prune sees it, per "

@@ -189,6 +189,8 @@ def test_cli_allocation_search(tmp_path, capsys):
         (["--allocation", "search", "--metric", "W +"], "--metric 'W +'"),
         (["--allocation", "search", "--workers", "2"], "drop --workers"),
         (["--metric", "W"], "give it with --allocation search"),
+        (["--allocation", "search", "--owl_lambda", "0.1"], "drop --owl_lambda"),
+        (["--owl_lambda", "0.1"], "with --allocation uniform it would change nothing"),
     ],
 )
 def test_cli_allocation_search_refusals(tmp_path, capsys, flags, match):

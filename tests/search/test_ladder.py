@@ -4,6 +4,7 @@ constants, parsimony and Pareto survival, restarts and ``--strategy random``, on
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import random
@@ -419,3 +420,31 @@ def test_search_with_an_allocation_prunes_each_block_at_its_ratio(tmp_path):
         Search(settings(fitness=bad), tmp_path / "x")
     with pytest.raises(SearchError, match="unknown name 'Q'"):
         Search(settings(fitness=dataclasses.replace(FIT, allocation="Q")), tmp_path / "y")
+
+
+def test_the_search_spreads_a_fixed_allocation_by_its_owl_lambda(tmp_path):
+    """``--owl_lambda`` reaches the search's allocation (what an allocation search chose), keeps
+    the total exact, enters the digest only when it is not the default (so a run saved before
+    the setting existed keeps its digest), and is refused where it would change nothing."""
+    from pzshell.engine.layer_ratios import formula_block_ratios
+    from pzshell.search import SearchError
+
+    base = dataclasses.replace(FIT, allocation="1 - L", cheap_windows=0)
+    wide = dataclasses.replace(base, owl_lambda=0.2)
+    ev = Evaluator(wide, threads=1)
+    ratios = ev.block_ratios["0.5 unstructured"]
+    expect, _ = formula_block_ratios("1 - L", ev.lm.model, ev.calib_ids, 0.5, lam=0.2)
+    narrow, _ = formula_block_ratios("1 - L", ev.lm.model, ev.calib_ids, 0.5)
+    assert ratios == pytest.approx(expect) and ratios != pytest.approx(narrow)
+    assert ratios[1] - ratios[0] > narrow[1] - narrow[0] > 0
+    assert sum(ratios) / len(ratios) == pytest.approx(0.5)  # tiny's blocks are equal in size
+    assert wide.digest() != base.digest()
+    saved = dataclasses.asdict(base)
+    del saved["owl_lambda"]  # settings.json of a run made before the setting existed
+    old_digest = hashlib.sha256(json.dumps(saved, sort_keys=True).encode()).hexdigest()[:16]
+    assert base.digest() == old_digest  # the earlier code's digest of the same settings
+    with pytest.raises(SearchError, match="with --allocation uniform it would change nothing"):
+        Search(settings(fitness=dataclasses.replace(FIT, owl_lambda=0.2)), tmp_path / "x")
+    with pytest.raises(SearchError, match=r"--owl_lambda must be in \[0, 0.5\)"):
+        Search(settings(fitness=dataclasses.replace(base, owl_lambda=0.7)), tmp_path / "y")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
