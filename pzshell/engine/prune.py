@@ -324,10 +324,13 @@ def prune_model(
     gradients: dict[str, torch.Tensor] | None = None,
     progress: ProgressFn | None = None,
     record_x: dict[str, torch.Tensor] | None = None,
+    block_ratios: list[float] | None = None,
 ) -> PruneResult:
     """Prune ``model`` in place; returns per-layer sparsity and time. ``record_x``, a dict,
     receives every linear's ``X`` as this prune saw it (block inputs from the already pruned
-    blocks before it), keyed like the statistics (:func:`stat_key`)."""
+    blocks before it), keyed like the statistics (:func:`stat_key`). ``block_ratios``: each
+    block's sparsity, already computed for ``cfg.allocation`` by the caller (an allocation
+    search holds them), so that its dense pass is not run again."""
     t0 = time.perf_counter()
     blocks = decoder_blocks(model)
     if cfg.needs_gradients and gradients is None:
@@ -340,7 +343,16 @@ def prune_model(
     ratios = [cfg.sparsity_ratio] * len(blocks)
     if cfg.needs_calibration and calib_ids is None:
         raise PruneError(f"method '{cfg.method}' needs calibration data")
-    if cfg.allocation == "owl":
+    if block_ratios is not None:
+        if cfg.allocation == "uniform" or len(block_ratios) != len(blocks):
+            raise PruneError(
+                f"block_ratios: {len(block_ratios)} ratios for a {cfg.allocation} allocation of "
+                f"{len(blocks)} blocks; give one per block, with a non-uniform allocation"
+            )
+        if not all(0 <= r < 1 for r in block_ratios):
+            raise PruneError(f"block_ratios must be in [0, 1), got {list(block_ratios)}")
+        ratios = list(block_ratios)
+    elif cfg.allocation == "owl":
         t = time.perf_counter()
         ratios, result.block_outliers = owl_block_ratios(
             model,

@@ -432,6 +432,7 @@ class AllocationSearch:
         t = time.perf_counter()
         per, vals, reason = {}, [], None
         try:
+            ratios = self._ratios(text, lam)  # the screened ones, from the statistics held
             for p in self.ev.pairs:
                 cfg = PruneConfig(
                     "metric",
@@ -441,8 +442,11 @@ class AllocationSearch:
                     allocation=text,
                     owl_lambda=lam if text != "uniform" else OWL_LAMBDA,
                 )
+                given = None if text == "uniform" else ratios[p.label]  # no second dense pass
                 try:
-                    prune_model(self.ev.lm.model, cfg, self.ev.calib_ids, self.ev.G)
+                    prune_model(
+                        self.ev.lm.model, cfg, self.ev.calib_ids, self.ev.G, block_ratios=given
+                    )
                     held = self.ev.heldout
                     v = round_fitness(perplexity(self.ev.lm.model, held, batch_size=len(held)).ppl)
                 finally:

@@ -123,3 +123,28 @@ def test_cli_formula_allocation(tmp_path, capsys):
     assert main([*argv.split(), "--allocation", "D +", "--save", str(tmp_path / "b")]) == 2
     assert "not a formula at column" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_given_block_ratios_prune_as_the_allocation_would_without_its_pass(tiny):
+    """An allocation search passes the ratios it already holds: the prune is the same as the
+    one that computes them, and bad ratios are refused before any weight changes."""
+    ids = _ids(tiny)
+    dense = {k: v.detach().clone() for k, v in tiny.model.state_dict().items()}
+    cfg = PruneConfig("wanda", 0.6, allocation="1 - L", owl_lambda=0.1)
+    res = prune_model(tiny.model, cfg, ids)
+    assert res.allocation_seconds > 0
+    pruned = {k: v.detach().clone() for k, v in tiny.model.state_dict().items()}
+    tiny.model.load_state_dict(dense)
+    again = prune_model(tiny.model, cfg, ids, block_ratios=res.block_ratios)
+    assert again.block_ratios == res.block_ratios and again.allocation_seconds == 0
+    assert all(torch.equal(v, pruned[k]) for k, v in tiny.model.state_dict().items())
+    tiny.model.load_state_dict(dense)
+    for bad, says in (
+        ([0.5], "1 ratios for a 1 - L allocation of 2 blocks"),
+        ([0.5, 1.0], r"must be in \[0, 1\)"),
+    ):
+        with pytest.raises(PruneError, match=says):
+            prune_model(tiny.model, cfg, ids, block_ratios=bad)
+    with pytest.raises(PruneError, match="with a non-uniform allocation"):
+        prune_model(tiny.model, PruneConfig("wanda", 0.5), ids, block_ratios=[0.5, 0.5])
+    assert all(torch.equal(v, dense[k]) for k, v in tiny.model.state_dict().items())
