@@ -514,7 +514,12 @@ def _run_allocation_search(args: argparse.Namespace) -> int:
     alloc_search`); every option checked, and the run directory, before the model loads."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ..search.alloc_search import AllocationProgress, AllocationSearch, AllocationSearchSettings
+    from ..search.alloc_search import (
+        STALE_LIMIT,
+        AllocationProgress,
+        AllocationSearch,
+        AllocationSearchSettings,
+    )
 
     given = _given(args)
     if "owl_lambda" in given:
@@ -604,12 +609,24 @@ def _run_allocation_search(args: argparse.Namespace) -> int:
     if not b:
         console.print(f"no allocation scored a finite perplexity; see {out}/allocations.jsonl")
         return 1
+    if summary["exhausted"]:
+        console.print(
+            f"stopped at {summary['screened']}/{budget} screened: {STALE_LIMIT} mutations in a "
+            f"row gave only allocations already scored (this model has few distinct ones)",
+            markup=False,
+        )
+    elif summary["screened"] < budget:
+        console.print(f"stopped at {summary['screened']}/{budget} screened (time limit)")
     score = b.get("final", b.get("fitness"))
+    rs = [f"{p.ratio:g}" for p in base.fitness.settings()]
+    where = f"--model {base.fitness.model} --sparsity_ratio " + (
+        rs[0] if len(rs) == 1 else f"R (R one of {', '.join(rs)})"
+    )
     console.print(
         f"best: [bold]{escape(b['formula'])}[/] lambda {b['lambda']:g}, held-out ppl "
         f"{score:.3f} (real prune; uniform "
         + next((f"{f['final']:.3f}" for f in summary["finals"] if f["formula"] == "uniform"), "-")
-        + f"). Prune with: pzshell prune --metric '{settings.metric}' --allocation "
+        + f"). Prune with: pzshell prune {where} --metric '{settings.metric}' --allocation "
         f"'{b['formula']}' --owl_lambda {b['lambda']:g}; or search metrics under it: "
         f"pzshell search --allocation '{b['formula']}' --owl_lambda {b['lambda']:g}; "
         f"{out}/summary.json",

@@ -177,9 +177,23 @@ def test_cli_allocation_search(tmp_path, capsys):
     text = " ".join(capsys.readouterr().err.split())
     assert code == 0, text
     assert "5/5 screened" in text and "final (real prune) uniform" in text
-    assert "Prune with: pzshell prune --metric 'W * sqrt(X)' --allocation" in text
+    assert (
+        "Prune with: pzshell prune --model tiny --sparsity_ratio 0.5 --metric 'W * sqrt(X)' "
+        "--allocation" in text
+    )
+    assert "stopped at" not in text  # the budget ran out, as asked
     summary = json.loads((out / "summary.json").read_text())
     assert summary["screened"] == 5 and summary["metric"] == "W * sqrt(X)"
+    # tiny has two blocks and few distinct allocations: a larger budget ends early, and says why
+    code = main(
+        ["search", "--model", "tiny", "--allocation", "search", "--budget", "200"]
+        + ["--out", str(tmp_path / "b"), *flags]
+    )
+    text = " ".join(capsys.readouterr().err.split())
+    assert code == 0, text
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert summary["exhausted"] and summary["screened"] < 200
+    assert f"stopped at {summary['screened']}/200 screened: 500 mutations in a row" in text
 
 
 @pytest.mark.parametrize(
