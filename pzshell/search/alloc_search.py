@@ -264,21 +264,22 @@ class AllocationSearch:
                 scored.append(rec)
                 if best is None or rec["fitness"] < best["fitness"]:
                     best = rec
-            self._emit(
-                AllocationProgress(
-                    counts["screened"],
-                    s.budget,
-                    counts["ratio_hits"],
-                    counts["refused"],
-                    best["fitness"] if best else math.inf,
-                    best["formula"] if best else "-",
-                    best["lambda"] if best else 0.0,
-                    baseline,
-                    time.perf_counter() - t0,
-                    rec,
-                )
-            )
+            self._emit(progress(rec))
             return key is not None and rec.get("hit") is None
+
+        def progress(last: dict) -> AllocationProgress:
+            return AllocationProgress(
+                counts["screened"],
+                s.budget,
+                counts["ratio_hits"],
+                counts["refused"],
+                best["fitness"] if best else math.inf,
+                best["formula"] if best else "-",
+                best["lambda"] if best else 0.0,
+                baseline,
+                time.perf_counter() - t0,
+                last,
+            )
 
         exhausted = False
         stale = 0  # proposals in a row that were tried already: the space is exhausted
@@ -330,20 +331,7 @@ class AllocationSearch:
                     break
                 f = self._final(r["formula"], r["lambda"])
                 finals.append(f)
-                self._emit(
-                    AllocationProgress(
-                        counts["screened"],
-                        s.budget,
-                        counts["ratio_hits"],
-                        counts["refused"],
-                        best["fitness"] if best else math.inf,
-                        best["formula"] if best else "-",
-                        best["lambda"] if best else 0.0,
-                        baseline,
-                        time.perf_counter() - t0,
-                        {"final": f},
-                    )
-                )
+                self._emit(progress({"final": f}))
         chosen = min(finals, key=lambda r: r["final"]) if finals else best
         summary = {
             "metric": s.metric,
