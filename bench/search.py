@@ -18,6 +18,11 @@ calibration windows are the test prunes' own (32x512 of valid.txt, seed 0). A ru
 `--final-top 0` gets its finals afterwards with `--test-only` (the same selection and prune, on
 the same held-out windows, marked post hoc in the JSON).
 
+The pick is also pruned with SparseGPT's weight update on its mask (`+ reconstruct`, the
+issue's reconstruct target) and inside SparseGPT's loop choosing each block's mask from the
+weights as updated so far (`+ iterative`, `pzshell prune --method metric+iterative`), reported
+beside the targets.
+
 The test rows use bench/prune.py's settings: calibration 32x512 of valid.txt, seed 0, the first
 8x1024 tokens of wiki.test.raw. The baselines (Wanda, Pruner-Zero, SparseGPT) are read from
 bench/results/prune.json when it holds them with these settings, else pruned here.
@@ -65,7 +70,11 @@ def main() -> int:
         default=None,
         help="rules the search re-runs with a layer-sequential prune (default: the CLI's)",
     )
-    ap.add_argument("--no-reconstruct", action="store_true", help="skip the best + reconstruct")
+    ap.add_argument(
+        "--no-reconstruct",
+        action="store_true",
+        help="skip the best + reconstruct and + iterative prunes",
+    )
     ap.add_argument("--out", default=None, help="run directory (default runs/bench-search-S)")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--workers", type=int, default=1)
@@ -132,7 +141,7 @@ def main() -> int:
     if args.test_only and json_path.exists():
         for r in json.loads(json_path.read_text()).get("test", []):
             if r.get("formula"):
-                done[(str(load_metric(r["formula"])), r["setting"], "reconstruct" in r["name"])] = r
+                done[(str(load_metric(r["formula"])), r["setting"], _mode(r["name"]))] = r
         prior_summary = json.loads(json_path.read_text()).get("search_wall_seconds")
         search_wall = prior_summary
     summary = json.loads((out / "summary.json").read_text())
@@ -153,7 +162,7 @@ def main() -> int:
 
     def prune(name: str, p, **kw) -> dict:
         formula = str(kw["metric"]) if kw.get("metric") is not None else None
-        key = (formula, p.label, bool(kw.get("reconstruct")))
+        key = (formula, p.label, _mode(name))
         if formula and key in done:
             return dict(done[key], name=name, reused=True)
         job = PruneJob(
@@ -201,6 +210,11 @@ def main() -> int:
             tree = load_metric(best["formula"])
             name = ("pick" if pick is not None else "#1") + " + reconstruct"
             res = prune(name, p, method="metric", metric=tree, reconstruct=True)
+            rows.append(dict(res, formula=best["formula"]))
+            # SparseGPT's loop with the rule choosing each block's (each group's) mask from
+            # the weights as updated so far: `pzshell prune --method metric+iterative`
+            name = ("pick" if pick is not None else "#1") + " + iterative"
+            res = prune(name, p, method="metric", metric=tree, iterative=True)
             rows.append(dict(res, formula=best["formula"]))
 
     # ---- the table ------------------------------------------------------------------------------
@@ -293,6 +307,11 @@ def _top(out: Path, k: int) -> list[dict]:
     return sorted(front, key=lambda r: (r["fitness"], r["size"], r["id"]))[:k]
 
 
+def _mode(name: str) -> str:
+    """A test row's prune mode from its name: plain, reconstruct or iterative."""
+    return next((m for m in ("reconstruct", "iterative") if name.endswith(m)), "")
+
+
 def _fmt(v) -> str:
     return "-" if v is None else f"{v:.3f}"
 
@@ -303,10 +322,10 @@ def _finals_after(out: Path, fit, k: int) -> list[dict]:
     for a run that was made without them. Nothing is written to the run directory."""
     from pzshell.lang import load_metric
     from pzshell.search.fitness import Evaluator
-    from pzshell.search.ranking import sort_key
+    from pzshell.search.ranking import finalists
 
     recs = [json.loads(x) for x in (out / "candidates.jsonl").read_text().splitlines() if x]
-    ranked = sorted((r for r in recs if r.get("stage") == "full"), key=sort_key)[:k]
+    ranked, _ = finalists(recs, k)  # the search's own choice: distinct held-out fitness
     ev = Evaluator(fit)
     finals = []
     for r in ranked:
@@ -373,6 +392,7 @@ def _targets(rows: list[dict], pairs) -> list[str]:
         # the search's pick (its best final) when it has finals, else the best held-out rule
         best = here.get("pick", here.get("#1"))
         rec = here.get("pick + reconstruct", here.get("#1 + reconstruct"))
+        it = here.get("pick + iterative", here.get("#1 + iterative"))
         alone = here.get(f"best at {p.label}")
         if alone is not None and wanda is not None:
             gain = 1 - alone / wanda
@@ -398,6 +418,11 @@ def _targets(rows: list[dict], pairs) -> list[str]:
         if rec is not None and stated is not None and (p.n or p.ratio == 0.5):
             met = "met" if rec <= stated[1] else "NOT met"
             lines.append(f"{p.label}: best + reconstruct {rec:.3f} vs stated <= {stated[1]}: {met}")
+        if it is not None and sgpt is not None:  # not one of the issue's targets: beside them
+            lines.append(
+                f"{p.label}: (beside the targets) best + iterative {it:.3f} vs SparseGPT "
+                f"{sgpt:.3f}: {'better' if it <= sgpt else 'worse'}"
+            )
     return lines
 
 

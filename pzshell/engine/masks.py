@@ -44,6 +44,9 @@ def smallest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     if k >= cols:
         return torch.ones_like(scores, dtype=torch.bool)
     thr = torch.kthvalue(scores, k, dim=1, keepdim=True).values
+    at_most = scores <= thr
+    if bool((at_most.sum(dim=1) == k).all()):  # no row with surplus ties at its threshold
+        return at_most
     less = scores < thr
     need = k - less.sum(dim=1, keepdim=True)  # how many ties at the threshold to take
     ties = scores == thr

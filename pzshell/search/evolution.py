@@ -45,6 +45,7 @@ from .events import CandidateDone, SearchFinished, SearchMessage, SearchProgress
 from .fitness import WORST
 from .gp import crossover, mutate, tournament
 from .ranking import (
+    finalists,
     multifidelity,
     pareto_front,
     pareto_records,
@@ -710,10 +711,18 @@ class Search:
     def _finals(self, backend, history: list[dict], logged: dict[str, dict]) -> list[dict]:
         """The top ``final_top`` re-run with a full layer-sequential prune; a final already in
         the log (keyed by its pruning rule) is reused, never recomputed nor logged twice."""
-        ranked = sorted((r for r in history if r["stage"] == "full"), key=sort_key)
-        top = ranked[: self.s.final_top]
+        top, twins = finalists(history, self.s.final_top)
         finals = [logged[r["canonical"]] for r in top if r["canonical"] in logged]
         todo = [r for r in top if r["canonical"] not in logged]
+        if todo and backend is not None and twins:
+            said = "; ".join(f"{a['formula']} (as {b['formula']})" for a, b in twins)
+            self.on_event(
+                SearchMessage(
+                    f"{len(twins)} with the held-out fitness of a better-ranked rule (the same "
+                    f"masks in effect) left out of the finals: {said}",
+                    topic="finals",
+                )
+            )
         if todo and backend is not None:
             self.on_event(
                 SearchMessage(

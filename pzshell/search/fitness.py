@@ -455,7 +455,7 @@ class Evaluator:
         ratios = self.block_ratios[p.label] if ratios is None else ratios
         for i, n, lin in self.linears:
             mask = make_mask(memo[key][(i, n)], ratios[i], p.n, p.m)  # per-row groups
-            lin.weight.copy_(self.dense[(i, n)].masked_fill(mask, 0))
+            lin.weight.copy_(self.dense[(i, n)]).masked_fill_(mask, 0)  # no temporary
 
     @torch.no_grad()
     def restore(self) -> None:

@@ -19,6 +19,26 @@ def sort_key(rec: dict) -> tuple:
     return (stage_rank, value if value is not None else WORST, rec["size"], rec["id"])
 
 
+def finalists(history: list[dict], k: int) -> tuple[list[dict], list[tuple[dict, dict]]]:
+    """The best ``k`` full-stage candidates (by :func:`sort_key`) with distinct fitness: one
+    whose held-out fitness equals a better-ranked one's (to the 7 significant digits of
+    :func:`.fitness.round_fitness`; a mask hit has its twin's by construction) prunes the same
+    weights in effect, and a final layer-sequential prune of it would repeat its twin's.
+    Returns ``(finalists, [(left out, its twin), ...])``."""
+    ranked = sorted((r for r in history if r["stage"] == "full"), key=sort_key)
+    kept: dict[float, dict] = {}
+    top, twins = [], []
+    for r in ranked:
+        if len(top) >= k:
+            break
+        if r["fitness"] in kept:
+            twins.append((r, kept[r["fitness"]]))
+            continue
+        kept[r["fitness"]] = r
+        top.append(r)
+    return top, twins
+
+
 def selection_key(rec: dict, parsimony: float) -> tuple:
     """:func:`sort_key` with parsimony pressure on full-stage candidates: ``log(fitness) +
     parsimony * size`` (a size-20 formula must be ``exp(20 * parsimony)`` times better than a

@@ -121,6 +121,21 @@ def test_sparsegpt_own_masks():
     assert (W2[m2] == 0).all()
 
 
+@pytest.mark.parametrize("ties_in_one_row", [False, True])
+def test_selection_equals_stable_sort_without_ties_or_in_one_row(ties_in_one_row):
+    # no ties: the threshold alone gives the mask; ties in one row: that row needs the
+    # lower-index rule while the others keep theirs
+    s = torch.rand(16, 48, generator=torch.Generator().manual_seed(7))
+    if ties_in_one_row:
+        s[5] = torch.tensor([0.5, 0.25] * 24)
+    for ratio in (0.25, 0.5, 0.75):
+        k = int(48 * ratio)
+        ref = torch.zeros_like(s, dtype=torch.bool)
+        ref.scatter_(1, torch.sort(s, dim=1, stable=True)[1][:, :k], True)
+        got = row_mask(s, ratio)
+        assert torch.equal(got, ref) and (got.sum(1) == k).all()
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_selection_equals_stable_sort_with_ties(seed):
     g = torch.Generator().manual_seed(seed)

@@ -19,7 +19,7 @@ from pzshell.search import Evaluator, Search
 from pzshell.search.events import CandidateDone
 from pzshell.search.fitness import mean_log, row_local
 from pzshell.search.gp import constant_mutation, mutate
-from pzshell.search.ranking import pareto_records, percentiles, selection_key, sort_key
+from pzshell.search.ranking import finalists, pareto_records, percentiles, selection_key, sort_key
 from pzshell.search.runlog import RunLog
 
 from .test_search import FIT, settings, trajectory
@@ -202,6 +202,47 @@ def test_search_reuses_the_fitness_of_an_equal_mask(tmp_path):
     # the full-stage count is of perplexities paid for: twins with a full fitness are not in it
     twins_full = sum(1 for r in hits if r["stage"] == "full")
     assert summary["full"] == summary["outcomes"]["full"] - twins_full
+
+
+def test_finals_leave_out_a_rule_with_its_betters_fitness(tmp_path):
+    # W * exp(W) is a mask hit of W (same fitness): a final prune of it would repeat W's.
+    # Open gates: every screened candidate gets a full fitness, so every one could be a final
+    s = settings(
+        fitness=dataclasses.replace(FIT, cheap_windows=0),
+        seed_formulas=("W*exp(W)",),
+        population=6,
+        budget=6,
+        final_top=6,
+        strategy="random",
+        proxy_quantile=1.0,
+        promote_max=1.0,
+    )
+    said = []
+    Search(s, tmp_path / "r", threads=1, on_event=said.append).run()
+    every = RunLog(tmp_path / "r").read()[0]
+    finals = [r["formula"] for r in every if r["stage"] == "final"]
+    full = [r for r in every if r["stage"] == "full"]
+    assert "W" in finals and "W * exp(W)" not in finals
+    assert len(finals) == len({r["fitness"] for r in full}) < len(full)
+    fast = [r["fast_fitness"] for r in every if r["stage"] == "final"]
+    assert len(set(fast)) == len(fast)
+    msgs = [e.text for e in said if getattr(e, "topic", None) == "finals"]
+    assert any("W * exp(W) (as W)" in m for m in msgs), msgs
+
+
+def test_finalists_are_the_best_distinct_fitnesses():
+    recs = [
+        {"id": 1, "stage": "full", "fitness": 5.0, "size": 3, "formula": "a"},
+        {"id": 2, "stage": "full", "fitness": 4.0, "size": 5, "formula": "b"},
+        {"id": 3, "stage": "full", "fitness": 4.0, "size": 3, "formula": "c"},  # b's twin
+        {"id": 4, "stage": "proxy", "fitness": math.inf, "proxy": 1.0, "size": 1, "formula": "d"},
+        {"id": 5, "stage": "full", "fitness": 6.0, "size": 1, "formula": "e"},
+    ]
+    top, twins = finalists(recs, 2)
+    assert [r["formula"] for r in top] == ["c", "a"]  # the smaller of the twins is kept
+    assert [(a["formula"], b["formula"]) for a, b in twins] == [("b", "c")]
+    top, _ = finalists(recs, 5)
+    assert [r["formula"] for r in top] == ["c", "a", "e"]
 
 
 # ---- the ladder's gates --------------------------------------------------------------------------
