@@ -11,8 +11,9 @@ Parts, each timed on its own (median of ``--repeat`` runs; ``torch.get_num_threa
 * proxy: the tree on the sampled rows of every linear, their masks, the relative output error
   ``tr(D H D^T)`` from the cached second moments (no forward pass);
 * full: the tree on every linear's whole weight, the masks, the masked copy into the model, the
-  forward pass over the held-out windows split into the decoder body, the LM head and the
-  cross-entropy, and the restore of the dense weights.
+  forward pass over the held-out windows split into the decoder body and the LM head with the
+  loss (256 positions at a time, as `perplexity()` does it), and the restore of the dense
+  weights; aside, the LM head and loss over every logit at once (the path before).
 
 The end-to-end rows are the search's own calls (``Evaluator.screen`` and ``Evaluator.run``), so
 the parts can be checked against what the search pays. Results: bench/results/search_profile.json.
@@ -135,6 +136,7 @@ def _profile(ev, tree, repeat: int) -> tuple[dict[str, float], dict[str, float]]
 
     from pzshell.engine.masks import make_mask
     from pzshell.engine.stats import stat_key
+    from pzshell.evaluate.perplexity import HEAD_CHUNK
     from pzshell.lang import evaluate
     from pzshell.search.fitness import row_local
 
@@ -184,6 +186,19 @@ def _profile(ev, tree, repeat: int) -> tuple[dict[str, float], dict[str, float]]
         state["h"] = body(input_ids=windows, use_cache=False).last_hidden_state
 
     @torch.no_grad()
+    def head_and_loss():  # what perplexity() does for a plain LM head
+        h, targets, total = state["h"][:, :-1], windows[:, 1:], 0.0
+        for a in range(0, h.shape[1], HEAD_CHUNK):
+            z = head(h[:, a : a + HEAD_CHUNK])
+            total += float(
+                F.cross_entropy(
+                    z.reshape(-1, z.shape[-1]),
+                    targets[:, a : a + HEAD_CHUNK].reshape(-1),
+                    reduction="sum",
+                )
+            )
+
+    @torch.no_grad()
     def forward_head():
         state["z"] = head(state["h"])
 
@@ -218,8 +233,9 @@ def _profile(ev, tree, repeat: int) -> tuple[dict[str, float], dict[str, float]]
         ("full: masks", masks_on_all),
         ("full: masked copy into the model", masked_copy),
         ("full: forward, decoder body", forward_body),
-        ("full: forward, LM head", forward_head),
-        ("full: cross-entropy", cross_entropy),
+        ("full: LM head + loss, 256 positions at a time", head_and_loss),
+        ("aside: LM head, every logit at once (before)", forward_head),
+        ("aside: cross-entropy of those logits (before)", cross_entropy),
     ):
         parts[label] = _median_time(fn, repeat)
     # beside the search's path (the masks still in the model): a bf16 autocast forward
