@@ -208,13 +208,12 @@ def main() -> int:
         best = pick or (top[0] if top else None)
         if best is not None and not args.no_reconstruct:
             tree = load_metric(best["formula"])
-            name = ("pick" if pick is not None else "#1") + " + reconstruct"
-            res = prune(name, p, method="metric", metric=tree, reconstruct=True)
+            who = "pick" if pick is not None else "#1"
+            res = prune(f"{who} + reconstruct", p, method="metric", metric=tree, reconstruct=True)
             rows.append(dict(res, formula=best["formula"]))
             # SparseGPT's loop with the rule choosing each block's (each group's) mask from
             # the weights as updated so far: `pzshell prune --method metric+iterative`
-            name = ("pick" if pick is not None else "#1") + " + iterative"
-            res = prune(name, p, method="metric", metric=tree, iterative=True)
+            res = prune(f"{who} + iterative", p, method="metric", metric=tree, iterative=True)
             rows.append(dict(res, formula=best["formula"]))
 
     # ---- the table ------------------------------------------------------------------------------

@@ -132,13 +132,12 @@ def _profile(ev, tree, repeat: int) -> tuple[dict[str, float], dict[str, float]]
     then of the search's own two calls; and the held-out perplexity in fp32 (the search's) and
     under bf16 autocast."""
     import torch
-    import torch.nn.functional as F
 
     from pzshell.engine.masks import make_mask
     from pzshell.engine.stats import stat_key
-    from pzshell.evaluate.perplexity import HEAD_CHUNK
+    from pzshell.evaluate.perplexity import head_nll_sum, logits_nll_sum
     from pzshell.lang import evaluate
-    from pzshell.search.fitness import row_local
+    from pzshell.search.fitness import output_energy, row_local
 
     (p,) = ev.pairs
     _, Xs = ev._x_for(tree, p)
@@ -150,13 +149,7 @@ def _profile(ev, tree, repeat: int) -> tuple[dict[str, float], dict[str, float]]
 
     def tree_on_rows():
         for i, n, _ in ev.linears:
-            rows = ev.rows[(i, n)]
-            if local:
-                W, G, X = ev._leaves(tree, i, n, rows, Xs)
-                proxy_scores[(i, n)] = evaluate(tree, W, G=G, X=X)
-            else:
-                W, G, X = ev._leaves(tree, i, n, None, Xs)
-                proxy_scores[(i, n)] = evaluate(tree, W, G=G, X=X)[rows]
+            proxy_scores[(i, n)] = ev._sampled_scores(tree, i, n, Xs, local)
 
     def masks_on_rows():
         for i, n, _ in ev.linears:
@@ -164,8 +157,8 @@ def _profile(ev, tree, repeat: int) -> tuple[dict[str, float], dict[str, float]]
 
     def output_error():
         for i, n, _ in ev.linears:
-            D = ev.dense[(i, n)][ev.rows[(i, n)]].float() * proxy_masks[(i, n)]
-            float(((D @ ev.H[stat_key(n, i)]) * D).sum())
+            W = ev.dense[(i, n)][ev.rows[(i, n)]]
+            output_energy(W.float() * proxy_masks[(i, n)], ev.H[stat_key(n, i)])
 
     def tree_on_all():
         for i, n, _ in ev.linears:
@@ -187,16 +180,7 @@ def _profile(ev, tree, repeat: int) -> tuple[dict[str, float], dict[str, float]]
 
     @torch.no_grad()
     def head_and_loss():  # what perplexity() does for a plain LM head
-        h, targets, total = state["h"][:, :-1], windows[:, 1:], 0.0
-        for a in range(0, h.shape[1], HEAD_CHUNK):
-            z = head(h[:, a : a + HEAD_CHUNK])
-            total += float(
-                F.cross_entropy(
-                    z.reshape(-1, z.shape[-1]),
-                    targets[:, a : a + HEAD_CHUNK].reshape(-1),
-                    reduction="sum",
-                )
-            )
+        head_nll_sum(head, state["h"][:, :-1], windows[:, 1:])
 
     @torch.no_grad()
     def forward_head():
@@ -204,14 +188,7 @@ def _profile(ev, tree, repeat: int) -> tuple[dict[str, float], dict[str, float]]
 
     @torch.no_grad()
     def cross_entropy():
-        z = state["z"]
-        float(
-            F.cross_entropy(
-                z[:, :-1].reshape(-1, z.shape[-1]).float(),
-                windows[:, 1:].reshape(-1),
-                reduction="sum",
-            )
-        )
+        logits_nll_sum(state["z"][:, :-1], windows[:, 1:])
 
     ppl = {}
 
@@ -219,10 +196,7 @@ def _profile(ev, tree, repeat: int) -> tuple[dict[str, float], dict[str, float]]
     def forward_bf16():  # not the search's path: how much a bf16 forward would save, and cost
         with torch.autocast("cpu", dtype=torch.bfloat16):
             z = ev.lm.model(input_ids=windows, use_cache=False).logits
-        nll = F.cross_entropy(
-            z[:, :-1].reshape(-1, z.shape[-1]).float(), windows[:, 1:].reshape(-1)
-        )
-        ppl["bf16"] = math.exp(float(nll))
+        ppl["bf16"] = math.exp(logits_nll_sum(z[:, :-1], windows[:, 1:]) / windows[:, 1:].numel())
 
     parts = {}
     for label, fn in (

@@ -48,32 +48,35 @@ def _plain_head(model: torch.nn.Module) -> bool:
     )
 
 
+def logits_nll_sum(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Summed NLL of ``targets`` (``(batch, positions)``) under aligned ``logits``."""
+    return float(
+        F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="sum"
+        )
+    )
+
+
+def head_nll_sum(
+    head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk: int = HEAD_CHUNK
+) -> float:
+    """:func:`logits_nll_sum` of ``head(hidden)``, ``chunk`` positions at a time (never every
+    logit at once)."""
+    return sum(
+        logits_nll_sum(head(hidden[:, a : a + chunk]), targets[:, a : a + chunk])
+        for a in range(0, hidden.shape[1], chunk)
+    )
+
+
 def _nll_sum_full(model: torch.nn.Module, ids: torch.Tensor) -> float:
     """Summed NLL of every predicted token, from the model's own forward (every logit at once)."""
-    logits = model(input_ids=ids, use_cache=False).logits
-    loss = F.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-        ids[:, 1:].reshape(-1),
-        reduction="sum",
-    )
-    return float(loss)
+    return logits_nll_sum(model(input_ids=ids, use_cache=False).logits[:, :-1], ids[:, 1:])
 
 
 def _nll_sum_chunked(model: torch.nn.Module, ids: torch.Tensor, chunk: int = HEAD_CHUNK) -> float:
     """The same sum, the LM head and the loss ``chunk`` positions at a time."""
     hidden = model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state[:, :-1]
-    head, targets = model.get_output_embeddings(), ids[:, 1:]
-    total = 0.0
-    for start in range(0, hidden.shape[1], chunk):
-        z = head(hidden[:, start : start + chunk])
-        total += float(
-            F.cross_entropy(
-                z.reshape(-1, z.shape[-1]).float(),
-                targets[:, start : start + chunk].reshape(-1),
-                reduction="sum",
-            )
-        )
-    return total
+    return head_nll_sum(model.get_output_embeddings(), hidden, ids[:, 1:], chunk)
 
 
 @torch.no_grad()

@@ -714,16 +714,16 @@ class Search:
         top, twins = finalists(history, self.s.final_top)
         finals = [logged[r["canonical"]] for r in top if r["canonical"] in logged]
         todo = [r for r in top if r["canonical"] not in logged]
-        if todo and backend is not None and twins:
-            said = "; ".join(f"{a['formula']} (as {b['formula']})" for a, b in twins)
-            self.on_event(
-                SearchMessage(
-                    f"{len(twins)} with the held-out fitness of a better-ranked rule (the same "
-                    f"masks in effect) left out of the finals: {said}",
-                    topic="finals",
-                )
-            )
         if todo and backend is not None:
+            if twins:
+                said = "; ".join(f"{a['formula']} (as {b['formula']})" for a, b in twins)
+                self.on_event(
+                    SearchMessage(
+                        f"{len(twins)} with the held-out fitness of a better-ranked rule (the "
+                        f"same masks in effect) left out of the finals: {said}",
+                        topic="finals",
+                    )
+                )
             self.on_event(
                 SearchMessage(
                     f"re-running the top {len(todo)} with a full layer-sequential prune",

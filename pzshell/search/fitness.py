@@ -218,6 +218,13 @@ def split_calibration(ids: torch.Tensor, s: FitnessSettings, name: str = "text")
     return calib, heldout, cheap_ids
 
 
+def output_energy(D: torch.Tensor, H: torch.Tensor) -> float:
+    """``tr(D H D^T)``: the summed squared outputs ``|D x|^2`` of rows ``D`` over the inputs whose
+    second-moment matrix is ``H`` (the proxy's error for the pruned weights, its reference for
+    the dense ones)."""
+    return float(((D @ H) * D).sum())
+
+
 def row_local(tree: Node) -> bool:
     """True when a row of the scores depends only on that row of W and G (and on X): then the
     proxy stage scores only its sampled rows. Whole-tensor statistics (``mms``, ``zsn``, the
@@ -375,7 +382,7 @@ class Evaluator:
             rows = torch.randperm(W.shape[0], generator=g)[:k].sort().values
             Wr = W[rows].float()
             self.rows[(i, n)] = rows
-            self.ref[(i, n)] = max(float(((Wr @ self.H[stat_key(n, i)]) * Wr).sum()), 1e-30)
+            self.ref[(i, n)] = max(output_energy(Wr, self.H[stat_key(n, i)]), 1e-30)
 
     def _x_for(self, tree: Node, p: Setting):
         """``(key, X)``: setting ``p``'s statistics for ``tree``; settings with one key give
@@ -394,6 +401,16 @@ class Evaluator:
         return W, G, X
 
     # ---- the proxy stage -----------------------------------------------------------------------
+    def _sampled_scores(self, tree: Node, i: int, n: str, Xs, local: bool) -> torch.Tensor:
+        """``tree``'s scores of linear ``(i, n)``'s sampled rows: from those rows alone for a
+        row-local tree, else from the whole weight (a column-reading operator needs every row)."""
+        rows = self.rows[(i, n)]
+        if local:
+            W, G, X = self._leaves(tree, i, n, rows, Xs)
+            return evaluate(tree, W, G=G, X=X)
+        W, G, X = self._leaves(tree, i, n, None, Xs)
+        return evaluate(tree, W, G=G, X=X)[rows]
+
     @torch.no_grad()
     def screen(self, tree: Node) -> dict:
         """The proxy stage: the mean log relative output error of the sampled rows' masks, per
@@ -414,17 +431,10 @@ class Evaluator:
                 for p in self.pairs:
                     key, Xs = self._x_for(tree, p)
                     if key not in memo:
-                        if local:
-                            Wr, G, X = self._leaves(tree, i, n, rows, Xs)
-                            memo[key] = evaluate(tree, Wr, G=G, X=X)
-                        else:
-                            Wf, G, X = self._leaves(tree, i, n, None, Xs)
-                            memo[key] = evaluate(tree, Wf, G=G, X=X)[rows]
-                    scores = memo[key]
-                    mask = make_mask(scores, self.block_ratios[p.label][i], p.n, p.m)
+                        memo[key] = self._sampled_scores(tree, i, n, Xs, local)
+                    mask = make_mask(memo[key], self.block_ratios[p.label][i], p.n, p.m)
                     h.update(np.packbits(mask.numpy()).tobytes())
-                    D = W.float() * mask
-                    err = float(((D @ H) * D).sum())
+                    err = output_energy(W.float() * mask, H)
                     logs[p.label] += math.log(max(err / self.ref[(i, n)], 1e-12))
             per = {k: v / len(self.linears) for k, v in logs.items()}
             if not all(math.isfinite(v) for v in per.values()):
