@@ -36,8 +36,12 @@ async def test_worker_death_restarts_and_keeps_state(make_app):
         assert "killed (SIGKILL; out of memory" in died.reason
         await wait_for(pilot, lambda: fake.generation == 2 and fake.alive, what="the restart")
         await wait_for(pilot, lambda: app.device == "fake (no model)", what="the new worker")
-        notes = " ".join(n.message for n in app._notifications)
-        assert "killed" in notes and "Starting a new worker" in notes
+        # a notice reaches app._notifications when its Notify message is handled, later
+        await wait_for(
+            pilot,
+            lambda: "killed" in _notices(app) and "Starting a new worker" in _notices(app),
+            what="the notices of the death and the restart",
+        )
         # the run in flight is reported lost (not retried), the queued one goes to the new worker
         assert app.queue.get(lost.id) is None
         assert "lost" in static_text(app, "#last-result")
@@ -63,6 +67,11 @@ async def test_a_worker_that_keeps_dying_is_not_restarted_forever(make_app):
     async with app.run_test(notifications=True) as pilot:
         await wait_for(pilot, lambda: app.device == "stopped", what="giving up")
         assert fake.generation == 4  # the first start and three restarts
-        assert any("keeps dying" in n.message for n in app._notifications)
+        await wait_for(pilot, lambda: "keeps dying" in _notices(app), what="the give-up notice")
         await pilot.press("f9")  # by hand: tries again
         await wait_for(pilot, lambda: fake.generation >= 5, what="a manual restart")
+
+
+def _notices(app) -> str:
+    """Every notice the app has shown so far, as one string."""
+    return " ".join(n.message for n in app._notifications)
