@@ -77,7 +77,9 @@ def main() -> int:
     )
     ap.add_argument("--out", default=None, help="run directory (default runs/bench-search-S)")
     ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument(
+        "--workers", type=int, default=None, help="worker processes (default: the CLI's)"
+    )
     ap.add_argument("--grad-path", default=None, help="gradient file for the test-set prunes")
     ap.add_argument("--json", default=None, help="default bench/results/search[_random].json")
     args = ap.parse_args()
@@ -118,6 +120,9 @@ def main() -> int:
     cache_path = out.parent / f"{out.name}-fitness.sqlite"
     if not args.resume and not args.test_only:
         cache_path.unlink(missing_ok=True)
+    from pzshell.search.backends import default_workers
+
+    workers = args.workers or default_workers("cpu")
     t0 = time.perf_counter()
     search = (
         None
@@ -125,8 +130,8 @@ def main() -> int:
         else Search(
             settings,
             out,
-            backend="processes" if args.workers > 1 else "in-process",
-            workers=args.workers,
+            backend="processes" if workers > 1 else "in-process",
+            workers=workers,
             cache=FitnessCache(cache_path),
             on_event=on_event,
             resume=args.resume,

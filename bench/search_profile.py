@@ -137,11 +137,10 @@ def _profile(ev, tree, repeat: int) -> tuple[dict[str, float], dict[str, float]]
     from pzshell.engine.stats import stat_key
     from pzshell.evaluate.perplexity import head_nll_sum, logits_nll_sum
     from pzshell.lang import evaluate
-    from pzshell.search.fitness import output_energy, row_local
+    from pzshell.search.fitness import output_energy
 
     (p,) = ev.pairs
     _, Xs = ev._x_for(tree, p)
-    local = row_local(tree)
     ratios = ev.block_ratios[p.label]
     body, head = ev.lm.model.get_decoder(), ev.lm.model.get_output_embeddings()
     windows = ev.heldout
@@ -149,7 +148,7 @@ def _profile(ev, tree, repeat: int) -> tuple[dict[str, float], dict[str, float]]
 
     def tree_on_rows():
         for i, n, _ in ev.linears:
-            proxy_scores[(i, n)] = ev._sampled_scores(tree, i, n, Xs, local)
+            proxy_scores[(i, n)] = ev._sampled_scores(tree, i, n, Xs)
 
     def masks_on_rows():
         for i, n, _ in ev.linears:

@@ -16,6 +16,7 @@ from rich.text import Text
 
 from ..errors import PzError
 from ..search import FitnessSettings, Search, SearchSettings
+from ..search.backends import default_workers
 from ..search.events import CandidateDone, SearchFinished, SearchMessage, SearchProgress
 from ..search.runlog import check_run_dir, load_settings
 from .common import console
@@ -218,7 +219,12 @@ def register(sub) -> None:
         help="re-run the best N with a full layer-sequential prune",
     )
     p.add_argument("--seed", type=int, help="random seed of the search and its data (default 0)")
-    p.add_argument("--workers", type=int, help="local worker processes (default 1)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="local worker processes, each with its share of the CPU threads (default: 2 on a "
+        "CPU with 2 or more cores, 1 on a GPU)",
+    )
     p.add_argument(
         "--ray",
         nargs="?",
@@ -269,7 +275,7 @@ DEFAULTS = {
     "seed_formulas": [],
     "time_limit": 60.0,  # minutes: SearchSettings().time_limit
     "seed": 0,
-    "workers": 1,
+    "workers": None,  # default_workers(device)
     "ray": None,
     "device": "cpu",
     "use_cache": True,
@@ -429,7 +435,7 @@ def run(args: argparse.Namespace) -> int:
     given = _given(args)
     resume = _arg(args, "resume") is not None
     workers = _arg(args, "workers")
-    if workers < 1:
+    if workers is not None and workers < 1:
         raise PzError(f"--workers must be at least 1, got {workers}")
     _time_limit(args)
     if resume:
@@ -456,6 +462,8 @@ def run(args: argparse.Namespace) -> int:
         ray = _arg(args, "ray") is not None
         ray_address = args.ray if ray else None
         device, use_cache, threads = _arg(args, "device"), _arg(args, "use_cache"), None
+    if workers is None:
+        workers = default_workers(device)
     backend = "ray" if ray else ("processes" if workers > 1 else "in-process")
     search = Search(
         settings,

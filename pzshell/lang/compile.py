@@ -7,6 +7,8 @@ broadcast second operand.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 
 from .diagnostics import DegenerateMetric, MetricError
@@ -20,6 +22,7 @@ def evaluate(
     G: torch.Tensor | None = None,
     X: torch.Tensor | None = None,
     *,
+    rows: torch.Tensor | None = None,
     check: bool = True,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
@@ -31,15 +34,22 @@ def evaluate(
     ``W`` may be the signed weight; the terminal ``W`` is always its absolute value. Raises
     :class:`DegenerateMetric` (when ``check``) if the scores are NaN/inf or constant, and
     :class:`MetricError` if the metric needs a statistic that was not given.
+
+    ``rows`` (indices into ``W``'s rows): only those rows' scores, shape ``(len(rows), in)``, the
+    values of ``evaluate(...)[rows]``. Operators whose result for a row depends on that row alone
+    (elementwise ones, ``rown``) are computed on the rows only; an operator that reads other rows
+    (``coln``, ``mms``, ``zsn``, ``div``) gets its operands on the whole matrix and its result is
+    then cut to the rows. ``check`` looks at the returned scores. A subtree that occurs twice is
+    computed once.
     """
     shape = W.shape
     if W.dim() != 2:
         raise MetricError(f"W must be a matrix (out, in), got shape {tuple(shape)}")
-    leaves: dict[str, torch.Tensor] = {"W": W.detach().to(dtype).abs()}
+    raw: dict[str, torch.Tensor] = {"W": W.detach()}
     for name, t, want in (("G", G, shape), ("X", X, (1, shape[1]))):
         if t is None:
             continue
-        t = t.detach().to(device=W.device, dtype=dtype)
+        t = t.detach()
         if name == "X":
             t = t.reshape(1, -1)
         if tuple(t.shape) != tuple(want):
@@ -47,31 +57,54 @@ def evaluate(
                 f"statistic {name} has shape {tuple(t.shape)} but the weight has shape "
                 f"{tuple(shape)}: expected {tuple(want)}"
             )
-        leaves[name] = t
-    missing = node.terminals - leaves.keys()
+        raw[name] = t
+    missing = node.terminals - raw.keys()
     if missing:
         raise MetricError(
             f"metric {to_infix(node)} needs {', '.join(sorted(missing))} but "
             f"{'it was' if len(missing) == 1 else 'they were'} not computed"
         )
-    consts: dict[str, torch.Tensor] = {}
+    if rows is not None:
+        rows = torch.as_tensor(rows, dtype=torch.long, device=W.device)
+    # leaves, and subtrees that occur more than once, are computed once
+    counts = Counter(sub for _, sub in node.walk())
+    keep = {sub for sub, c in counts.items() if c > 1 or not sub.is_op}
+    memo: dict[tuple[Node, bool], torch.Tensor] = {}
 
-    def ev(n: Node) -> torch.Tensor:
+    def leaf(name: str, cut: bool) -> torch.Tensor:
+        t = raw[name]
+        if cut and name != "X":  # X is (1, in): every row's
+            t = t[rows]
+        t = t.to(device=W.device, dtype=dtype)
+        return t.abs() if name == "W" else t
+
+    def ev(n: Node, cut: bool) -> torch.Tensor:
+        key = (n, cut)
+        if key in memo:
+            return memo[key]
         if n.is_terminal:
-            return leaves[n.data]
-        if n.is_const:
-            if n.data not in consts:
-                consts[n.data] = torch.tensor(n.value, dtype=dtype, device=W.device).expand(shape)
-            return consts[n.data]
-        args = [ev(c) for c in n.children]
-        if len(args) == 2:
-            args = list(torch.broadcast_tensors(*args))
-        return OPS[n.data].torch_fn(*args)
+            out = leaf(n.data, cut)
+        elif n.is_const:
+            size = (len(rows), shape[1]) if cut else shape
+            out = torch.tensor(n.value, dtype=dtype, device=W.device).expand(size)
+        else:
+            op = OPS[n.data]
+            local = op.elementwise or n.data == "rown"
+            args = [ev(c, cut and local) for c in n.children]
+            if len(args) == 2:
+                args = list(torch.broadcast_tensors(*args))
+            out = op.torch_fn(*args)
+            if cut and not local and out.shape[0] != 1:
+                out = out[rows]
+        if n in keep:
+            memo[key] = out
+        return out
 
     with torch.no_grad():
-        scores = ev(node)
-        if scores.shape != shape:
-            scores = scores.expand(shape)
+        scores = ev(node, rows is not None)
+        want = shape if rows is None else (len(rows), shape[1])
+        if scores.shape != want:
+            scores = scores.expand(want)
         if check:
             reason = degenerate_reason(scores)
             if reason:

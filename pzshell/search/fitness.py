@@ -52,7 +52,6 @@ from ..engine.prune import PruneConfig, prune_model
 from ..engine.stats import activation_stats, compute_gradients, stat_key
 from ..evaluate.perplexity import perplexity
 from ..lang import DegenerateMetric, MetricError, Node, evaluate
-from ..lang.ops import OPS
 from ..models import LoadedModel, block_linears, load_model
 from ..paths import cache_dir
 
@@ -225,13 +224,6 @@ def output_energy(D: torch.Tensor, H: torch.Tensor) -> float:
     return float(((D @ H) * D).sum())
 
 
-def row_local(tree: Node) -> bool:
-    """True when a row of the scores depends only on that row of W and G (and on X): then the
-    proxy stage scores only its sampled rows. Whole-tensor statistics (``mms``, ``zsn``, the
-    norm of ``div``) and column sums (``coln``) need the whole matrix."""
-    return all(OPS[n.data].elementwise or n.data == "rown" for _, n in tree.walk() if n.is_op)
-
-
 @contextlib.contextmanager
 def _scored(out: dict):
     """A stage of one candidate: never raises for a bad candidate (it gets the worst fitness
@@ -401,15 +393,12 @@ class Evaluator:
         return W, G, X
 
     # ---- the proxy stage -----------------------------------------------------------------------
-    def _sampled_scores(self, tree: Node, i: int, n: str, Xs, local: bool) -> torch.Tensor:
-        """``tree``'s scores of linear ``(i, n)``'s sampled rows: from those rows alone for a
-        row-local tree, else from the whole weight (a column-reading operator needs every row)."""
-        rows = self.rows[(i, n)]
-        if local:
-            W, G, X = self._leaves(tree, i, n, rows, Xs)
-            return evaluate(tree, W, G=G, X=X)
+    def _sampled_scores(self, tree: Node, i: int, n: str, Xs) -> torch.Tensor:
+        """``tree``'s scores of linear ``(i, n)``'s sampled rows: the row-local parts of the tree
+        on those rows alone, a column-reading operator's operand on the whole weight (see
+        :func:`~pzshell.lang.evaluate`'s ``rows``)."""
         W, G, X = self._leaves(tree, i, n, None, Xs)
-        return evaluate(tree, W, G=G, X=X)[rows]
+        return evaluate(tree, W, G=G, X=X, rows=self.rows[(i, n)])
 
     @torch.no_grad()
     def screen(self, tree: Node) -> dict:
@@ -420,7 +409,6 @@ class Evaluator:
         if self.H is None:
             raise MetricError("the proxy stage is off (proxy_rows = 0)")
         with _scored(out):
-            local = row_local(tree)
             h = hashlib.blake2b(digest_size=10)
             logs = {p.label: 0.0 for p in self.pairs}
             for i, n, _ in self.linears:
@@ -431,7 +419,7 @@ class Evaluator:
                 for p in self.pairs:
                     key, Xs = self._x_for(tree, p)
                     if key not in memo:
-                        memo[key] = self._sampled_scores(tree, i, n, Xs, local)
+                        memo[key] = self._sampled_scores(tree, i, n, Xs)
                     mask = make_mask(memo[key], self.block_ratios[p.label][i], p.n, p.m)
                     h.update(np.packbits(mask.numpy()).tobytes())
                     err = output_energy(W.float() * mask, H)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -196,3 +197,48 @@ def test_compile_metric(wgx):
     f = compile_metric(parse("W * sqrt(X)"))
     assert f.terminals == {"W", "X"}
     torch.testing.assert_close(f(W, G, X), W.abs() * X.sqrt())
+
+
+def test_rows_give_the_whole_matrix_scores_of_those_rows():
+    # every operator, the row-local ones on the rows alone and the column/whole-tensor ones
+    # (coln, mms, zsn, div) from whole-matrix operands: the same values, bit for bit
+    import random
+
+    from pzshell.lang.random_trees import random_tree
+
+    W, G, X = make_inputs(3, out=16, inp=24)
+    rows = torch.tensor([1, 4, 5, 11, 15])
+    rng = random.Random(0)
+    ops = sorted(OPS)
+    seen_whole = set()
+    for _ in range(300):
+        tree = random_tree(rng, 5, ops=ops, p_const=0.2)
+        whole = evaluate(tree, W, G, X, check=False)
+        cut = evaluate(tree, W, G, X, rows=rows, check=False)
+        assert cut.shape == (5, 24)
+        assert torch.equal(torch.nan_to_num(cut), torch.nan_to_num(whole[rows])), str(tree)
+        seen_whole |= {n.data for _, n in tree.walk() if n.is_op and not OPS[n.data].elementwise}
+    assert {"coln", "rown", "mms", "zsn", "div"} <= seen_whole
+
+
+def test_a_repeated_subtree_is_computed_once_with_the_same_value(wgx, monkeypatch):
+    W, G, X = wgx
+    calls = []
+    real = OPS["coln"].torch_fn
+    spy = dataclasses.replace(OPS["coln"], torch_fn=lambda x: calls.append(1) or real(x))
+    monkeypatch.setitem(OPS, "coln", spy)
+    got = ev("sqrt(X) * (W - coln(W) - coln(W))", W, G, X)
+    assert len(calls) == 1
+    want = X.sqrt() * (W.abs() - real(W.abs()) - real(W.abs()))
+    assert torch.allclose(got, want)
+
+
+def test_rows_scores_are_checked_for_degeneracy(wgx):
+    W, G, X = wgx
+    with pytest.raises(DegenerateMetric, match="all scores equal"):
+        evaluate(parse("coln(W) - coln(W)"), W, G, X, rows=torch.tensor([0, 2]))
+    W = W.clone()
+    W[2] = float("nan")  # only a row outside the cut is broken: the cut is fine
+    evaluate(parse("W * sqrt(X)"), W, G, X, rows=torch.tensor([0, 1]))
+    with pytest.raises(DegenerateMetric, match="NaN"):
+        evaluate(parse("W * sqrt(X)"), W, G, X, rows=torch.tensor([0, 2]))

@@ -10,14 +10,15 @@ import math
 import random
 
 import pytest
+import torch
 
 from pzshell.cli import main
-from pzshell.lang import load_metric
+from pzshell.lang import evaluate, load_metric
 from pzshell.lang.algebra import canonical
 from pzshell.lang.tree import from_json_obj
 from pzshell.search import Evaluator, Search
 from pzshell.search.events import CandidateDone
-from pzshell.search.fitness import mean_log, row_local
+from pzshell.search.fitness import mean_log
 from pzshell.search.gp import constant_mutation, mutate
 from pzshell.search.ranking import finalists, pareto_records, percentiles, selection_key, sort_key
 from pzshell.search.runlog import RunLog
@@ -164,12 +165,20 @@ def test_proxy_ranks_a_good_rule_above_a_bad_one(ev):
     assert good < bad
 
 
-def test_row_local_formulas_score_only_the_sampled_rows_and_agree(ev):
+def test_column_reading_formulas_screen_as_their_whole_matrix_scores_say(ev):
+    # the proxy scores a column-reading formula's sampled rows from whole-matrix operands; its
+    # masks equal those of the whole matrix's scores cut to the rows
     local, whole = load_metric("W*sqrt(X)"), load_metric("div(W*sqrt(X), W)")
-    assert row_local(local) and not row_local(whole)
-    # div by the norm of W scales the whole matrix: the same masks, by the whole-matrix path
+    # div by the norm of W scales the whole matrix: the same masks
     a, b = ev.screen(local), ev.screen(whole)
     assert a["mask_hash"] == b["mask_hash"] and a["proxy"] == b["proxy"]
+    tree = load_metric("sqrt(X) * (W - coln(W) - coln(W))")
+    (p,) = ev.pairs
+    _, Xs = ev._x_for(tree, p)
+    for i, n, _ in ev.linears[:6]:
+        W, G, X = ev._leaves(tree, i, n, None, Xs)
+        cut = evaluate(tree, W, G=G, X=X)[ev.rows[(i, n)]]
+        assert torch.equal(ev._sampled_scores(tree, i, n, Xs), cut)
 
 
 def test_degenerate_candidate_is_scored_and_explained(ev):

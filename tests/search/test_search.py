@@ -306,3 +306,28 @@ def test_cli_plain_progress_when_not_a_terminal(tmp_path):
     counters = [x for x in lines if x.startswith("screened ")]
     assert counters and "/10" in counters[-1] and " best " in counters[-1], done.stderr
     assert lines[-1].startswith("best: "), done.stderr
+
+
+def test_default_workers_are_two_processes_on_a_multicore_cpu(monkeypatch):
+    from pzshell.search import backends
+
+    monkeypatch.setattr(backends.os, "cpu_count", lambda: 2)
+    assert backends.default_workers("cpu") == 2
+    assert backends.default_workers("cuda") == backends.default_workers("cuda:1") == 1
+    monkeypatch.setattr(backends.os, "cpu_count", lambda: 1)
+    assert backends.default_workers("cpu") == 1
+    monkeypatch.setattr(backends.os, "cpu_count", lambda: None)  # unknown: one
+    assert backends.default_workers("cpu") == 1
+
+
+def test_cli_search_without_workers_uses_the_default(tmp_path, monkeypatch):
+    from pzshell.search import backends
+
+    monkeypatch.setattr(backends.os, "cpu_count", lambda: 2)  # this machine's, whatever runs it
+    out = tmp_path / "r"
+    args = ["search", "--model", "tiny", "--budget", "4", "--population", "4", "--out", str(out)]
+    assert main([*args, "--final-top", "0", "--calib", "builtin", "--no-cache"]) == 0
+    options = json.loads((out / "settings.json").read_text())["options"]
+    assert options["workers"] == 2 and options["backend"] == "processes"
+    # every worker takes a task at once: the 4 screens went to both
+    assert len({r["worker"] for r in RunLog(out).read()[0] if r["worker"].startswith("proc-")}) == 2
