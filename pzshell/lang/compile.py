@@ -89,7 +89,7 @@ def evaluate(
             out = torch.tensor(n.value, dtype=dtype, device=W.device).expand(size)
         else:
             op = OPS[n.data]
-            local = op.elementwise or n.data == "rown"
+            local = op.elementwise or op.row_local
             args = [ev(c, cut and local) for c in n.children]
             if len(args) == 2:
                 args = list(torch.broadcast_tensors(*args))

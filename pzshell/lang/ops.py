@@ -63,6 +63,9 @@ class Op:
     whole-tensor statistic (the norm of ``div``, the min/max of ``mms``, the mean/std of
     ``zsn``) or a row/column sum (``rown``, ``coln``). Such an operator on a constant depends on
     the tensor's shape, so the simplifier never folds it."""
+    row_local: bool = False
+    """True for a non-elementwise operator whose result for a row depends on that row alone
+    (``rown``): :func:`~pzshell.lang.compile.evaluate` computes it on a row subset directly."""
     nonneg: Callable[..., bool] = field(default=lambda *args: False)
     """Given the children's non-negativity flags, is the result provably >= 0?"""
     whole: tuple[int, ...] = ()
@@ -272,6 +275,7 @@ _OPS: tuple[Op, ...] = (
         extended=True,
         nonneg=_ALL,
         elementwise=False,
+        row_local=True,
     ),
     Op(
         "coln",
