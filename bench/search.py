@@ -386,6 +386,11 @@ def _baselines_from_prune_json() -> dict:
 ISSUE_TARGETS = {"unstructured": (63.9, 55.6), "2:4": (190.0, 97.4)}
 
 
+def _than(gain: float) -> str:
+    """A perplexity's change against a baseline in words: ``4.6% better`` / ``7.8% worse``."""
+    return f"{abs(gain):.1%} {'better' if gain >= 0 else 'worse'}"
+
+
 def _targets(rows: list[dict], pairs) -> list[str]:
     """The issue's targets, met or not, in words: against this run's baselines and against the
     issue's stated figures."""
@@ -399,10 +404,9 @@ def _targets(rows: list[dict], pairs) -> list[str]:
         it = here.get("pick + iterative", here.get("#1 + iterative"))
         alone = here.get(f"best at {p.label}")
         if alone is not None and wanda is not None:
-            gain = 1 - alone / wanda
             lines.append(
                 f"{p.label}: this setting's best held-out rule {alone:.3f} vs Wanda {wanda:.3f} "
-                f"({gain:+.1%})"
+                f"({_than(1 - alone / wanda)})"
             )
         if best is not None and wanda is not None:
             gain = 1 - best / wanda
@@ -410,7 +414,7 @@ def _targets(rows: list[dict], pairs) -> list[str]:
             met = "met" if gain >= goal else "NOT met"
             lines.append(
                 f"{p.label}: best discovered {best:.3f} vs Wanda {wanda:.3f} "
-                f"({gain:+.1%}; target >= {goal:.0%} better): {met}"
+                f"({_than(gain)}; target >= {goal:.0%} better): {met}"
             )
         stated = ISSUE_TARGETS.get(p.sparsity_type)
         if best is not None and stated is not None and (p.n or p.ratio == 0.5):

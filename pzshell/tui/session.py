@@ -251,6 +251,7 @@ class Session:
             resume=resume,
             device=self.settings.run.device,
             budget=self.settings.search.budget,
+            workers=self.settings.search.workers,
         )
         if not self._send(job):
             return False

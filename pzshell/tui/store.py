@@ -55,6 +55,7 @@ class SearchKnobs:
     cheap_windows: int = 1
     cheap_seqlen: int = 64
     final_top: int = 1
+    workers: int | None = None  # evaluator processes; None: pzshell search's default
 
 
 @dataclass

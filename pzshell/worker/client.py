@@ -6,16 +6,30 @@ seconds, so a reader thread can notice that the process died (see :meth:`death_r
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import multiprocessing as mp
 import queue
 import signal
 import sys
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 
 from .process import worker_main
 from .protocol import Shutdown
+
+_LIVE: weakref.WeakSet[WorkerClient] = weakref.WeakSet()
+
+
+@atexit.register
+def _kill_at_exit() -> None:
+    """Kill the workers still running when the interpreter ends (registered after
+    multiprocessing's own exit hook, so it runs first: that hook joins non-daemonic children,
+    which would wait for ever on a worker nobody closed)."""
+    for client in list(_LIVE):
+        with contextlib.suppress(Exception):
+            client.kill()
 
 
 class WorkerClient:
@@ -39,14 +53,19 @@ class WorkerClient:
     def start(self) -> None:
         self.jobs = self._ctx.Queue()
         self.events = self._ctx.Queue()
+        # Not daemonic: a search in the worker starts its own evaluator processes, which a
+        # daemonic process may not. The worker leaves by itself when this process is gone
+        # (it watches its parent), and at exit :func:`_kill_at_exit` ends it before
+        # multiprocessing would wait for it.
         self.proc = self._ctx.Process(
             target=worker_main,
             args=(self.jobs, self.events, self.log_path),
             name="pzshell-worker",
-            daemon=True,
+            daemon=False,
         )
         with _real_std_streams():
             self.proc.start()
+        _LIVE.add(self)
         self.generation += 1
 
     def restart(self) -> None:

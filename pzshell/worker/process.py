@@ -226,11 +226,17 @@ class Worker:
                 if job.budget:
                     settings.budget = max(settings.budget, job.budget)
             from ..models.load import pick_device
+            from ..search.backends import default_workers
 
             device = str(pick_device(job.device))
+            workers = job.workers or default_workers(device)
+            backend = "processes" if workers > 1 else "in-process"
+            self.emit(WorkerNote(f"search: backend {backend}, workers {workers}"))
             self.search = Search(
                 settings,
                 job.out_dir,
+                backend=backend,
+                workers=workers,
                 device=device,
                 cache=FitnessCache() if use_cache else None,
                 on_event=lambda ev: self._search_event(sid, ev),

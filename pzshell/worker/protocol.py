@@ -85,6 +85,9 @@ class StartSearch:
     resume: bool = False
     device: str = "auto"
     budget: int | None = None  # a new budget when resuming
+    workers: int | None = None
+    """Evaluator processes; None: ``pzshell search``'s default (2 on a CPU with 2 or more
+    cores, 1 on a GPU). The trajectory does not depend on it."""
 
 
 @dataclass(frozen=True)

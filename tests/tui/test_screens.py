@@ -91,7 +91,18 @@ async def test_settings_screen_applies_and_persists(make_app, fake, tmp_path):
         assert isinstance(app.screen, SettingsScreen)  # invalid: stays, says why
         errors = str(screen.query_one("#settings-errors").content)
         assert "sparsity ratio must be in [0, 1)" in errors
+        # fields that do not parse say which field and what it expected
         screen.query_one("#run-sparsity_ratio", Input).value = "0.6"
+        screen.query_one("#search-population", Input).value = "eight"
+        screen.query_one("#search-workers", Input).value = "0"
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert isinstance(app.screen, SettingsScreen)
+        errors = str(screen.query_one("#settings-errors").content)
+        assert "population: expected a whole number, got 'eight'" in errors
+        assert "evaluator processes must be at least 1 (or blank), got 0" in errors
+        screen.query_one("#search-population", Input).value = "8"
+        screen.query_one("#search-workers", Input).value = "1"
         screen.query_one("#run-sparsity_type", Input).value = "2:4"
         screen.query_one("#run-eval_windows", Input).value = ""
         screen.query_one("#search-budget", Input).value = "40"
@@ -99,7 +110,7 @@ async def test_settings_screen_applies_and_persists(make_app, fake, tmp_path):
         await wait_for(pilot, lambda: not isinstance(app.screen, SettingsScreen), what="apply")
         r = app.settings.run
         assert (r.sparsity_ratio, r.sparsity_type, r.eval_windows) == (0.6, "2:4", None)
-        assert app.settings.search.budget == 40
+        assert app.settings.search.budget == 40 and app.settings.search.workers == 1
         assert "60% 2:4" in app.sub_title
         # runs now use them
         app.editor.set_formula("W")
@@ -110,7 +121,7 @@ async def test_settings_screen_applies_and_persists(make_app, fake, tmp_path):
     app2 = make_app(home=home, client=FakeWorker())
     app2.settings = app2.store.load_settings()
     assert app2.settings.run.sparsity_ratio == 0.6
-    assert app2.settings.search.budget == 40
+    assert app2.settings.search.budget == 40 and app2.settings.search.workers == 1
 
 
 async def test_settings_escape_changes_nothing(make_app):

@@ -195,6 +195,7 @@ def test_search_start_pause_resume_stop_and_continue(session, link):
     start = link.jobs[-1]
     assert isinstance(start, p.StartSearch) and not start.resume and start.out_dir == out
     assert start.settings.fitness.model == "tiny" and start.budget == SearchKnobs().budget
+    assert start.workers is None  # blank knob: the worker takes pzshell search's default
     assert session.search_state is SearchState.STARTING
     assert session.store.last_search == {"dir": out, "status": "running"}
     with pytest.raises(Refused, match="already running"):

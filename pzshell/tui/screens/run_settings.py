@@ -40,6 +40,7 @@ SEARCH_FIELDS = (
     ("heldout_seqlen", "held-out window length", "int"),
     ("cheap_windows", "cheap-stage windows", "int"),
     ("final_top", "final re-runs", "int"),
+    ("workers", "evaluator processes", "int?"),
 )
 HINTS = {
     "model": "smollm2, tiny, a HF directory or .gguf",
@@ -49,27 +50,32 @@ HINTS = {
     "seqlen": "blank: the model's default",
     "eval_windows": "blank: all",
 }
+SEARCH_HINTS = {
+    "workers": "blank: 2 on a 2+-core CPU, 1 on a GPU",
+}
+
+
+_WORDS = {"int": "a whole number", "int?": "a whole number or blank", "float": "a number"}
 
 
 def _parse(kind, raw: str, label: str):
+    """The value of one field; ValueError with the whole message (label, what was expected)."""
     raw = raw.strip()
     if kind == "str":
         if not raw:
             raise ValueError(f"{label} must not be empty")
         return raw
-    if kind == "float":
-        return float(raw)
-    if kind == "int?":
-        if not raw:
-            return None
-        v = int(raw)
-        if v < 1:
-            raise ValueError(f"{label} must be at least 1")
-        return v
-    if kind == "int":
-        v = int(raw)
-        if v < 0:
-            raise ValueError(f"{label} must not be negative")
+    if kind == "int?" and not raw:
+        return None
+    if kind in _WORDS:
+        try:
+            v = float(raw) if kind == "float" else int(raw)
+        except ValueError:
+            raise ValueError(f"{label}: expected {_WORDS[kind]}, got {raw!r}") from None
+        if kind == "int?" and v < 1:
+            raise ValueError(f"{label} must be at least 1 (or blank), got {v}")
+        if kind == "int" and v < 0:
+            raise ValueError(f"{label} must not be negative, got {v}")
         return v
     return raw
 
@@ -136,7 +142,8 @@ class SettingsScreen(ModalScreen[AppSettings | None]):
                 )
             else:
                 yield Input("" if value is None else str(value), id=wid, compact=True)
-            yield Static(HINTS.get(name, "") if prefix == "run" else "", classes="hint")
+            hints = HINTS if prefix == "run" else SEARCH_HINTS
+            yield Static(hints.get(name, ""), classes="hint")
 
     def compose(self) -> ComposeResult:
         run = asdict(self.settings.run)
@@ -171,8 +178,8 @@ class SettingsScreen(ModalScreen[AppSettings | None]):
                 raw = str(w.value)
                 try:
                     out[name] = _parse(kind, raw, label)
-                except ValueError:
-                    errs.append(f"{label}: not a valid {kind}: {raw!r}")
+                except ValueError as e:
+                    errs.append(str(e))
         if errs:
             return None, errs
         new = AppSettings(
