@@ -10,8 +10,9 @@ The search runs with the settings of `pzshell search` given no flag (SearchSetti
 the calibration text (wikitext-2 valid.txt, as in bench/prune.py), the sparsity settings
 (`--types`, default both: one search with a two-setting fitness) and the time limit, which
 counts model loading and statistics. The search's own finals run after it, as they do for a user
-(`--final-top`, the CLI's default): the top rules re-run with a full layer-sequential prune on the
-held-out windows, and the best of them, the run's best.json, is *the search's pick*: the rule the
+(`--final-top`, the CLI's default): the top rules re-run with a full layer-sequential prune, judged
+on the finals' held-out windows (`--final-windows`, 8x1024 tokens: the search's 2 and 6 more from
+the calibration text's last 10%), and the best of them, the run's best.json, is *the search's pick*: the rule the
 targets are judged on. Search fitness: perplexity on held-out windows of the *calibration* text
 (its last 10%, clear of the calibration windows), never the evaluation set; the search's
 calibration windows are the test prunes' own (32x512 of valid.txt, seed 0). A run made with
@@ -259,7 +260,8 @@ def main() -> int:
     for f in finals:
         t.add_row(
             f"final{' (post hoc)' if post_hoc else ''}: held-out {_fmt(f['fitness'])} "
-            f"after a layer-sequential prune (one-shot {_fmt(f.get('fast_fitness'))})",
+            f"on {f.get('final_tokens') or '?'} tokens after a layer-sequential prune "
+            f"(search fitness {_fmt(f.get('fast_fitness'))})",
             f["formula"],
         )
     if pick is not None:
@@ -271,7 +273,7 @@ def main() -> int:
     t.caption = (
         f"test: first 8x1024 tokens of {EVAL.name}; calibration 32x512 of {CALIB.name}, seed 0; "
         f"search fitness on held-out {fit.heldout_windows}x{fit.heldout_seqlen} tokens of the "
-        f"calibration text; baselines from bench/results/prune.json where it has them"
+        f"calibration text, finals on up to {fit.final_windows}x{fit.heldout_seqlen}; baselines from bench/results/prune.json where it has them"
     )
     print_table(t, width=None)
     doc = {
@@ -322,7 +324,7 @@ def _fmt(v) -> str:
 
 def _finals_after(out: Path, fit, k: int) -> list[dict]:
     """A finished run's finals, as the search makes them (its top ``k`` full-stage rules by
-    held-out fitness, each pruned layer-sequentially and measured on the same held-out windows),
+    held-out fitness, each pruned layer-sequentially and measured on the finals' windows),
     for a run that was made without them. Nothing is written to the run directory."""
     from pzshell.lang import load_metric
     from pzshell.search.fitness import Evaluator
@@ -340,6 +342,7 @@ def _finals_after(out: Path, fit, k: int) -> list[dict]:
                 "formula": r["formula"],
                 "fitness": None if res["reason"] else res["final"],
                 "fast_fitness": r["fitness"],
+                "final_tokens": res.get("final_tokens"),
                 "reason": res["reason"],
                 "seconds": round(res["seconds"], 3),
                 "settings": res["settings"],

@@ -216,7 +216,15 @@ def register(sub) -> None:
         "--final-top",
         dest="final_top",
         type=int,
-        help="re-run the best N with a full layer-sequential prune",
+        help="re-run the best N with a full layer-sequential prune (default 5)",
+    )
+    p.add_argument(
+        "--final-windows",
+        "--final_windows",
+        dest="final_windows",
+        type=int,
+        help="held-out windows the finals are judged on: the full stage's, then more from the "
+        "calibration text's last 10%% as far as it holds them (default 8)",
     )
     p.add_argument("--seed", type=int, help="random seed of the search and its data (default 0)")
     p.add_argument(

@@ -726,7 +726,8 @@ class Search:
                 )
             self.on_event(
                 SearchMessage(
-                    f"re-running the top {len(todo)} with a full layer-sequential prune",
+                    f"re-running the top {len(todo)} with a full layer-sequential prune, "
+                    f"judged on up to {self.s.fitness.final_windows} held-out windows",
                     topic="finals",
                 )
             )
@@ -741,6 +742,7 @@ class Search:
                     "canonical": r["canonical"],
                     "fitness": _json_num(res["final"]),
                     "fast_fitness": r["fitness"],
+                    "final_tokens": res.get("final_tokens"),
                     "stage": "final",
                     "reason": res["reason"],
                     "seconds": round(res["seconds"], 3),

@@ -91,6 +91,11 @@ class FitnessSettings:
     grad_samples: int = 16  # calibration windows for G
     seqlen: int = 512
     heldout_windows: int = 2  # full-stage fitness
+    # the finals' held-out windows: the full stage's, then more from the text's last 10% (as
+    # many as it holds clear of the calibration windows, never fewer than heldout_windows).
+    # Only a handful of rules reach the finals, so they are judged on more text than the
+    # search can afford per candidate; not part of any cached value, so not of the digest
+    final_windows: int = 8
     heldout_seqlen: int = 1024  # the evaluation protocol's window length
     cheap_windows: int = 0  # cheap perplexity stage; 0 leaves it out of the ladder
     cheap_seqlen: int = 128
@@ -136,6 +141,7 @@ class FitnessSettings:
 
     def digest(self) -> str:
         d = asdict(self)
+        del d["final_windows"]  # changes the finals only, which are logged, never cached
         if d["owl_lambda"] == OWL_LAMBDA:  # the digest of a run saved before the setting existed
             del d["owl_lambda"]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
@@ -178,10 +184,13 @@ def mean_log(values: list[float]) -> float:
 
 
 def split_calibration(ids: torch.Tensor, s: FitnessSettings, name: str = "text"):
-    """The calibration windows, the held-out windows and the cheap stage's windows (or None) of
-    the calibration text's token ids ``ids``, as ``s.calib_windows`` says (see
-    :class:`FitnessSettings`). Held-out tokens are never calibration tokens."""
+    """The calibration windows, the held-out windows, the cheap stage's windows (or None) and
+    the finals' windows of the calibration text's token ids ``ids``, as ``s.calib_windows``
+    says (see :class:`FitnessSettings`). Held-out tokens are never calibration tokens. The
+    finals' windows begin with the held-out ones and add as many of ``s.final_windows`` as the
+    text's last 10% holds."""
     need = s.heldout_windows * s.heldout_seqlen
+    want = max(s.heldout_windows, s.final_windows)
     cheap = s.cheap_windows * s.cheap_seqlen
     n = ids.numel()
     split = max(int(n * 0.9), n - max(need, cheap))
@@ -200,7 +209,7 @@ def split_calibration(ids: torch.Tensor, s: FitnessSettings, name: str = "text")
         calib = sample_windows(ids, s.nsamples, s.seqlen, s.seed, name=name)
         used = sorted((o, o + s.seqlen) for o in window_offsets(n, s.nsamples, s.seqlen, s.seed))
         parts, start, L = [], int(n * 0.9), s.heldout_seqlen
-        while len(parts) < s.heldout_windows and start + L <= n:
+        while len(parts) < want and start + L <= n:
             hit = next((b for a, b in used if a < start + L and start < b), None)
             if hit is None:
                 parts.append(ids[start : start + L])
@@ -214,7 +223,9 @@ def split_calibration(ids: torch.Tensor, s: FitnessSettings, name: str = "text")
         raise short
     heldout = held[:need].reshape(s.heldout_windows, s.heldout_seqlen)
     cheap_ids = held[:cheap].reshape(s.cheap_windows, s.cheap_seqlen) if cheap else None
-    return calib, heldout, cheap_ids
+    k = min(want, held.numel() // s.heldout_seqlen)
+    final = held[: k * s.heldout_seqlen].reshape(k, s.heldout_seqlen)
+    return calib, heldout, cheap_ids, final
 
 
 def output_energy(D: torch.Tensor, H: torch.Tensor) -> float:
@@ -253,7 +264,9 @@ class Evaluator:
         self.lm: LoadedModel = load_model(s.model, device=device)
         text = load_text(s.calib, role="calib")
         ids = tokenize(self.lm.tokenizer, text)
-        self.calib_ids, self.heldout, self.cheap = split_calibration(ids, s, text.name)
+        self.calib_ids, self.heldout, self.cheap, self.final_heldout = split_calibration(
+            ids, s, text.name
+        )
         self.text_digest = text.digest
         self.linears = [
             (i, n, lin)
@@ -493,7 +506,7 @@ class Evaluator:
 
     def final_fitness(self, tree: Node) -> dict:
         """The full layer-sequential prune with this tree at every setting, perplexity on the
-        held-out windows (combined as :func:`mean_log`)."""
+        finals' held-out windows (combined as :func:`mean_log`)."""
         t0 = time.perf_counter()
         s = self.settings
         per: dict = {}
@@ -510,7 +523,7 @@ class Evaluator:
                 )
                 try:
                     prune_model(self.lm.model, cfg, self.calib_ids, self.G)
-                    v = round_fitness(perplexity(self.lm.model, self.heldout).ppl)
+                    v = round_fitness(perplexity(self.lm.model, self.final_heldout).ppl)
                 finally:
                     self.restore()
                 per[p.label] = {"final": v}
@@ -520,6 +533,7 @@ class Evaluator:
             value, reason = WORST, f"{type(e).__name__}: {e}"
         return {
             "final": value,
+            "final_tokens": self.final_heldout.numel(),
             "reason": reason,
             "settings": per,
             "seconds": time.perf_counter() - t0,

@@ -138,6 +138,7 @@ class SearchSettings:
         d = self.to_dict()
         for k in ("budget", "time_limit", "final_top"):
             d.pop(k)
+        d["fitness"].pop("final_windows")  # the finals' text, like their number, may change
         return d
 
     def digest(self) -> str:
@@ -191,6 +192,7 @@ def _check_fitness(f: FitnessSettings) -> None:
     _whole("--grad_samples", f.grad_samples, 1)
     _whole("--seqlen", f.seqlen, 2)
     _whole("--heldout_windows", f.heldout_windows, 1)
+    _whole("--final-windows", f.final_windows, 1)
     _whole("--heldout_seqlen", f.heldout_seqlen, 2)
     _whole("--cheap_windows", f.cheap_windows, 0)
     _whole("--cheap_seqlen", f.cheap_seqlen, 2 if f.cheap_windows else 0)

@@ -16,7 +16,7 @@ from pzshell.cli import main
 from pzshell.lang import evaluate, load_metric
 from pzshell.lang.algebra import canonical
 from pzshell.lang.tree import from_json_obj
-from pzshell.search import Evaluator, Search
+from pzshell.search import Evaluator, Search, SearchError
 from pzshell.search.events import CandidateDone
 from pzshell.search.fitness import mean_log
 from pzshell.search.gp import constant_mutation, mutate
@@ -139,19 +139,34 @@ def test_calibration_windows_are_the_prune_jobs_and_held_out_avoids_them():
     text = load_text("builtin", role="calib")
     ids = tokenize(lm.tokenizer, text)
     s = dataclasses.replace(FIT, nsamples=64, seqlen=512, heldout_windows=3, heldout_seqlen=256)
-    calib, held, cheap = split_calibration(ids, s, text.name)
+    calib, held, cheap, final = split_calibration(ids, s, text.name)
     assert torch.equal(calib, calibration_windows(lm.tokenizer, text, 64, 512, s.seed))
     # every held-out window is a run of the text that no calibration window touches
     used = torch.zeros(ids.numel(), dtype=torch.bool)
     for o in window_offsets(ids.numel(), 64, 512, s.seed):
         used[o : o + 512] = True
     tail = int(ids.numel() * 0.9)
-    for w in held:
+    # the finals' windows: the held-out ones first, then more, all distinct and clear of the
+    # calibration windows
+    assert final.shape == (s.final_windows, 256) and torch.equal(final[:3], held)
+    assert len({tuple(w.tolist()) for w in final}) == s.final_windows
+    for w in final:
         starts = [i for i in range(tail, ids.numel() - 255) if torch.equal(ids[i : i + 256], w)]
         assert starts and not used[starts[0] : starts[0] + 256].any()
     assert torch.equal(cheap.flatten(), held.flatten()[: cheap.numel()])
+    # asking for more than the text's last 10% holds gives what it holds (and the held-out
+    # windows are still all there)
+    _, held2, _, final2 = split_calibration(
+        ids, dataclasses.replace(s, final_windows=10_000), text.name
+    )
+    assert torch.equal(held2, held) and s.final_windows < len(final2) < 10_000
+    assert torch.equal(final2[: s.final_windows], final)
+    # fewer final windows than held-out ones: the finals use the held-out ones
+    few = split_calibration(ids, dataclasses.replace(s, final_windows=1), text.name)[3]
+    assert torch.equal(few, held)
     head = dataclasses.replace(s, calib_windows="head")
-    calib_h, held_h, _ = split_calibration(ids, head, text.name)
+    calib_h, held_h, _, final_h = split_calibration(ids, head, text.name)
+    assert torch.equal(final_h[: len(held_h)], held_h)
     split = max(tail, ids.numel() - 3 * 256)
     assert torch.equal(calib_h, sample_windows(ids[:split], 64, 512, s.seed))  # the first 90%
     assert torch.equal(held_h.flatten(), ids[split : split + held_h.numel()])
@@ -491,6 +506,7 @@ def test_the_search_spreads_a_fixed_allocation_by_its_owl_lambda(tmp_path):
     assert wide.digest() != base.digest()
     saved = dataclasses.asdict(base)
     del saved["owl_lambda"]  # settings.json of a run made before the setting existed
+    del saved["final_windows"]  # nor is final_windows (never in the digest)
     old_digest = hashlib.sha256(json.dumps(saved, sort_keys=True).encode()).hexdigest()[:16]
     assert base.digest() == old_digest  # the earlier code's digest of the same settings
     with pytest.raises(SearchError, match="with --allocation uniform it would change nothing"):
@@ -498,3 +514,39 @@ def test_the_search_spreads_a_fixed_allocation_by_its_owl_lambda(tmp_path):
     with pytest.raises(SearchError, match=r"--owl_lambda must be in \[0, 0.5\)"):
         Search(settings(fitness=dataclasses.replace(base, owl_lambda=0.7)), tmp_path / "y")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_finals_are_judged_on_their_own_longer_held_out_text(ev, tmp_path):
+    """A final is the real layer-sequential prune measured on ``final_windows`` held-out windows
+    (the full stage's first, then more); the setting is not in the fitness digest (no cached
+    value depends on it) and a resumed run may change it, as it may change ``final_top``."""
+    from pzshell.engine.prune import PruneConfig, prune_model
+    from pzshell.evaluate.perplexity import perplexity
+    from pzshell.search.fitness import round_fitness
+
+    s = ev.settings
+    assert len(ev.final_heldout) == s.final_windows > s.heldout_windows
+    assert torch.equal(ev.final_heldout[: s.heldout_windows], ev.heldout)
+    wanda = load_metric("W*sqrt(X)")
+    res = ev.final_fitness(wanda)
+    p = ev.pairs[0]
+    try:
+        prune_model(ev.lm.model, PruneConfig("metric", p.ratio, p.sparsity_type, metric=wanda),
+                    ev.calib_ids, ev.G)  # fmt: skip
+        on_final = round_fitness(perplexity(ev.lm.model, ev.final_heldout).ppl)
+        on_full = round_fitness(perplexity(ev.lm.model, ev.heldout).ppl)
+    finally:
+        ev.restore()
+    assert res["final"] == on_final != on_full
+    assert res["final_tokens"] == s.final_windows * s.heldout_seqlen
+    assert dataclasses.replace(s, final_windows=3).digest() == s.digest()
+    base = settings(fitness=dataclasses.replace(FIT, cheap_windows=0), budget=8, final_top=1)
+    wider = dataclasses.replace(base, fitness=dataclasses.replace(base.fitness, final_windows=3))
+    assert wider.digest() == base.digest()
+    out = tmp_path / "r"
+    Search(dataclasses.replace(base, final_top=0), out, threads=1).run()
+    fin = Search(wider, out, threads=1, resume=True).run()
+    (final,) = [r for r in RunLog(out).read()[0] if r["stage"] == "final"]
+    assert final["final_tokens"] == 3 * FIT.heldout_seqlen and fin.best_fitness == final["fitness"]
+    with pytest.raises(SearchError, match="final-windows must be at least 1"):
+        Search(settings(fitness=dataclasses.replace(FIT, final_windows=0)), tmp_path / "z")
