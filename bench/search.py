@@ -12,12 +12,12 @@ the calibration text (wikitext-2 valid.txt, as in bench/prune.py), the sparsity 
 counts model loading and statistics. The search's own finals run after it, as they do for a user
 (`--final-top`, the CLI's default): the top rules re-run with a full layer-sequential prune, judged
 on the finals' held-out windows (`--final-windows`, 8x1024 tokens: the search's 2 and 6 more from
-the calibration text's last 10%), and the best of them, the run's best.json, is *the search's pick*: the rule the
-targets are judged on. Search fitness: perplexity on held-out windows of the *calibration* text
-(its last 10%, clear of the calibration windows), never the evaluation set; the search's
-calibration windows are the test prunes' own (32x512 of valid.txt, seed 0). A run made with
-`--final-top 0` gets its finals afterwards with `--test-only` (the same selection and prune, on
-the same held-out windows, marked post hoc in the JSON).
+the calibration text's last 10%), and the best of them, the run's best.json, is *the search's
+pick*: the rule the targets are judged on. Search fitness: perplexity on held-out windows of the
+*calibration* text (its last 10%, clear of the calibration windows), never the evaluation set; the
+search's calibration windows are the test prunes' own (32x512 of valid.txt, seed 0). A run made
+with `--final-top 0` gets its finals afterwards with `--test-only` (the same selection and prune,
+on the same windows, marked post hoc in the JSON).
 
 The pick is also pruned with SparseGPT's weight update on its mask (`+ reconstruct`, the
 issue's reconstruct target) and inside SparseGPT's loop choosing each block's mask from the
@@ -273,7 +273,8 @@ def main() -> int:
     t.caption = (
         f"test: first 8x1024 tokens of {EVAL.name}; calibration 32x512 of {CALIB.name}, seed 0; "
         f"search fitness on held-out {fit.heldout_windows}x{fit.heldout_seqlen} tokens of the "
-        f"calibration text, finals on up to {fit.final_windows}x{fit.heldout_seqlen}; baselines from bench/results/prune.json where it has them"
+        f"calibration text, finals on up to {fit.final_windows}x{fit.heldout_seqlen}; "
+        f"baselines from bench/results/prune.json where it has them"
     )
     print_table(t, width=None)
     doc = {
