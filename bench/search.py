@@ -163,7 +163,7 @@ def main() -> int:
     pairs = fit.settings()
     grad_path = args.grad_path or str(out.parent / "grads_smollm2_valid_32x512_seed0.pth")
     common = {"model": ModelSpec(args.model), "calib": calib_spec(32, 512, seed=0)}
-    known = _baselines_from_prune_json()
+    known = _baselines_from_prune_json(args.model, console)
     rows = []
 
     def prune(name: str, p, **kw) -> dict:
@@ -364,10 +364,21 @@ def _best_at(out: Path, label: str) -> dict | None:
     return min(ok, key=lambda r: (r["settings"][label]["full"], r["size"], r["id"]), default=None)
 
 
-def _baselines_from_prune_json() -> dict:
+def _baselines_from_prune_json(model: str, console) -> dict:
+    """The baselines of bench/results/prune.json measured with the test settings, on the same
+    weights (``model_fingerprint``) under the same torch and transformers as this run: a row
+    without them, or with others, is pruned again here (Wanda's rule at 2:4 gave test 210.92 in
+    one session and 213.53 in another, on the same model file)."""
     path = RESULTS / "prune.json"
     if not path.exists():
         return {}
+    from pzshell.models import load_model
+    from pzshell.util import runtime_versions
+
+    here = {
+        "model_fingerprint": load_model(model).fingerprint(),
+        **{k: v for k, v in runtime_versions().items() if k in ("torch", "transformers")},
+    }
     doc = json.loads(path.read_text())
     s = doc.get("settings", {})
     if (s.get("nsamples"), s.get("seqlen"), s.get("eval_windows"), s.get("eval_seqlen")) != (
@@ -381,6 +392,15 @@ def _baselines_from_prune_json() -> dict:
     for r in doc.get("rows", []):
         if r.get("method") in BASELINES and math.isfinite(r.get("ppl", math.inf)):
             ratio = 0.5 if r["sparsity_type"] != "unstructured" else r["sparsity_ratio"]
+            then = {"model_fingerprint": r.get("model_fingerprint"), **(r.get("versions") or {})}
+            differs = [k for k in here if then.get(k) != here[k]]
+            if differs:
+                console.print(
+                    f"{r['method']} at {r['sparsity_type']} in {path.name}: measured with another "
+                    f"{', '.join(differs)} ({', '.join(str(then.get(k)) for k in differs)}; "
+                    f"here {', '.join(here[k] for k in differs)}): pruned again"
+                )
+                continue
             out[(r["method"], r["sparsity_type"], ratio)] = dict(r, source=str(path))
     return out
 

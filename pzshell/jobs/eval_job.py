@@ -29,6 +29,7 @@ def model_fields(lm: LoadedModel, spec: str) -> dict:
     out = {
         "model": spec,
         "model_source": lm.source,
+        "model_fingerprint": lm.fingerprint(),
         "device": str(lm.device),
         "method": "dense",
         "sparsity_ratio": 0.0,

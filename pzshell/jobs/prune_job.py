@@ -84,6 +84,7 @@ def run_prune(
     t_load = time.perf_counter()
     lm = lm or load_model(job.model.name, device=job.model.device)
     load_seconds = time.perf_counter() - t_load
+    fingerprint = lm.fingerprint()  # of the weights as loaded, before any is pruned
     seqlen = resolve_seqlen(lm, job.calib.seqlen)
     evaluation = Evaluation(lm, job.eval, seqlen) if job.eval.enabled else None  # before pruning
     calib_text = calib_ids = None
@@ -109,6 +110,7 @@ def run_prune(
     results = {
         "model": job.model.name,
         "model_source": lm.source,
+        "model_fingerprint": fingerprint,
         "device": str(lm.device),
         "method": cfg.method
         + ("+iterative" if cfg.iterative else "")

@@ -8,7 +8,10 @@ A results dict is flat JSON. Fields every job writes:
 ``metric+reconstruct``, ``structured``, ...), ``sparsity_ratio`` (0 for a dense model),
 ``sparsity_type`` (``unstructured``, ``N:M`` or ``structured``; a dense model is
 ``unstructured`` at ratio 0: the field always names a pattern), ``load_seconds``, ``peak_rss_mb``,
-``torch_threads``.
+``torch_threads``. Jobs since the fields were added also write ``model_fingerprint`` (a hash of
+the weights as loaded, :meth:`LoadedModel.fingerprint`) and ``versions`` (Python, torch,
+transformers, pzshell): the same model file can give other perplexities under another torch or
+transformers, so a figure is only comparable with one that shares both.
 
 Perplexity fields come as a group: ``ppl`` (the job's resulting model) and ``eval_nll``, with
 ``eval_data``, ``eval_seqlen``, ``eval_windows`` and ``eval_tokens`` naming what was measured;
@@ -41,6 +44,8 @@ FIELDS: dict[str, tuple[tuple[type, ...], tuple[str, ...] | str]] = {
     "job": ((str,), "*"),
     "model": ((str,), "*"),
     "model_source": ((str,), "*"),
+    "model_fingerprint": ((str,), ()),
+    "versions": ((dict,), ()),
     "device": ((str,), "*"),
     "method": ((str,), "*"),
     "sparsity_ratio": (_NUM, "*"),

@@ -18,7 +18,7 @@ from ..evaluate.throughput import forward_tokens_per_second
 from ..evaluate.zeroshot import PreparedTasks, evaluate_zero_shot
 from ..models import LoadedModel, block_linears
 from ..progress import ProgressFn
-from ..util import peak_rss_mb
+from ..util import peak_rss_mb, runtime_versions
 from .specs import EvalSpec, FinetuneSpec, ZeroShotSpec
 
 
@@ -164,5 +164,10 @@ def finetune_stage(
 
 
 def footer() -> dict:
-    """What every results dict ends with: peak memory and threads of this process."""
-    return {"peak_rss_mb": peak_rss_mb(), "torch_threads": torch.get_num_threads()}
+    """What every results dict ends with: peak memory and threads of this process, and the
+    versions of what computed it."""
+    return {
+        "peak_rss_mb": peak_rss_mb(),
+        "torch_threads": torch.get_num_threads(),
+        "versions": runtime_versions(),
+    }

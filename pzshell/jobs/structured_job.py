@@ -132,6 +132,7 @@ def run_structured(
     imp = job.check()
     t0 = time.perf_counter()
     lm = lm or load_model(job.model.name, device=job.model.device)
+    fingerprint = lm.fingerprint()  # of the weights as loaded, before the surgery
     load_seconds = time.perf_counter() - t0
     parts = model_parts(lm.model)  # fails early, clearly, on non-GQA models
     check_feasible(
@@ -209,6 +210,7 @@ def run_structured(
     results = {
         "model": job.model.name,
         "model_source": lm.source,
+        "model_fingerprint": fingerprint,
         "device": str(lm.device),
         "method": "structured",
         "sparsity_ratio": job.pruning_ratio,

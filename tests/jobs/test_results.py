@@ -102,6 +102,22 @@ def test_every_job_writes_the_schema(tmp_path):
     assert st["sparsity_type"] == "structured" and st["method"] == "structured"
     # one fine-tuning default for LoRA everywhere
     assert ft["finetune"]["lr"] == 2e-4
+    # what a figure was computed on and with: the weights as loaded (the dense tiny for the
+    # prune, the structured job and the dense eval; the saved pruned weights for their eval)
+    # and the versions of Python, torch, transformers and pzshell
+    import torch
+    import transformers
+
+    from pzshell.models import load_model
+
+    tiny = load_model("tiny").fingerprint()
+    assert prune["model_fingerprint"] == dense["model_fingerprint"] == st["model_fingerprint"]
+    assert prune["model_fingerprint"] == tiny != again["model_fingerprint"]
+    assert again["model_fingerprint"] == load_model(str(pruned)).fingerprint()
+    for r in (prune, dense, again, ft, st):
+        v = r["versions"]
+        assert v["torch"] == torch.__version__ and v["transformers"] == transformers.__version__
+        assert v["pzshell"] != "?" and v["python"].count(".") == 2
 
 
 def test_structured_finetune_uses_the_shared_defaults(tmp_path):
