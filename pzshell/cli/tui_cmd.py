@@ -22,7 +22,13 @@ def register(sub) -> None:
         "(default ~/.local/share/pzshell).",
     )
     p.add_argument("--model", default=None, help="smollm2, tiny, a HF directory or a .gguf file")
-    p.add_argument("--sparsity_ratio", "--sparsity-ratio", type=float, default=None)
+    p.add_argument(
+        "--sparsity_ratio",
+        "--sparsity-ratio",
+        type=float,
+        default=None,
+        help="fraction of weights to prune, in [0, 1) (e.g. 0.5)",
+    )
     p.add_argument(
         "--sparsity_type", "--sparsity-type", default=None, help="unstructured, 2:4, 4:8, ..."
     )
@@ -30,10 +36,24 @@ def register(sub) -> None:
     p.add_argument("--eval", default=None, help="evaluation text: builtin, wikitext2, a file")
     p.add_argument("--nsamples", type=int, default=None, help="calibration windows")
     p.add_argument("--seqlen", type=int, default=None, help="calibration window length")
-    p.add_argument("--eval-seqlen", "--eval_seqlen", dest="eval_seqlen", type=int, default=None)
-    p.add_argument("--eval-windows", "--eval_windows", dest="eval_windows", type=int, default=None)
+    p.add_argument(
+        "--eval-seqlen",
+        "--eval_seqlen",
+        dest="eval_seqlen",
+        type=int,
+        default=None,
+        help="evaluation window length (default: the calibration window length)",
+    )
+    p.add_argument(
+        "--eval-windows",
+        "--eval_windows",
+        dest="eval_windows",
+        type=int,
+        default=None,
+        help="evaluate only the first N windows (default: all)",
+    )
     p.add_argument("--device", default=None, help="auto (CUDA if present), cpu, cuda")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None, help="calibration sampling seed")
     p.add_argument(
         "--metric",
         "--formula",
