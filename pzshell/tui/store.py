@@ -55,6 +55,7 @@ class SearchKnobs:
     cheap_windows: int = 1
     cheap_seqlen: int = 64
     final_top: int = 1
+    final_windows: int = 8  # the finals' held-out windows (the full stage's first, then more)
     workers: int | None = None  # evaluator processes; None: pzshell search's default
 
 
@@ -120,6 +121,7 @@ class AppSettings:
             heldout_seqlen=k.heldout_seqlen,
             cheap_windows=k.cheap_windows,
             cheap_seqlen=k.cheap_seqlen,
+            final_windows=k.final_windows,
             seed=r.seed,
         )
         return SearchSettings(

@@ -103,6 +103,13 @@ async def test_settings_screen_applies_and_persists(make_app, fake, tmp_path):
         assert "evaluator processes must be at least 1 (or blank), got 0" in errors
         screen.query_one("#search-population", Input).value = "8"
         screen.query_one("#search-workers", Input).value = "1"
+        screen.query_one("#search-final_windows", Input).value = "0"  # parses, cannot run
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert isinstance(app.screen, SettingsScreen)
+        errors = str(screen.query_one("#settings-errors").content)
+        assert "final-windows must be at least 1, got 0" in errors
+        screen.query_one("#search-final_windows", Input).value = "4"
         screen.query_one("#run-sparsity_type", Input).value = "2:4"
         screen.query_one("#run-eval_windows", Input).value = ""
         screen.query_one("#search-budget", Input).value = "40"
@@ -111,6 +118,7 @@ async def test_settings_screen_applies_and_persists(make_app, fake, tmp_path):
         r = app.settings.run
         assert (r.sparsity_ratio, r.sparsity_type, r.eval_windows) == (0.6, "2:4", None)
         assert app.settings.search.budget == 40 and app.settings.search.workers == 1
+        assert app.settings.search_settings().fitness.final_windows == 4
         assert "60% 2:4" in app.sub_title
         # runs now use them
         app.editor.set_formula("W")

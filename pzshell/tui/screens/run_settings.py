@@ -40,6 +40,7 @@ SEARCH_FIELDS = (
     ("heldout_seqlen", "held-out window length", "int"),
     ("cheap_windows", "cheap-stage windows", "int"),
     ("final_top", "final re-runs", "int"),
+    ("final_windows", "finals' held-out windows", "int"),
     ("workers", "evaluator processes", "int?"),
 )
 HINTS = {
@@ -51,6 +52,7 @@ HINTS = {
     "eval_windows": "blank: all",
 }
 SEARCH_HINTS = {
+    "final_windows": "the held-out ones, then more",
     "workers": "blank: 2 on a 2+-core CPU, 1 on a GPU",
 }
 
