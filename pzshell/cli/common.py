@@ -67,6 +67,11 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
         default="builtin",
         help="evaluation text: a file path, wikitext2, c4 (hub), builtin (default), or none",
     )
+    add_eval_window_args(p)
+
+
+def add_eval_window_args(p: argparse.ArgumentParser) -> None:
+    """``--eval-seqlen`` and ``--eval-windows`` (None when not given)."""
     p.add_argument(
         "--eval-seqlen",
         "--eval_seqlen",

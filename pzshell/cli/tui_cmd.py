@@ -11,6 +11,7 @@ import dataclasses
 import sys
 
 from ..errors import PzError
+from .common import add_eval_window_args
 
 
 def register(sub) -> None:
@@ -36,22 +37,7 @@ def register(sub) -> None:
     p.add_argument("--eval", default=None, help="evaluation text: builtin, wikitext2, a file")
     p.add_argument("--nsamples", type=int, default=None, help="calibration windows")
     p.add_argument("--seqlen", type=int, default=None, help="calibration window length")
-    p.add_argument(
-        "--eval-seqlen",
-        "--eval_seqlen",
-        dest="eval_seqlen",
-        type=int,
-        default=None,
-        help="evaluation window length (default: the calibration window length)",
-    )
-    p.add_argument(
-        "--eval-windows",
-        "--eval_windows",
-        dest="eval_windows",
-        type=int,
-        default=None,
-        help="evaluate only the first N windows (default: all)",
-    )
+    add_eval_window_args(p)
     p.add_argument("--device", default=None, help="auto (CUDA if present), cpu, cuda")
     p.add_argument("--seed", type=int, default=None, help="calibration sampling seed")
     p.add_argument(
