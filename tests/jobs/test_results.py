@@ -114,6 +114,7 @@ def test_every_job_writes_the_schema(tmp_path):
     assert prune["model_fingerprint"] == dense["model_fingerprint"] == st["model_fingerprint"]
     assert prune["model_fingerprint"] == tiny != again["model_fingerprint"]
     assert again["model_fingerprint"] == load_model(str(pruned)).fingerprint()
+    assert ft["model_fingerprint"] == again["model_fingerprint"]  # before its fine-tuning
     for r in (prune, dense, again, ft, st):
         v = r["versions"]
         assert v["torch"] == torch.__version__ and v["transformers"] == transformers.__version__
