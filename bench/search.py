@@ -121,9 +121,9 @@ def main() -> int:
     cache_path = out.parent / f"{out.name}-fitness.sqlite"
     if not args.resume and not args.test_only:
         cache_path.unlink(missing_ok=True)
-    from pzshell.search.backends import default_workers
+    from pzshell.search.backends import local_backend
 
-    workers = args.workers or default_workers("cpu")
+    backend, workers = local_backend(args.workers, "cpu")
     t0 = time.perf_counter()
     search = (
         None
@@ -131,7 +131,7 @@ def main() -> int:
         else Search(
             settings,
             out,
-            backend="processes" if workers > 1 else "in-process",
+            backend=backend,
             workers=workers,
             cache=FitnessCache(cache_path),
             on_event=on_event,

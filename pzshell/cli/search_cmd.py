@@ -16,7 +16,7 @@ from rich.text import Text
 
 from ..errors import PzError
 from ..search import FitnessSettings, Search, SearchSettings
-from ..search.backends import default_workers
+from ..search.backends import local_backend
 from ..search.events import CandidateDone, SearchFinished, SearchMessage, SearchProgress
 from ..search.runlog import check_run_dir, load_settings
 from .common import console
@@ -283,7 +283,7 @@ DEFAULTS = {
     "seed_formulas": [],
     "time_limit": 60.0,  # minutes: SearchSettings().time_limit
     "seed": 0,
-    "workers": None,  # default_workers(device)
+    "workers": None,  # local_backend: default_workers(device)
     "ray": None,
     "device": "cpu",
     "use_cache": True,
@@ -470,9 +470,9 @@ def run(args: argparse.Namespace) -> int:
         ray = _arg(args, "ray") is not None
         ray_address = args.ray if ray else None
         device, use_cache, threads = _arg(args, "device"), _arg(args, "use_cache"), None
-    if workers is None:
-        workers = default_workers(device)
-    backend = "ray" if ray else ("processes" if workers > 1 else "in-process")
+    backend, workers = local_backend(workers, device)
+    if ray:
+        backend = "ray"
     search = Search(
         settings,
         out,

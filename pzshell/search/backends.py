@@ -46,6 +46,14 @@ def default_workers(device: str | None = "cpu") -> int:
     return 2 if (os.cpu_count() or 1) >= 2 else 1
 
 
+def local_backend(workers: int | None, device: str | None = "cpu") -> tuple[str, int]:
+    """The local backend and worker count for ``workers`` asked (None: :func:`default_workers`):
+    ``processes`` for more than one worker, else ``in-process``. A count below 1 is passed on
+    as it is, for :class:`~pzshell.search.Search` to refuse."""
+    n = default_workers(device) if workers is None else workers
+    return ("processes" if n > 1 else "in-process"), n
+
+
 def run_task(ev: Evaluator, task: Task, worker: str) -> dict:
     if task.kind == "final":
         res = ev.final_fitness(task.tree)

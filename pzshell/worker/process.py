@@ -226,11 +226,10 @@ class Worker:
                 if job.budget:
                     settings.budget = max(settings.budget, job.budget)
             from ..models.load import pick_device
-            from ..search.backends import default_workers
+            from ..search.backends import local_backend
 
             device = str(pick_device(job.device))
-            workers = job.workers or default_workers(device)
-            backend = "processes" if workers > 1 else "in-process"
+            backend, workers = local_backend(job.workers, device)
             self.emit(WorkerNote(f"search: backend {backend}, workers {workers}"))
             self.search = Search(
                 settings,
