@@ -28,13 +28,25 @@ def _own_dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("PZSHELL_CACHE", str(tmp_path / "cache"))
 
 
-def _until(events: queue.Queue, pred, timeout: float = 120.0) -> list:
+def _until(source, pred, timeout: float = 120.0) -> list:
+    """The events of ``source`` (an in-process worker's queue, or a :class:`WorkerClient`,
+    whose death fails at once) up to the first that satisfies ``pred``."""
+    client = source if isinstance(source, WorkerClient) else None
     got = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            ev = events.get(timeout=0.5)
-        except queue.Empty:
+        if client is not None:
+            ev = client.get(0.5)
+        else:
+            try:
+                ev = source.get(timeout=0.5)
+            except queue.Empty:
+                ev = None
+        if ev is None:
+            if client is not None and not client.alive:
+                raise AssertionError(
+                    f"the worker died: {client.death_reason()}; events: {got[-5:]}"
+                )
             continue
         got.append(ev)
         if pred(ev):
@@ -124,21 +136,6 @@ def test_a_killed_worker_process_says_why(tmp_path):
     assert not c.alive
 
 
-def _client_until(c: WorkerClient, pred, timeout: float = 180.0) -> list:
-    got = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ev = c.get(0.5)
-        if ev is None:
-            if not c.alive:
-                raise AssertionError(f"the worker died: {c.death_reason()}; events: {got[-5:]}")
-            continue
-        got.append(ev)
-        if pred(ev):
-            return got
-    raise AssertionError(f"timed out; events so far: {got[-5:]}")
-
-
 def _children(pid: int) -> set[int]:
     """The child processes of ``pid``, started by any of its threads (the search runs on one
     of the worker's threads, and /proc lists a child under the thread that started it)."""
@@ -168,14 +165,15 @@ def test_the_app_worker_runs_a_search_on_evaluator_processes(tmp_path):
     c = WorkerClient(tmp_path / "worker.log")
     c.start()
     try:
-        _client_until(c, lambda e: isinstance(e, p.WorkerReady))
+        _until(c, lambda e: isinstance(e, p.WorkerReady), timeout=180)
         c.submit(p.StartSearch("s1", str(out), s, device="cpu", workers=2))
-        got = _client_until(
+        got = _until(
             c,
             lambda e: (
                 isinstance(e, (p.SearchFailed, p.SearchEvent))
                 and isinstance(getattr(e, "event", None), se.SearchStarted)
             ),
+            timeout=180,
         )
         assert not any(isinstance(e, p.SearchFailed) for e in got), got
         notes = [e.text for e in got if isinstance(e, p.WorkerNote)]
@@ -185,12 +183,13 @@ def test_the_app_worker_runs_a_search_on_evaluator_processes(tmp_path):
         while len(_children(c.pid)) < 2 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert len(_children(c.pid)) >= 2, _children(c.pid)
-        got = _client_until(
+        got = _until(
             c,
             lambda e: (
                 isinstance(e, p.SearchFailed)
                 or (isinstance(e, p.SearchEvent) and isinstance(e.event, se.SearchFinished))
             ),
+            timeout=180,
         )
         assert isinstance(got[-1], p.SearchEvent), got[-1]
         assert got[-1].event.evaluations == 8
