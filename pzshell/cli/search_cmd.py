@@ -517,8 +517,14 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         console.print(f"[yellow]stopped.[/] Continue with: pzshell search --resume {out}")
         return 130
+    final = fin.finals[0] if fin.finals else None  # the best final is the result, if any
+    measured = (
+        f" on {final['final_tokens']} held-out tokens after a layer-sequential prune"
+        if final is not None and final.get("final_tokens")
+        else ""
+    )
     console.print(
-        f"best: [bold]{fin.best_formula}[/] held-out ppl {fin.best_fitness:.3f} after "
+        f"best: [bold]{fin.best_formula}[/] held-out ppl {fin.best_fitness:.3f}{measured} after "
         f"{fin.evaluations} evaluations; {out}/best.json, hall_of_fame.json, fitness.png",
         soft_wrap=True,
     )

@@ -373,8 +373,8 @@ class Search:
         if finals:
             self.on_event(
                 SearchMessage(
-                    f"{len(finals)} layer-sequential prunes in {self.final_seconds:.0f} s "
-                    f"(after the search loop)",
+                    f"{len(finals)} layer-sequential prune{'s' if len(finals) != 1 else ''} "
+                    f"in {self.final_seconds:.0f} s (after the search loop)",
                     topic="finals",
                 )
             )

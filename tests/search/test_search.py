@@ -291,12 +291,12 @@ def test_rate_after_resume_counts_only_new_evaluations(tmp_path, monkeypatch):
 
 def test_cli_plain_progress_when_not_a_terminal(tmp_path):
     """Output to a file or pipe gets plain progress lines (a rich live display would print only
-    its first frame there): the statistics step, the counters and the best formula."""
+    its first frame there): the statistics step, the counters, the finals and the best formula."""
     cmd = [
         sys.executable, "-m", "pzshell", "search", "--model", "tiny", "--nsamples", "4",
         "--grad_samples", "2", "--seqlen", "64", "--heldout_windows", "2", "--heldout_seqlen",
-        "64", "--population", "6", "--budget", "10", "--batch", "4", "--final-top", "0",
-        "--no-cache", "--out", str(tmp_path / "p"),
+        "64", "--population", "6", "--budget", "10", "--batch", "4", "--final-top", "1",
+        "--final-windows", "3", "--no-cache", "--out", str(tmp_path / "p"),
     ]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -305,7 +305,10 @@ def test_cli_plain_progress_when_not_a_terminal(tmp_path):
     assert any(x.startswith("statistics: model loaded in") for x in lines), done.stderr
     counters = [x for x in lines if x.startswith("screened ")]
     assert counters and "/10" in counters[-1] and " best " in counters[-1], done.stderr
+    assert any(x.startswith("finals: 1 layer-sequential prune in") for x in lines), done.stderr
+    # the result is the final's value, and says what it was measured on
     assert lines[-1].startswith("best: "), done.stderr
+    assert "on 192 held-out tokens after a layer-sequential prune" in lines[-1], done.stderr
 
 
 def test_default_workers_are_two_processes_on_a_multicore_cpu(monkeypatch):
