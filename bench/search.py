@@ -141,19 +141,38 @@ def main() -> int:
     if search is not None:
         search.run()
     search_wall = None if search is None else time.perf_counter() - t0
-    # with --test-only, test prunes already in the JSON (same rule, setting, reconstruct) are
-    # reused rather than recomputed
+    # with --test-only, test prunes already in the JSON (same rule, setting, reconstruct, on the
+    # same weights under the same torch and transformers) are reused rather than recomputed
+    here = _environment(args.model)
     done = {}
-    if args.test_only and json_path.exists():
-        for r in json.loads(json_path.read_text()).get("test", []):
-            if r.get("formula"):
-                done[(str(load_metric(r["formula"])), r["setting"], _mode(r["name"]))] = r
-        prior_summary = json.loads(json_path.read_text()).get("search_wall_seconds")
-        search_wall = prior_summary
-    summary = json.loads((out / "summary.json").read_text())
-    top = _top(out, args.top)
-    finals, post_hoc = summary.get("finals") or [], False
-    if not finals and final_top > 0:
+    prior = json.loads(json_path.read_text()) if args.test_only and json_path.exists() else {}
+    for r in prior.get("test", []):
+        if r.get("formula"):
+            differs = _differs(r, here)
+            if differs:
+                console.print(
+                    f"{r['name']} at {r['setting']} in {json_path.name}: measured with another "
+                    f"{differs}: pruned again"
+                )
+                continue
+            done[(str(load_metric(r["formula"])), r["setting"], _mode(r["name"]))] = r
+    if args.test_only:
+        search_wall = prior.get("search_wall_seconds")
+    # the run directory is scratch: when it is gone, the JSON's own record of the run is used
+    from_json = args.test_only and not (out / "candidates.jsonl").exists()
+    if from_json:
+        if not prior:
+            console.print(f"error: --test-only needs {out}/candidates.jsonl or {json_path}")
+            return 2
+        console.print(f"{out} holds no run: its summary, top and finals are read from {json_path}")
+        summary = prior["summary"]
+    else:
+        summary = json.loads((out / "summary.json").read_text())
+    top = prior["top"][: args.top] if from_json else _top(out, args.top)
+    finals, post_hoc = summary.get("finals") or [], from_json and bool(prior.get("finals_post_hoc"))
+    if from_json:
+        finals = prior.get("finals") or []
+    elif not finals and final_top > 0:
         console.print(f"the run has no finals: the top {final_top} re-run now (post hoc)")
         finals, post_hoc = _finals_after(out, fit, final_top), True
     scored = [f for f in finals if f.get("fitness") is not None]
@@ -163,7 +182,7 @@ def main() -> int:
     pairs = fit.settings()
     grad_path = args.grad_path or str(out.parent / "grads_smollm2_valid_32x512_seed0.pth")
     common = {"model": ModelSpec(args.model), "calib": calib_spec(32, 512, seed=0)}
-    known = _baselines_from_prune_json(args.model, console)
+    known = _known_baselines(here, console)
     rows = []
 
     def prune(name: str, p, **kw) -> dict:
@@ -206,7 +225,18 @@ def main() -> int:
             )
         # a multi-setting fitness can hide a rule that wins at one setting only: the best
         # held-out value at this setting, when it is not already among the top
-        best_here = _best_at(out, p.label)
+        best_here = (
+            next(
+                (
+                    {"formula": r["formula"]}
+                    for r in prior["test"]
+                    if r["name"] == f"best at {p.label}"
+                ),
+                None,
+            )
+            if from_json
+            else _best_at(out, p.label)
+        )
         if best_here and best_here["formula"] not in {r["formula"] for r in top}:
             tree = load_metric(best_here["formula"])
             res = prune(f"best at {p.label}", p, method="metric", metric=tree)
@@ -274,12 +304,12 @@ def main() -> int:
         f"test: first 8x1024 tokens of {EVAL.name}; calibration 32x512 of {CALIB.name}, seed 0; "
         f"search fitness on held-out {fit.heldout_windows}x{fit.heldout_seqlen} tokens of the "
         f"calibration text, finals on up to {fit.final_windows}x{fit.heldout_seqlen}; "
-        f"baselines from bench/results/prune.json where it has them"
+        f"baselines reused only where measured in this environment"
     )
     print_table(t, width=None)
     doc = {
-        "settings": settings.to_dict(),
-        "minutes": args.minutes,
+        "settings": prior["settings"] if from_json else settings.to_dict(),
+        "minutes": prior.get("minutes") if from_json else args.minutes,
         "search_wall_seconds": round(search_wall, 1) if search_wall else None,
         "summary": summary,
         "top": top,
@@ -364,45 +394,60 @@ def _best_at(out: Path, label: str) -> dict | None:
     return min(ok, key=lambda r: (r["settings"][label]["full"], r["size"], r["id"]), default=None)
 
 
-def _baselines_from_prune_json(model: str, console) -> dict:
-    """The baselines of bench/results/prune.json measured with the test settings, on the same
-    weights (``model_fingerprint``) under the same torch and transformers as this run: a row
-    without them, or with others, is pruned again here (Wanda's rule at 2:4 gave test 210.92 in
-    one session and 213.53 in another, on the same model file)."""
-    path = RESULTS / "prune.json"
-    if not path.exists():
-        return {}
+def _environment(model: str) -> dict:
+    """What a test perplexity depends on beyond its settings: the weights as loaded and the
+    torch and transformers versions (Wanda's rule at 2:4 gave test 210.92 in one session and
+    213.53 in another, on the same model file)."""
     from pzshell.models import load_model
     from pzshell.util import runtime_versions
 
-    here = {
+    return {
         "model_fingerprint": load_model(model).fingerprint(),
         **{k: v for k, v in runtime_versions().items() if k in ("torch", "transformers")},
     }
-    doc = json.loads(path.read_text())
-    s = doc.get("settings", {})
-    if (s.get("nsamples"), s.get("seqlen"), s.get("eval_windows"), s.get("eval_seqlen")) != (
-        32,
-        512,
-        8,
-        1024,
-    ):
-        return {}
-    out = {}
-    for r in doc.get("rows", []):
-        if r.get("method") in BASELINES and math.isfinite(r.get("ppl", math.inf)):
-            ratio = 0.5 if r["sparsity_type"] != "unstructured" else r["sparsity_ratio"]
-            then = {"model_fingerprint": r.get("model_fingerprint"), **(r.get("versions") or {})}
-            differs = [k for k in here if then.get(k) != here[k]]
-            if differs:
-                console.print(
-                    f"{r['method']} at {r['sparsity_type']} in {path.name}: measured with another "
-                    f"{', '.join(differs)} ({', '.join(str(then.get(k)) for k in differs)}; "
-                    f"here {', '.join(here[k] for k in differs)}): pruned again"
-                )
+
+
+def _differs(row: dict, here: dict) -> str:
+    """The environment keys in which a result row differs from ``here``, in words ('' when it
+    was measured in this environment)."""
+    then = {"model_fingerprint": row.get("model_fingerprint"), **(row.get("versions") or {})}
+    keys = [k for k in here if then.get(k) != here[k]]
+    return ", ".join(f"{k} {then.get(k)} (here {here[k]})" for k in keys)
+
+
+def _known_baselines(here: dict, console) -> dict:
+    """Baselines already measured with the test settings in this environment: the rows of
+    bench/results/prune.json and of every search benchmark's JSON (their baseline rows) whose
+    weights and versions match ``here``. Any other row is pruned again."""
+    found, stale = {}, []
+    paths = [RESULTS / "prune.json", *sorted(RESULTS.glob("search*.json"))]
+    for path in (p for p in paths if p.exists()):
+        doc = json.loads(path.read_text())
+        rows = doc.get("rows", []) if path.name == "prune.json" else doc.get("test", [])
+        for r in rows:
+            if r.get("method") not in BASELINES or not math.isfinite(r.get("ppl") or math.inf):
                 continue
-            out[(r["method"], r["sparsity_type"], ratio)] = dict(r, source=str(path))
-    return out
+            if (r.get("seqlen"), r.get("eval_windows"), r.get("eval_seqlen"), r.get("seed")) != (
+                512,
+                8,
+                1024,
+                0,
+            ) or r.get("nsamples") not in (0, 32):
+                continue
+            ratio = 0.5 if r["sparsity_type"] != "unstructured" else r["sparsity_ratio"]
+            key = (r["method"], r["sparsity_type"], ratio)
+            if _differs(r, here):
+                stale.append((key, f"{r['method']} at {r['sparsity_type']} ({path.name})"))
+            elif key not in found:
+                found[key] = dict(r, source=str(path.relative_to(ROOT)))
+    left = sorted({said for key, said in stale if key not in found})
+    if left:
+        console.print(
+            "measured with other weights or versions, not reused: "
+            + "; ".join(left[:6])
+            + (f" and {len(left) - 6} more" if len(left) > 6 else "")
+        )
+    return found
 
 
 # the issue's figures: test ppl to reach (best discovered, best + reconstruct) per sparsity type;
