@@ -61,6 +61,12 @@ def main() -> int:
     ap.add_argument("--strategy", choices=("gp", "random"), default="gp")
     ap.add_argument("--types", default="unstructured,2:4", help="the search's sparsity types")
     ap.add_argument("--model", default="smollm2")
+    ap.add_argument(
+        "--heldout-windows",
+        type=int,
+        default=None,
+        help="the full stage's held-out windows of 1024 tokens (default: the CLI's, 2)",
+    )
     ap.add_argument("--top", type=int, default=5, help="hall-of-fame rules pruned on test")
     ap.add_argument(
         "--test-only", action="store_true", help="skip the search: prune the existing run's top"
@@ -103,6 +109,8 @@ def main() -> int:
     fit = dataclasses.replace(
         base.fitness, model=args.model, calib=str(CALIB), sparsity_type=args.types
     )
+    if args.heldout_windows is not None:
+        fit = dataclasses.replace(fit, heldout_windows=args.heldout_windows)
     final_top = base.final_top if args.final_top is None else args.final_top
     settings = dataclasses.replace(
         base,
@@ -182,7 +190,7 @@ def main() -> int:
     pairs = fit.settings()
     grad_path = args.grad_path or str(out.parent / "grads_smollm2_valid_32x512_seed0.pth")
     common = {"model": ModelSpec(args.model), "calib": calib_spec(32, 512, seed=0)}
-    known = _known_baselines(here, console)
+    known = _known_baselines(here, {(p.sparsity_type, p.ratio) for p in pairs}, console)
     rows = []
 
     def prune(name: str, p, **kw) -> dict:
@@ -395,15 +403,16 @@ def _best_at(out: Path, label: str) -> dict | None:
 
 
 def _environment(model: str) -> dict:
-    """What a test perplexity depends on beyond its settings: the weights as loaded and the
-    torch and transformers versions (Wanda's rule at 2:4 gave test 210.92 in one session and
-    213.53 in another, on the same model file)."""
+    """What a test perplexity depends on beyond its settings: the weights and tokenizer as
+    loaded (the full fingerprint) and the versions of the libraries that compute and read them
+    (Wanda's rule at 2:4 gave test 210.92 in one session and 213.53 in another, on the same
+    model file, with equal torch and transformers and the older, sampled fingerprint)."""
     from pzshell.models import load_model
     from pzshell.util import runtime_versions
 
     return {
         "model_fingerprint": load_model(model).fingerprint(),
-        **{k: v for k, v in runtime_versions().items() if k in ("torch", "transformers")},
+        **{k: v for k, v in runtime_versions().items() if k not in ("python", "pzshell")},
     }
 
 
@@ -412,13 +421,14 @@ def _differs(row: dict, here: dict) -> str:
     was measured in this environment)."""
     then = {"model_fingerprint": row.get("model_fingerprint"), **(row.get("versions") or {})}
     keys = [k for k in here if then.get(k) != here[k]]
-    return ", ".join(f"{k} {then.get(k)} (here {here[k]})" for k in keys)
+    return ", ".join(f"{k} {then.get(k) or 'not recorded'} (here {here[k]})" for k in keys)
 
 
-def _known_baselines(here: dict, console) -> dict:
+def _known_baselines(here: dict, wanted: set, console) -> dict:
     """Baselines already measured with the test settings in this environment: the rows of
     bench/results/prune.json and of every search benchmark's JSON (their baseline rows) whose
-    weights and versions match ``here``. Any other row is pruned again."""
+    weights and versions match ``here``. Any other row is pruned again (and said, for the
+    ``wanted`` settings: ``(sparsity_type, ratio)``)."""
     found, stale = {}, []
     paths = [RESULTS / "prune.json", *sorted(RESULTS.glob("search*.json"))]
     for path in (p for p in paths if p.exists()):
@@ -440,7 +450,7 @@ def _known_baselines(here: dict, console) -> dict:
                 stale.append((key, f"{r['method']} at {r['sparsity_type']} ({path.name})"))
             elif key not in found:
                 found[key] = dict(r, source=str(path.relative_to(ROOT)))
-    left = sorted({said for key, said in stale if key not in found})
+    left = sorted({said for key, said in stale if key not in found and key[1:] in wanted})
     if left:
         console.print(
             "measured with other weights or versions, not reused: "

@@ -7,12 +7,21 @@ import sys
 
 
 def runtime_versions() -> dict[str, str]:
-    """The versions a measured number depends on: Python, torch, transformers and pzshell (the
-    same model file can give other perplexities under another torch or transformers)."""
+    """The versions a measured number depends on: Python, torch, transformers, pzshell, and the
+    libraries that read the model file and the text (tokenizers, gguf, safetensors, numpy): the
+    same model file can give other perplexities under other versions of any of them."""
     from importlib import metadata
 
     out = {"python": sys.version.split()[0]}
-    for name in ("torch", "transformers", "pzshell"):
+    for name in (
+        "torch",
+        "transformers",
+        "pzshell",
+        "tokenizers",
+        "gguf",
+        "safetensors",
+        "numpy",
+    ):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

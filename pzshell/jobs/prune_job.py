@@ -15,7 +15,7 @@ from ..engine.refine import DSNOT_CYCLES, DSNOT_THRESHOLD
 from ..engine.stats import compute_gradients, load_gradients, save_gradients
 from ..evaluate.zeroshot import prepare_tasks
 from ..lang import Node, to_infix
-from ..models import LoadedModel, count_block_params, load_model
+from ..models import LoadedModel, count_block_params, load_model, token_fingerprint
 from ..progress import ProgressFn
 from . import results as schema
 from .specs import CalibSpec, EvalSpec, FinetuneSpec, ModelSpec, ZeroShotSpec
@@ -129,6 +129,7 @@ def run_prune(
         "seqlen": seqlen,
         "seed": job.calib.seed,
         "calib_data": calib_text.name if calib_text is not None else None,
+        "calib_fingerprint": token_fingerprint(calib_ids) if calib_ids is not None else None,
         "gradient_path": job.gradient_path,
         "grad_seconds": grad_seconds,
         "prune_seconds": pr.seconds,

@@ -9,12 +9,15 @@ A results dict is flat JSON. Fields every job writes:
 ``sparsity_type`` (``unstructured``, ``N:M`` or ``structured``; a dense model is
 ``unstructured`` at ratio 0: the field always names a pattern), ``load_seconds``, ``peak_rss_mb``,
 ``torch_threads``. Jobs since the fields were added also write ``model_fingerprint`` (a hash of
-the weights as loaded, :meth:`LoadedModel.fingerprint`) and ``versions`` (Python, torch,
-transformers, pzshell): the same model file can give other perplexities under another torch or
-transformers, so a figure is only comparable with one that shares both.
+the weights and the tokenizer as loaded, :meth:`LoadedModel.fingerprint`) and ``versions``
+(Python, torch, transformers, pzshell, tokenizers, gguf, safetensors, numpy): the same model
+file can give other perplexities under other versions, so a figure is only comparable with one
+that shares both. ``eval_fingerprint`` and ``calib_fingerprint`` hash the token ids that were
+measured and calibrated on: equal ones mean the same tokens.
 
 Perplexity fields come as a group: ``ppl`` (the job's resulting model) and ``eval_nll``, with
-``eval_data``, ``eval_seqlen``, ``eval_windows`` and ``eval_tokens`` naming what was measured;
+``eval_data``, ``eval_seqlen``, ``eval_windows``, ``eval_tokens`` and ``eval_fingerprint`` naming
+what was measured;
 ``ppl_dense`` (structured: before pruning) and ``ppl_after_finetune`` / ``eval_nll_after_finetune``
 (after recovery) are measured on the same windows. Calibration is named by ``calib_data``,
 ``nsamples``, ``seqlen`` and ``seed``.
@@ -73,6 +76,7 @@ FIELDS: dict[str, tuple[tuple[type, ...], tuple[str, ...] | str]] = {
     "seqlen": ((int,), ("prune", "structured")),
     "seed": ((int,), ("prune", "structured")),
     "calib_data": ((str, type(None)), ("prune", "structured")),
+    "calib_fingerprint": ((str, type(None)), ()),
     "gradient_path": ((str, type(None)), ()),
     "grad_seconds": (_NUM, ()),
     "prune_seconds": (_NUM, ("prune", "structured")),
@@ -88,6 +92,7 @@ FIELDS: dict[str, tuple[tuple[type, ...], tuple[str, ...] | str]] = {
     "eval_seqlen": ((int,), ()),
     "eval_windows": ((int,), ()),
     "eval_tokens": ((int,), ()),
+    "eval_fingerprint": ((str,), ()),
     "eval_seconds": (_NUM, ()),
     "tokens_per_s": (_NUM, ()),
     "tokens_per_s_dense": (_NUM, ()),

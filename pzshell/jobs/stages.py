@@ -16,7 +16,7 @@ from ..errors import PzError
 from ..evaluate.perplexity import perplexity
 from ..evaluate.throughput import forward_tokens_per_second
 from ..evaluate.zeroshot import PreparedTasks, evaluate_zero_shot
-from ..models import LoadedModel, block_linears
+from ..models import LoadedModel, block_linears, token_fingerprint
 from ..progress import ProgressFn
 from ..util import peak_rss_mb, runtime_versions
 from .specs import EvalSpec, FinetuneSpec, ZeroShotSpec
@@ -46,6 +46,7 @@ class Evaluation:
             "eval_seqlen": self.seqlen,
             "eval_windows": int(self.windows.shape[0]),
             "eval_tokens": int(self.windows.numel()),
+            "eval_fingerprint": token_fingerprint(self.windows),
         }
 
     def measure(

@@ -8,7 +8,15 @@ from .arch import (
     find_linears,
     sparsity_report,
 )
-from .load import LoadedModel, ModelError, build_tiny, load_model, pick_device
+from .load import (
+    LoadedModel,
+    ModelError,
+    build_tiny,
+    load_model,
+    pick_device,
+    token_fingerprint,
+    tokenizer_fingerprint,
+)
 
 __all__ = [
     "ArchitectureError",
@@ -22,4 +30,6 @@ __all__ = [
     "load_model",
     "pick_device",
     "sparsity_report",
+    "token_fingerprint",
+    "tokenizer_fingerprint",
 ]

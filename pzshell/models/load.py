@@ -52,15 +52,36 @@ class LoadedModel:
         return min(2048, self.max_positions)
 
     def fingerprint(self) -> str:
-        """A short hash identifying the weights (name, shapes and a sample of values)."""
+        """A short hash of what a perplexity depends on in the model: every parameter (name,
+        shape and 4,096 values spread over it, so that a dequantization or conversion that
+        changes a tensor anywhere changes the hash) and the tokenizer (its serialized vocabulary
+        and rules, so that the same text gives the same token ids)."""
         h = hashlib.sha256(self.name.encode())
-        for n, p in list(self.model.named_parameters())[
-            :: max(1, len(list(self.model.parameters())) // 16)
-        ]:
+        for n, p in self.model.named_parameters():
+            flat = p.detach().flatten()
             h.update(n.encode())
             h.update(str(tuple(p.shape)).encode())
-            h.update(p.detach().float().flatten()[:64].cpu().numpy().tobytes())
+            h.update(flat[:: max(1, flat.numel() // 4096)].float().cpu().numpy().tobytes())
+        h.update(tokenizer_fingerprint(self.tokenizer).encode())
         return h.hexdigest()[:16]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of a tokenizer's vocabulary and rules (a fast tokenizer's serialized form; else its
+    vocabulary and special tokens)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        text = backend.to_str()
+    else:
+        vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+        text = repr(sorted(vocab.items())) + repr(getattr(tokenizer, "all_special_tokens", []))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def token_fingerprint(ids: torch.Tensor) -> str:
+    """A short hash of token ids (a job's calibration or evaluation windows): two results with
+    the same one were measured on the same tokens."""
+    return hashlib.sha256(ids.detach().to(torch.int64).cpu().numpy().tobytes()).hexdigest()[:16]
 
 
 def pick_device(device: str | None) -> torch.device:

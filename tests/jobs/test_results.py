@@ -119,6 +119,11 @@ def test_every_job_writes_the_schema(tmp_path):
         v = r["versions"]
         assert v["torch"] == torch.__version__ and v["transformers"] == transformers.__version__
         assert v["pzshell"] != "?" and v["python"].count(".") == 2
+        assert v["tokenizers"] != "?" and v["safetensors"] != "?" and v["numpy"] != "?"
+    # the tokens measured on: one hash for the same evaluation windows in every job
+    fps = {r["eval_fingerprint"] for r in (prune, dense, again, st)}
+    assert len(fps) == 1 and len(fps.pop()) == 16
+    assert len(prune["calib_fingerprint"]) == 16
 
 
 def test_structured_finetune_uses_the_shared_defaults(tmp_path):
