@@ -26,7 +26,11 @@ beside the targets.
 
 The test rows use bench/prune.py's settings: calibration 32x512 of valid.txt, seed 0, the first
 8x1024 tokens of wiki.test.raw. The baselines (Wanda, Pruner-Zero, SparseGPT) are read from
-bench/results/prune.json when it holds them with these settings, else pruned here.
+bench/results/prune.json or a search benchmark's JSON when one holds them with these settings
+*and* was measured in this environment (the same `model_fingerprint`, which hashes every tensor
+and the tokenizer, and the same library `versions`), else pruned here. `--test-only` reuses
+the JSON's own test rows under the same condition, and reads the run's summary, top and finals
+from the JSON when the run directory is gone.
 """
 
 from __future__ import annotations

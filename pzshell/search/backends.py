@@ -21,6 +21,8 @@ from multiprocessing.connection import wait as wait_for_connections
 
 from ..errors import PzError
 from ..lang import Node
+from ..models import token_fingerprint
+from ..util import runtime_versions
 from .fitness import Evaluator, FitnessSettings
 
 
@@ -66,11 +68,17 @@ def run_task(ev: Evaluator, task: Task, worker: str) -> dict:
 
 
 def startup_of(ev: Evaluator) -> dict:
-    """What building the first evaluator cost: model load and statistics (from the cache?)."""
+    """What building the first evaluator cost (model load, statistics, from the cache?), and
+    what its fitness is measured on: the model and tokenizer (``model_fingerprint``), the
+    held-out and the finals' token ids, and the library versions."""
     return {
         "load_seconds": round(ev.load_seconds, 3),
         "statistics_seconds": round(ev.stats_seconds, 3),
         "statistics_cached": ev.stats_cached,
+        "model_fingerprint": ev.lm.fingerprint(),
+        "heldout_fingerprint": token_fingerprint(ev.heldout),
+        "final_fingerprint": token_fingerprint(ev.final_heldout),
+        "versions": runtime_versions(),
     }
 
 

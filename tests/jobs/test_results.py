@@ -120,6 +120,7 @@ def test_every_job_writes_the_schema(tmp_path):
         assert v["torch"] == torch.__version__ and v["transformers"] == transformers.__version__
         assert v["pzshell"] != "?" and v["python"].count(".") == 2
         assert v["tokenizers"] != "?" and v["safetensors"] != "?" and v["numpy"] != "?"
+        assert v["cpu"].endswith(torch.backends.cpu.get_cpu_capability())
     # the tokens measured on: one hash for the same evaluation windows in every job
     fps = {r["eval_fingerprint"] for r in (prune, dense, again, st)}
     assert len(fps) == 1 and len(fps.pop()) == 16

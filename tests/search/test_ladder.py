@@ -297,6 +297,15 @@ def test_ladder_gates_send_only_promising_candidates_on(tmp_path):
     assert summary["stage_seconds"]["screen"]["n"] > 0 and summary["stage_seconds"]["eval"]["n"]
     assert summary["proxy_full_pairs"] >= 3 and -1 <= summary["proxy_full_spearman"] <= 1
     assert summary["statistics_seconds"] >= 0 and "final_seconds" in summary
+    # what the fitness was measured on: the model as loaded and the held-out and finals' tokens
+    from pzshell.models import load_model, token_fingerprint
+
+    ev = Evaluator(FIT, threads=1)
+    assert summary["model_fingerprint"] == load_model("tiny").fingerprint()
+    assert summary["heldout_fingerprint"] == token_fingerprint(ev.heldout)
+    assert summary["final_fingerprint"] == token_fingerprint(ev.final_heldout)
+    assert summary["heldout_fingerprint"] != summary["final_fingerprint"]
+    assert summary["versions"]["torch"] and summary["versions"]["tokenizers"]
 
 
 def test_without_the_proxy_every_candidate_goes_to_perplexity(tmp_path):
