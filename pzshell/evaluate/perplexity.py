@@ -30,6 +30,9 @@ class PerplexityResult:
     seqlen: int
     tokens: int  # tokens in the evaluated windows (windows * seqlen)
     predicted: int  # tokens whose NLL was averaged
+    # each window's mean token NLL, in order (measured one window at a time, batch_size 1;
+    # empty otherwise): what a paired comparison of two models on the same windows needs
+    window_nll: tuple[float, ...] = ()
 
 
 # model types whose forward is ``lm_head(decoder(ids).last_hidden_state)``, no logit scaling
@@ -92,10 +95,16 @@ def perplexity(
     count = 0
     n = windows.shape[0]
     nll_sum = _nll_sum_chunked if _plain_head(model) else _nll_sum_full
+    per_window = []
     for start in range(0, n, batch_size):
         ids = windows[start : start + batch_size].to(dev)
-        total_nll += nll_sum(model, ids)
+        part = nll_sum(model, ids)
+        total_nll += part
         count += ids[:, 1:].numel()
+        if batch_size == 1:
+            per_window.append(part / max(ids[:, 1:].numel(), 1))
         emit(progress, "eval", min(start + batch_size, n), n, "perplexity")
     nll = total_nll / max(count, 1)
-    return PerplexityResult(math.exp(nll), nll, n, windows.shape[1], windows.numel(), count)
+    return PerplexityResult(
+        math.exp(nll), nll, n, windows.shape[1], windows.numel(), count, tuple(per_window)
+    )

@@ -17,7 +17,7 @@ measured and calibrated on: equal ones mean the same tokens.
 
 Perplexity fields come as a group: ``ppl`` (the job's resulting model) and ``eval_nll``, with
 ``eval_data``, ``eval_seqlen``, ``eval_windows``, ``eval_tokens`` and ``eval_fingerprint`` naming
-what was measured;
+what was measured and ``eval_window_nll`` (each window's mean NLL, for paired comparisons);
 ``ppl_dense`` (structured: before pruning) and ``ppl_after_finetune`` / ``eval_nll_after_finetune``
 (after recovery) are measured on the same windows. Calibration is named by ``calib_data``,
 ``nsamples``, ``seqlen`` and ``seed``.
@@ -93,6 +93,7 @@ FIELDS: dict[str, tuple[tuple[type, ...], tuple[str, ...] | str]] = {
     "eval_windows": ((int,), ()),
     "eval_tokens": ((int,), ()),
     "eval_fingerprint": ((str,), ()),
+    "eval_window_nll": ((list,), ()),
     "eval_seconds": (_NUM, ()),
     "tokens_per_s": (_NUM, ()),
     "tokens_per_s_dense": (_NUM, ()),

@@ -66,6 +66,8 @@ class Evaluation:
         out[f"eval_nll{suffix}"] = r.nll
         if not suffix:
             out["eval_seconds"] = time.perf_counter() - t
+            # each window's NLL: two results on the same windows compare window by window
+            out["eval_window_nll"] = [round(v, 6) for v in r.window_nll]
         if speed_windows:
             out[f"tokens_per_s{suffix}"] = forward_tokens_per_second(
                 lm.model, self.windows[:speed_windows]

@@ -96,6 +96,9 @@ def test_every_job_writes_the_schema(tmp_path):
     for r in (prune, dense, again, st):
         assert r["ppl"] >= 1 and math.isclose(r["ppl"], math.exp(r["eval_nll"]), rel_tol=1e-6)
         assert (r["eval_seqlen"], r["eval_windows"], r["eval_tokens"]) == (32, 2, 64)
+        # each window's NLL, for paired comparisons: equal windows, so their mean is the NLL
+        per = r["eval_window_nll"]
+        assert len(per) == 2 and math.isclose(sum(per) / 2, r["eval_nll"], rel_tol=1e-5)
     assert math.isclose(again["ppl"], prune["ppl"], rel_tol=1e-5)
     assert "ppl_after_finetune" in ft and "eval_nll_after_finetune" in ft
     assert st["ppl_dense"] < st["ppl"] * 10 and "ppl_before" not in st
