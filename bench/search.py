@@ -9,7 +9,9 @@ to Wanda, the published Pruner-Zero tree and SparseGPT. One command, one table:
 The search runs with the settings of `pzshell search` given no flag (SearchSettings()), except
 the calibration text (wikitext-2 valid.txt, as in bench/prune.py), the sparsity settings
 (`--types`, default both: one search with a two-setting fitness) and the time limit, which
-counts model loading and statistics. The search's own finals run after it, as they do for a user
+counts model loading and statistics (`--heldout-windows` changes the full stage's held-out text,
+for an experiment; the default is the CLI's).
+The search's own finals run after it, as they do for a user
 (`--final-top`, the CLI's default): the top rules re-run with a full layer-sequential prune, judged
 on the finals' held-out windows (`--final-windows`, 8x1024 tokens: the search's 2 and 6 more from
 the calibration text's last 10%), and the best of them, the run's best.json, is *the search's
@@ -153,8 +155,8 @@ def main() -> int:
     if search is not None:
         search.run()
     search_wall = None if search is None else time.perf_counter() - t0
-    # with --test-only, test prunes already in the JSON (same rule, setting, reconstruct, on the
-    # same weights under the same torch and transformers) are reused rather than recomputed
+    # with --test-only, test prunes already in the JSON (same rule, setting, reconstruct, in this
+    # environment: fingerprint and versions, with per-window NLL) are reused, not recomputed
     here = _environment(args.model)
     done = {}
     prior = json.loads(json_path.read_text()) if args.test_only and json_path.exists() else {}
