@@ -75,7 +75,7 @@ def startup_of(ev: Evaluator) -> dict:
         "load_seconds": round(ev.load_seconds, 3),
         "statistics_seconds": round(ev.stats_seconds, 3),
         "statistics_cached": ev.stats_cached,
-        "model_fingerprint": ev.lm.fingerprint(),
+        "model_fingerprint": ev.fingerprint,
         "heldout_fingerprint": token_fingerprint(ev.heldout),
         "final_fingerprint": token_fingerprint(ev.final_heldout),
         "versions": runtime_versions(),

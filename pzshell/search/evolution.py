@@ -254,7 +254,7 @@ class Search:
         ev = getattr(backend, "ev", None)
         self.context = f"{s.fitness.digest()}"
         if ev is not None:
-            self.context += f"-{ev.lm.fingerprint()}-{ev.text_digest}"
+            self.context += f"-{ev.fingerprint}-{ev.text_digest}"
         t_start = time.perf_counter()
         self.on_event(SearchStarted(str(self.out_dir), s.budget, len(records)))
 

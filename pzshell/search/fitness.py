@@ -262,6 +262,9 @@ class Evaluator:
         self.pairs = s.settings()
         t0 = time.perf_counter()
         self.lm: LoadedModel = load_model(s.model, device=device)
+        # the model and tokenizer as loaded, hashed once: the statistics' cache key, the fitness
+        # cache's context and summary.json name it
+        self.fingerprint = self.lm.fingerprint()
         text = load_text(s.calib, role="calib")
         ids = tokenize(self.lm.tokenizer, text)
         self.calib_ids, self.heldout, self.cheap, self.final_heldout = split_calibration(
@@ -308,7 +311,7 @@ class Evaluator:
     # ---- statistics, computed once and cached on disk ------------------------------------------
     def stats_key(self) -> str:
         s = self.settings
-        fields = [s.model, self.lm.fingerprint(), self.text_digest, s.nsamples, s.grad_samples]
+        fields = [s.model, self.fingerprint, self.text_digest, s.nsamples, s.grad_samples]
         blob = json.dumps([*fields, s.seqlen, s.seed, s.calib_windows])
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
