@@ -162,14 +162,10 @@ def main() -> int:
     prior = json.loads(json_path.read_text()) if args.test_only and json_path.exists() else {}
     for r in prior.get("test", []):
         if r.get("formula"):
-            differs = _differs(r, here) or (
-                "" if r.get("eval_window_nll") else "no per-window NLL (for the paired comparison)"
-            )
-            if differs:
+            why = _not_reusable(r, here)
+            if why:
                 console.print(
-                    f"{r['name']} at {r['setting']} in {json_path.name}: measured with "
-                    f"{differs if differs.startswith('no ') else 'another ' + differs}: "
-                    "pruned again"
+                    f"{r['name']} at {r['setting']} in {json_path.name}: {why}: pruned again"
                 )
                 continue
             done[(str(load_metric(r["formula"])), r["setting"], _mode(r["name"]))] = r
@@ -310,10 +306,17 @@ def main() -> int:
     )
     for rank, r in enumerate(top, 1):
         t.add_row(f"#{rank} (held-out {r['fitness']:.3f}, size {r['size']})", r["formula"])
+    # the run's own fitness settings (a run read from the JSON may predate today's defaults);
+    # runs from before --final-windows judged their finals on the full stage's held-out windows
+    run_fit = prior["settings"]["fitness"] if from_json else dataclasses.asdict(fit)
+    final_windows = run_fit.get("final_windows") or run_fit["heldout_windows"]
     for f in finals:
+        tokens = f.get("final_tokens") or (
+            "?" if run_fit.get("final_windows") else final_windows * run_fit["heldout_seqlen"]
+        )
         t.add_row(
             f"final{' (post hoc)' if post_hoc else ''}: held-out {_fmt(f['fitness'])} "
-            f"on {f.get('final_tokens') or '?'} tokens after a layer-sequential prune "
+            f"on {tokens} tokens after a layer-sequential prune "
             f"(search fitness {_fmt(f.get('fast_fitness'))})",
             f["formula"],
         )
@@ -330,8 +333,9 @@ def main() -> int:
             )
     t.caption = (
         f"test: first 8x1024 tokens of {EVAL.name}; calibration 32x512 of {CALIB.name}, seed 0; "
-        f"search fitness on held-out {fit.heldout_windows}x{fit.heldout_seqlen} tokens of the "
-        f"calibration text, finals on up to {fit.final_windows}x{fit.heldout_seqlen}; "
+        f"search fitness on held-out {run_fit['heldout_windows']}x{run_fit['heldout_seqlen']} "
+        f"tokens of the calibration text, finals on up to "
+        f"{final_windows}x{run_fit['heldout_seqlen']}; "
         f"baselines reused only where measured in this environment"
     )
     print_table(t, width=None)
@@ -436,12 +440,17 @@ def _environment(model: str) -> dict:
     }
 
 
-def _differs(row: dict, here: dict) -> str:
-    """The environment keys in which a result row differs from ``here``, in words ('' when it
-    was measured in this environment)."""
+def _not_reusable(row: dict, here: dict) -> str:
+    """Why a stored test row cannot stand beside this run's, in words ('' when it can): it was
+    measured in another environment (the keys of ``here`` in which it differs), or it lacks the
+    per-window NLL the paired comparison with Wanda needs."""
     then = {"model_fingerprint": row.get("model_fingerprint"), **(row.get("versions") or {})}
     keys = [k for k in here if then.get(k) != here[k]]
-    return ", ".join(f"{k} {then.get(k) or 'not recorded'} (here {here[k]})" for k in keys)
+    if keys:
+        return "measured with another " + ", ".join(
+            f"{k} {then.get(k) or 'not recorded'} (here {here[k]})" for k in keys
+        )
+    return "" if row.get("eval_window_nll") else "no per-window NLL (for the paired comparison)"
 
 
 def _known_baselines(here: dict, wanted: set, console) -> dict:
@@ -466,7 +475,7 @@ def _known_baselines(here: dict, wanted: set, console) -> dict:
                 continue
             ratio = 0.5 if r["sparsity_type"] != "unstructured" else r["sparsity_ratio"]
             key = (r["method"], r["sparsity_type"], ratio)
-            if _differs(r, here) or not r.get("eval_window_nll"):
+            if _not_reusable(r, here):
                 stale.append((key, f"{r['method']} at {r['sparsity_type']} ({path.name})"))
             elif key not in found:
                 found[key] = dict(r, source=str(path.relative_to(ROOT)))
