@@ -189,7 +189,15 @@ def main() -> int:
         console.print(f"the run has no finals: the top {final_top} re-run now (post hoc)")
         finals, post_hoc = _finals_after(out, fit, final_top), True
     scored = [f for f in finals if f.get("fitness") is not None]
-    pick = scored[0] if scored else None
+    # the search's answer: a final that beat the reference (Wanda) on the finals' windows by the
+    # run's margin, else the reference itself (summary.json says which); older runs: best final
+    answer = summary.get("best")
+    reference = summary.get("reference") or {}
+    pick = next((f for f in scored if f["formula"] == answer), None)
+    if pick is None and answer and reference.get("best_is_reference"):
+        pick = {"formula": answer, "reference": True}
+    if pick is None:
+        pick = scored[0] if scored else None
 
     # ---- the test set ---------------------------------------------------------------------------
     pairs = fit.settings()
@@ -317,11 +325,21 @@ def main() -> int:
         t.add_row(
             f"final{' (post hoc)' if post_hoc else ''}: held-out {_fmt(f['fitness'])} "
             f"on {tokens} tokens after a layer-sequential prune "
-            f"(search fitness {_fmt(f.get('fast_fitness'))})",
+            f"(search fitness {_fmt(f.get('fast_fitness'))}"
+            + (
+                f"; {f['vs_reference']['change']:+.1%} ± {f['vs_reference']['se']:.1%} vs the "
+                f"reference"
+                if f.get("vs_reference")
+                else ""
+            )
+            + ")",
             f["formula"],
         )
     if pick is not None:
-        t.add_row("the search's pick (best final)", pick["formula"])
+        what = "the reference: no final beat it" if pick.get("reference") else "best final"
+        t.add_row(f"the search's pick ({what})", pick["formula"])
+    if summary.get("verdict"):
+        t.add_row("finals against the reference", summary["verdict"])
     for p in pairs:
         for r in (r for r in rows if r["setting"] == p.label):
             label = r["name"] if r["name"] in BASELINES else f"{r['name']} {r.get('formula', '')}"
@@ -499,19 +517,13 @@ def paired_vs(row: dict, base: dict | None) -> dict | None:
     change (``exp(mean dNLL) - 1``, negative = better) and its standard error (of the mean
     per-window NLL difference, in the same relative units). Differences well inside two standard
     errors are noise of the test set, not a property of the rules."""
-    a, b = (row or {}).get("eval_window_nll"), (base or {}).get("eval_window_nll")
-    if not a or not b or len(a) != len(b) or len(a) < 2 or row is base:
+    from pzshell.search.ranking import paired_change
+
+    if not row or not base or row is base:
         return None
     if row.get("eval_fingerprint") != base.get("eval_fingerprint"):
         return None  # not the same tokens
-    d = [x - y for x, y in zip(a, b, strict=True)]
-    mean = sum(d) / len(d)
-    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1))
-    return {
-        "change": round(math.exp(mean) - 1, 5),
-        "se": round(sd / math.sqrt(len(d)), 5),
-        "windows": len(d),
-    }
+    return paired_change(row.get("eval_window_nll"), base.get("eval_window_nll"))
 
 
 def _than(gain: float) -> str:

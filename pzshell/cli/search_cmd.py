@@ -226,6 +226,20 @@ def register(sub) -> None:
         help="held-out windows the finals are judged on: the full stage's, then more from the "
         "calibration text's last 10%% as far as it holds them (default 8)",
     )
+    p.add_argument(
+        "--reference",
+        type=_reference,
+        metavar="FORMULA",
+        help="the known rule the finals are compared with, window by window, after the same "
+        "prune (default 'W * sqrt(X)', Wanda; 'none': no comparison, the best final wins)",
+    )
+    p.add_argument(
+        "--margin",
+        type=float,
+        metavar="SE",
+        help="how many paired standard errors a final must beat the reference by to be the "
+        "answer; when none does, the reference is (default 2)",
+    )
     p.add_argument("--seed", type=int, help="random seed of the search and its data (default 0)")
     p.add_argument(
         "--workers",
@@ -291,6 +305,11 @@ DEFAULTS = {
     "resume": None,
     "metric": None,
 }
+
+
+def _reference(text: str) -> str | None:
+    """``--reference``: a formula (checked with the other settings), or ``none``."""
+    return None if text.strip().lower() == "none" else text
 
 
 def _arg(args, name: str):
@@ -492,6 +511,8 @@ def run(args: argparse.Namespace) -> int:
             f"{escape(fin.best_formula)}[/] held-out ppl {fin.best_fitness:.3f}. Give a larger "
             f"--budget to continue it."
         )
+        if fin.verdict:
+            console.print(f"  {escape(fin.verdict)}", soft_wrap=True)
         return 0
     if use_cache:
         from ..search.cache import FitnessCache
@@ -524,10 +545,12 @@ def run(args: argparse.Namespace) -> int:
         else ""
     )
     console.print(
-        f"best: [bold]{fin.best_formula}[/] held-out ppl {fin.best_fitness:.3f}{measured} after "
-        f"{fin.evaluations} evaluations; {out}/best.json, hall_of_fame.json, fitness.png",
+        f"best: [bold]{escape(fin.best_formula)}[/] held-out ppl {fin.best_fitness:.3f}{measured} "
+        f"after {fin.evaluations} evaluations; {out}/best.json, hall_of_fame.json, fitness.png",
         soft_wrap=True,
     )
+    if fin.verdict:
+        console.print(f"  {escape(fin.verdict)}", soft_wrap=True)
     return 0
 
 

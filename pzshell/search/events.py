@@ -52,4 +52,6 @@ class SearchFinished:
     evaluations: int
     stopped: bool  # True when stopped early (Ctrl-C, stop(), time limit)
     finals: list = field(default_factory=list)
+    # how the answer compares with the reference rule on the finals' windows (empty: none)
+    verdict: str = ""
     already_finished: bool = False  # a resumed run that had nothing left to do (nothing written)

@@ -45,6 +45,7 @@ from .events import CandidateDone, SearchFinished, SearchMessage, SearchProgress
 from .fitness import WORST
 from .gp import crossover, mutate, tournament
 from .ranking import (
+    choose_best,
     finalists,
     multifidelity,
     pareto_front,
@@ -65,6 +66,8 @@ from .runlog import (
     load_state,
 )
 from .settings import KNOWN_SEEDS, SearchError, SearchSettings, settings_diff
+
+REFERENCE_ID = -1  # the task id of the reference rule's final
 
 
 class Search:
@@ -132,7 +135,9 @@ class Search:
         if not st or not st.get("finished"):
             return False
         spent = st["evaluations"] >= self.s.budget or st.get("exhausted", False)
-        return spent and st.get("final_top", self.s.final_top) == self.s.final_top
+        same = st.get("final_top", self.s.final_top) == self.s.final_top
+        # another reference needs its own final (a state from before references: the same)
+        return spent and same and st.get("reference", self.s.reference) == self.s.reference
 
     def options(self) -> dict:
         """How this run is run (not what it finds): kept in settings.json, so that a resumed
@@ -371,15 +376,20 @@ class Search:
         finals = self._finals(backend, history, final_logged)
         self.final_seconds = time.perf_counter() - t_final
         if finals:
+            ref = getattr(self, "reference_final", None)
+            extra = ref is not None and all(f["canonical"] != ref["canonical"] for f in finals)
             self.on_event(
                 SearchMessage(
-                    f"{len(finals)} layer-sequential prune{'s' if len(finals) != 1 else ''} "
-                    f"in {self.final_seconds:.0f} s (after the search loop)",
+                    f"{len(finals)} layer-sequential prune{'s' if len(finals) != 1 else ''}"
+                    f"{' and the reference' if extra else ''} in {self.final_seconds:.0f} s "
+                    f"(after the search loop)",
                     topic="finals",
                 )
             )
         fin = self._finish(history, finals, c["evaluations"], stopped)
-        self.log.write_json(STATE_NAME, saved_state(finished=True, final_top=s.final_top))
+        self.log.write_json(
+            STATE_NAME, saved_state(finished=True, final_top=s.final_top, reference=s.reference)
+        )
         return fin
 
     # ---- one batch: the fidelity ladder ---------------------------------------------------------
@@ -731,17 +741,32 @@ class Search:
                     topic="finals",
                 )
             )
+        ref = self._reference_candidate(history) if top else None  # no finals: no comparison
+        self.reference_final = logged.get(ref["canonical"]) if ref else None
+        ref_todo = ref is not None and self.reference_final is None
+        if ref_todo and any(r["canonical"] == ref["canonical"] for r in todo):
+            ref_todo = False  # the reference is a finalist: its final serves both
+        if (todo or ref_todo) and backend is not None:
+            tasks = [Task(r["id"], r["_tree"], kind="final") for r in todo]
             by_id = {r["id"]: r for r in todo}
-            for res in backend.map_unordered(
-                [Task(r["id"], r["_tree"], kind="final") for r in todo]
-            ):
+            if ref_todo:
+                self.on_event(
+                    SearchMessage(
+                        f"the reference {ref['formula']} is pruned the same way, for a "
+                        f"window-by-window comparison",
+                        topic="finals",
+                    )
+                )
+                tasks.append(Task(REFERENCE_ID, ref["_tree"], kind="final"))
+                by_id[REFERENCE_ID] = ref
+            for res in backend.map_unordered(tasks):
                 r = by_id[res["cid"]]
                 rec = {
                     "id": r["id"],
                     "formula": r["formula"],
                     "canonical": r["canonical"],
                     "fitness": _json_num(res["final"]),
-                    "fast_fitness": r["fitness"],
+                    "fast_fitness": r.get("fitness"),
                     "final_tokens": res.get("final_tokens"),
                     "stage": "final",
                     "reason": res["reason"],
@@ -751,16 +776,55 @@ class Search:
                     "tree": r["tree"],
                     "settings": res.get("settings", {}),
                 }
+                if res["cid"] == REFERENCE_ID:
+                    rec["reference"] = True
+                    self.reference_final = rec
                 self.log.append(rec)
                 self.on_event(CandidateDone(rec))
-                finals.append(rec)
+                if res["cid"] != REFERENCE_ID:
+                    finals.append(rec)
+        if ref is not None and self.reference_final is None:
+            self.reference_final = next(
+                (f for f in finals if f["canonical"] == ref["canonical"]), None
+            )
         return sorted(
             finals, key=lambda f: (f["fitness"] if f["fitness"] is not None else WORST, f["id"])
         )
 
+    def _reference_candidate(self, history: list[dict]) -> dict | None:
+        """The ``reference`` rule as a candidate record (its full-stage one when the search
+        evaluated it, as it does Wanda among the known seeds), or None without a reference."""
+        if self.s.reference is None:
+            return None
+        tree = simplify(load_metric(self.s.reference))
+        key = canonical(tree).key
+        seen = next((r for r in history if r["canonical"] == key), None)
+        if seen is not None:
+            return seen
+        return {
+            "id": REFERENCE_ID,
+            "formula": to_infix(tree),
+            "canonical": key,
+            "fitness": None,
+            "size": tree.size,
+            "tree": to_json_obj(tree),
+            "_tree": tree,
+        }
+
+    def _choose(self, history: list[dict], finals: list[dict]) -> tuple[dict | None, str]:
+        """The answer and the verdict (:func:`.ranking.choose_best`); without finals (a stopped
+        search), the best full-stage candidate, compared with nothing."""
+        if not finals:
+            ranked = sorted((r for r in history if r["stage"] == "full"), key=sort_key)
+            return (ranked[0] if ranked else None), ""
+        labels = [p.label for p in self.s.fitness.settings()]
+        ref = getattr(self, "reference_final", None) if self.s.reference is not None else None
+        if self.s.reference is not None and ref is None:
+            return finals[0], "no final of the reference: the best final is the answer"
+        return choose_best(finals, ref, labels, self.s.margin)
+
     def _finish(self, history, finals, evaluated, stopped) -> SearchFinished:
-        ranked = sorted((r for r in history if r["stage"] == "full"), key=sort_key)
-        best = finals[0] if finals else (ranked[0] if ranked else None)
+        best, verdict = self._choose(history, finals)
         out = self.out_dir
         if best is not None:
             save_tree_file(from_json_obj(best["tree"]), out / "best.json")
@@ -770,6 +834,18 @@ class Search:
         )
         summary = self._summary(history, finals, evaluated, stopped)
         summary["best"] = best["formula"] if best else None
+        ref = getattr(self, "reference_final", None) if finals else None
+        summary["reference"] = (
+            None
+            if self.s.reference is None
+            else {
+                "formula": self.s.reference,
+                "margin": self.s.margin,
+                "final": ref,
+                "best_is_reference": bool(ref and best and best["canonical"] == ref["canonical"]),
+            }
+        )
+        summary["verdict"] = verdict
         self.log.write_json("summary.json", summary)
         try:
             from .plot import plot_history
@@ -830,8 +906,7 @@ class Search:
         }
 
     def _result(self, history, finals, evaluated, stopped, **kw) -> SearchFinished:
-        ranked = sorted((r for r in history if r["stage"] == "full"), key=sort_key)
-        best = finals[0] if finals else (ranked[0] if ranked else None)
+        best, verdict = self._choose(history, finals)
         return SearchFinished(
             str(self.out_dir),
             best["formula"] if best else "-",
@@ -839,6 +914,7 @@ class Search:
             evaluated,
             stopped,
             finals,
+            verdict=verdict,
             **kw,
         )
 

@@ -509,7 +509,7 @@ class Evaluator:
 
     def final_fitness(self, tree: Node) -> dict:
         """The full layer-sequential prune with this tree at every setting, perplexity on the
-        finals' held-out windows (combined as :func:`mean_log`)."""
+        finals' held-out windows (combined as :func:`mean_log`), and each window's mean NLL."""
         t0 = time.perf_counter()
         s = self.settings
         per: dict = {}
@@ -526,10 +526,13 @@ class Evaluator:
                 )
                 try:
                     prune_model(self.lm.model, cfg, self.calib_ids, self.G)
-                    v = round_fitness(perplexity(self.lm.model, self.final_heldout).ppl)
+                    res = perplexity(self.lm.model, self.final_heldout)
                 finally:
                     self.restore()
-                per[p.label] = {"final": v}
+                v = round_fitness(res.ppl)
+                # each window's mean NLL: the finals are compared with the reference rule's
+                # window by window (:func:`.ranking.choose_best`)
+                per[p.label] = {"final": v, "window_nll": [round(x, 6) for x in res.window_nll]}
                 vals.append(v)
             value, reason = round_fitness(mean_log(vals)), None
         except Exception as e:

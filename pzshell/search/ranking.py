@@ -122,3 +122,88 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     va = math.sqrt(sum((x - ma) ** 2 for x in ra))
     vb = math.sqrt(sum((y - mb) ** 2 for y in rb))
     return cov / (va * vb) if va and vb else 0.0
+
+
+def paired_change(a: Sequence[float] | None, b: Sequence[float] | None) -> dict | None:
+    """Perplexity ``a`` against ``b`` window by window, from each window's mean token NLL on the
+    same windows: ``change`` (``exp(mean dNLL) - 1``; negative: ``a`` is better), ``se`` (the
+    standard error of the mean per-window difference, in the same relative units) and
+    ``windows``. None without two or more windows on each side, or with different counts.
+    Two models judged on the same windows share the windows' difficulty, so this standard error
+    is far smaller than either perplexity's own spread; a change well inside two standard
+    errors is the text's noise, not a property of the rules."""
+    if not a or not b or len(a) != len(b) or len(a) < 2:
+        return None
+    d = [x - y for x, y in zip(a, b, strict=True)]
+    mean = sum(d) / len(d)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1))
+    return {
+        "change": round(math.exp(mean) - 1, 5),
+        "se": round(sd / math.sqrt(len(d)), 5),
+        "windows": len(d),
+    }
+
+
+def final_window_nll(rec: dict, labels: Sequence[str]) -> list[float] | None:
+    """A final's per-window NLL over every setting (in ``labels``' order, windows within each),
+    or None when any setting lacks them (a final logged before they were recorded)."""
+    out: list[float] = []
+    for label in labels:
+        w = (rec.get("settings") or {}).get(label, {}).get("window_nll")
+        if not w:
+            return None
+        out.extend(w)
+    return out
+
+
+def significantly_better(vs: dict | None, margin: float) -> bool:
+    """``vs`` (a :func:`paired_change`) says better by at least ``margin`` standard errors (a
+    change below zero in any case; with ``margin`` 0, any improvement at all)."""
+    if vs is None or vs["change"] >= 0:
+        return False
+    return -math.log1p(vs["change"]) >= margin * vs["se"]
+
+
+def choose_best(
+    finals: list[dict], reference: dict | None, labels: Sequence[str], margin: float
+) -> tuple[dict | None, str]:
+    """The search's answer from its ``finals`` (sorted best first) and the ``reference`` rule's
+    final on the same windows (each final gets ``vs_reference``, a :func:`paired_change`).
+    The best final that beats the reference by ``margin`` standard errors wins; when none
+    does, the reference is the answer: a rule that is not measurably better than the known one
+    is not worth adopting. Without a usable reference final, or per-window values (an older
+    run), the best final wins, as before. Returns ``(record, verdict)``: the verdict says in
+    words which case it was, with the figures."""
+    ok = [f for f in finals if f.get("fitness") is not None and f["fitness"] < WORST]
+    top = ok[0] if ok else (finals[0] if finals else None)
+    if reference is None:
+        return top, ""
+    ref_name = f"the reference {reference['formula']}"
+    ref_nll = final_window_nll(reference, labels)
+    if reference.get("reason") or reference.get("fitness") is None or ref_nll is None:
+        why = reference.get("reason") or "no per-window NLL"
+        return top, f"no comparison with {ref_name} ({why}): the best final is the answer"
+    for f in finals:
+        if f["canonical"] != reference["canonical"]:
+            f["vs_reference"] = paired_change(final_window_nll(f, labels), ref_nll)
+    if top is not None and top["canonical"] == reference["canonical"]:
+        return reference, f"the best final is {ref_name} itself"
+    for f in ok:
+        vs = f.get("vs_reference")
+        if significantly_better(vs, margin):
+            return f, (
+                f"{_pct(vs)} against {ref_name} on the finals' {vs['windows']} windows "
+                f"(at least {margin:g} standard errors better)"
+            )
+    if top is None:
+        return reference, f"no final succeeded: {ref_name} is the answer"
+    vs = top.get("vs_reference")
+    said = f"{_pct(vs)} on {vs['windows']} windows" if vs else "no paired comparison"
+    return reference, (
+        f"no final beats {ref_name} by {margin:g} standard errors (the best, {top['formula']}: "
+        f"{said}); {ref_name} is the answer"
+    )
+
+
+def _pct(vs: dict) -> str:
+    return f"{vs['change']:+.1%} ± {vs['se']:.1%}"

@@ -46,6 +46,11 @@ class SearchSettings:
     seed_known: bool = True
     seed_formulas: tuple[str, ...] = ()
     final_top: int = 5
+    # the finals are compared window by window with this rule's own final (Wanda by default):
+    # the best final is the answer only when it beats it by `margin` standard errors; else the
+    # reference is (None: the best final, no comparison)
+    reference: str | None = "W * sqrt(X)"
+    margin: float = 2.0
     time_limit: float | None = 3600.0  # seconds, model and statistics included; None: none
 
     def validate(self) -> None:
@@ -86,6 +91,17 @@ class SearchSettings:
             not _is_number(self.time_limit) or not 0 < self.time_limit < math.inf
         ):
             raise SearchError(f"the time limit must be a positive number, got {self.time_limit!r}")
+        if self.reference is not None:
+            if not isinstance(self.reference, str):
+                raise SearchError(f"--reference must be a formula, got {self.reference!r}")
+            try:
+                load_metric(self.reference)
+            except MetricError as e:
+                raise SearchError(f"--reference {self.reference!r}: {e}") from None
+        if not _is_number(self.margin) or not 0 <= self.margin < math.inf:
+            raise SearchError(
+                f"--margin is a number of standard errors (0 or more), got {self.margin!r}"
+            )
         if not isinstance(self.seed_known, bool):
             raise SearchError(f"seed_known must be true or false, got {self.seed_known!r}")
         if not all(isinstance(f, str) for f in self.seed_formulas):
@@ -136,7 +152,7 @@ class SearchSettings:
     def identity(self) -> dict:
         """What a resumed run must share with the original (the trajectory depends on it)."""
         d = self.to_dict()
-        for k in ("budget", "time_limit", "final_top"):
+        for k in ("budget", "time_limit", "final_top", "reference", "margin"):
             d.pop(k)
         d["fitness"].pop("final_windows")  # the finals' text, like their number, may change
         return d

@@ -547,6 +547,11 @@ def test_finals_are_judged_on_their_own_longer_held_out_text(ev, tmp_path):
     finally:
         ev.restore()
     assert res["final"] == on_final != on_full
+    # each window's mean NLL, for the comparison with the reference: they make up the value
+    (per,) = res["settings"].values()
+    assert len(per["window_nll"]) == s.final_windows
+    mean = sum(per["window_nll"]) / len(per["window_nll"])
+    assert math.exp(mean) == pytest.approx(res["final"], rel=1e-5)
     assert res["final_tokens"] == s.final_windows * s.heldout_seqlen
     assert dataclasses.replace(s, final_windows=3).digest() == s.digest()
     base = settings(fitness=dataclasses.replace(FIT, cheap_windows=0), budget=8, final_top=1)
@@ -555,7 +560,15 @@ def test_finals_are_judged_on_their_own_longer_held_out_text(ev, tmp_path):
     out = tmp_path / "r"
     Search(dataclasses.replace(base, final_top=0), out, threads=1).run()
     fin = Search(wider, out, threads=1, resume=True).run()
-    (final,) = [r for r in RunLog(out).read()[0] if r["stage"] == "final"]
-    assert final["final_tokens"] == 3 * FIT.heldout_seqlen and fin.best_fitness == final["fitness"]
+    (final,) = [
+        r for r in RunLog(out).read()[0] if r["stage"] == "final" and not r.get("reference")
+    ]
+    assert final["final_tokens"] == 3 * FIT.heldout_seqlen
+    # the answer is the final or the reference (Wanda), both judged on the same 3 windows
+    refs = [r for r in RunLog(out).read()[0] if r.get("reference")]
+    assert fin.best_fitness in [final["fitness"]] + [r["fitness"] for r in refs]
+    for r in [final, *refs]:
+        (nll,) = [v["window_nll"] for v in r["settings"].values()]
+        assert len(nll) == 3
     with pytest.raises(SearchError, match="final-windows must be at least 1"):
         Search(settings(fitness=dataclasses.replace(FIT, final_windows=0)), tmp_path / "z")

@@ -238,3 +238,20 @@ async def test_candidate_ids_are_not_truncated(make_app):
         table = app.query_one("#candidates", FormulaTable)
         assert table.columns["id"].get_render_width(table) >= len("12345") + 2
         assert str(table.columns["time"].label) == "time"
+
+
+async def test_a_finished_search_shows_how_its_answer_compares_with_the_reference(make_app, fake):
+    """The verdict of the finals against the reference rule (Wanda) is on the status lines."""
+    app = make_app()
+    async with app.run_test() as pilot:
+        await _evolve_tab(pilot, app)
+        verdict = (
+            "no final beats the reference W * sqrt(X) by 2 standard errors (the best, W * X: "
+            "-1.2% ± 1.0% on 8 windows); the reference W * sqrt(X) is the answer"
+        )
+        fin = se.SearchFinished("runs/x", "W * sqrt(X)", 60.5, 40, False, verdict=verdict)
+        app.query_one(EvolvePanel).show_finished(SearchState.FINISHED, fin)
+        await pilot.pause()
+        status = static_text(app, "#search-status")
+        assert "best 60.50" in status and "W * sqrt(X)" in status
+        assert "no final beats the reference W * sqrt(X)" in status

@@ -181,6 +181,8 @@ class EvolvePanel(Vertical):
             detail.append(" (resumable: press c)", "dim")
         detail.append(f"\nbest {fit}  ", "bold green")
         detail.append(ev.best_formula)
+        if ev.verdict:  # how it compares with the reference rule on the finals' windows
+            detail.append(f"\n{ev.verdict}", "dim")
         self.set_state(state, detail)
         self.notify(f"search {state.value}: best {ev.best_formula} ({fit})", timeout=8)
 
