@@ -407,7 +407,7 @@ class _Display:
             fs = f"{f:.3f}" if isinstance(f, (int, float)) and math.isfinite(f) else "-"
             rec.add_row(
                 str(r.get("id")),
-                r.get("stage", ""),
+                "reference" if r.get("reference") else r.get("stage", ""),
                 fs,
                 (r.get("reason") or r.get("formula", ""))[:70],
             )

@@ -56,6 +56,8 @@ class SearchKnobs:
     cheap_seqlen: int = 64
     final_top: int = 1
     final_windows: int = 8  # the finals' held-out windows (the full stage's first, then more)
+    reference: str = "W * sqrt(X)"  # the rule the finals are judged against; "none": no one
+    margin: float = 2.0  # standard errors a final must beat the reference by
     workers: int | None = None  # evaluator processes; None: pzshell search's default
 
 
@@ -132,6 +134,8 @@ class AppSettings:
             ops=k.ops,
             seed=r.seed,
             final_top=k.final_top,
+            reference=None if k.reference.strip().lower() == "none" else k.reference,
+            margin=k.margin,
         )
 
 

@@ -255,3 +255,11 @@ async def test_a_finished_search_shows_how_its_answer_compares_with_the_referenc
         status = static_text(app, "#search-status")
         assert "best 60.50" in status and "W * sqrt(X)" in status
         assert "no final beats the reference W * sqrt(X)" in status
+        # the reference's own final is labelled as such in the candidates' table
+        panel = app.query_one(EvolvePanel)
+        panel.add_candidate(
+            {"id": 1, "stage": "final", "reference": True, "fitness": 60.5, "seconds": 2.0,
+             "formula": "W * sqrt(X)"}
+        )  # fmt: skip
+        table = app.query_one("#candidates", FormulaTable)
+        assert table.get_row("c1-final")[1] == "reference"

@@ -110,6 +110,20 @@ async def test_settings_screen_applies_and_persists(make_app, fake, tmp_path):
         errors = str(screen.query_one("#settings-errors").content)
         assert "final-windows must be at least 1, got 0" in errors
         screen.query_one("#search-final_windows", Input).value = "4"
+        # the finals' reference rule: a formula the search can parse, and a margin >= 0
+        screen.query_one("#search-reference", Input).value = "W * ("
+        screen.query_one("#search-margin", Input).value = "-1"
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert isinstance(app.screen, SettingsScreen)
+        errors = str(screen.query_one("#settings-errors").content)
+        assert "--reference 'W * ('" in errors
+        screen.query_one("#search-reference", Input).value = "W * X"
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        errors = str(screen.query_one("#settings-errors").content)
+        assert "--margin is a number of standard errors (0 or more), got -1.0" in errors
+        screen.query_one("#search-margin", Input).value = "3"
         screen.query_one("#run-sparsity_type", Input).value = "2:4"
         screen.query_one("#run-eval_windows", Input).value = ""
         screen.query_one("#search-budget", Input).value = "40"
@@ -119,6 +133,10 @@ async def test_settings_screen_applies_and_persists(make_app, fake, tmp_path):
         assert (r.sparsity_ratio, r.sparsity_type, r.eval_windows) == (0.6, "2:4", None)
         assert app.settings.search.budget == 40 and app.settings.search.workers == 1
         assert app.settings.search_settings().fitness.final_windows == 4
+        assert (app.settings.search_settings().reference, app.settings.search.margin) == (
+            "W * X",
+            3.0,
+        )
         assert "60% 2:4" in app.sub_title
         # runs now use them
         app.editor.set_formula("W")

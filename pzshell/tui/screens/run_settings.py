@@ -41,6 +41,8 @@ SEARCH_FIELDS = (
     ("cheap_windows", "cheap-stage windows", "int"),
     ("final_top", "final re-runs", "int"),
     ("final_windows", "finals' held-out windows", "int"),
+    ("reference", "finals' reference rule", "str"),
+    ("margin", "margin (standard errors)", "float"),
     ("workers", "evaluator processes", "int?"),
 )
 HINTS = {
@@ -53,6 +55,8 @@ HINTS = {
 }
 SEARCH_HINTS = {
     "final_windows": "the held-out ones, then more",
+    "reference": "a formula, or none",
+    "margin": "a final must beat the reference by",
     "workers": "blank: 2 on a 2+-core CPU, 1 on a GPU",
 }
 

@@ -230,7 +230,8 @@ class EvolvePanel(Vertical):
         if stage not in ("full", "final") and r.get("reason"):
             text = f"{text}  ({r['reason']})"
         seconds = f"{r.get('seconds', 0):.1f}s"
-        table.add_row(str(r.get("id")), stage, _ppl(fit), seconds, text, key=key)
+        shown = "reference" if r.get("reference") else stage  # the rule the finals are judged by
+        table.add_row(str(r.get("id")), shown, _ppl(fit), seconds, text, key=key)
         table.formulas[key] = r.get("formula", "")
         table.move_cursor(row=table.row_count - 1)  # follow the newest
         if stage != "final":
