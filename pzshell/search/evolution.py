@@ -850,7 +850,11 @@ class Search:
         try:
             from .plot import plot_history
 
-            plot_history(history, out / "fitness.png", title=self._plot_title())
+            ref = self._reference_candidate(history)
+            line = None
+            if ref is not None and ref.get("fitness") is not None and ref["stage"] == "full":
+                line = (f"reference {ref['formula']} (full stage)", ref["fitness"])
+            plot_history(history, out / "fitness.png", title=self._plot_title(), reference=line)
         except Exception as e:  # a plot must never cost the results
             self.on_event(SearchMessage(f"could not draw the plot: {e}", "warning"))
         fin = self._result(history, finals, evaluated, stopped)

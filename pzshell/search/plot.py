@@ -9,7 +9,18 @@ from pathlib import Path
 from .. import atomic
 
 
-def plot_history(history: list[dict], path: str | Path, *, title: str = "") -> Path:
+def plot_history(
+    history: list[dict],
+    path: str | Path,
+    *,
+    title: str = "",
+    reference: tuple[str, float] | None = None,
+) -> Path:
+    """Held-out fitness against evaluations: every full-stage candidate, the running median and
+    the best so far, and ``reference`` (a label and its full-stage fitness, e.g. Wanda's) as a
+    dashed line. The y range is the interesting one, from just below the best to the 75th
+    percentile of the candidates' values (:func:`y_range`): a few degenerate rules 10^10 times
+    worse would otherwise flatten every curve; how many lie above it is said in the legend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -31,10 +42,19 @@ def plot_history(history: list[dict], path: str | Path, *, title: str = "") -> P
             best.append(cur)
             med.append(statistics.median(window[-32:]))
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
-    ax.scatter(pts_x, pts_y, s=8, alpha=0.35, color="tab:gray", label="candidate (full stage)")
+    rng = y_range(pts_y, reference[1] if reference else None)
+    top = rng[1] if rng else None
+    above = sum(1 for y in pts_y if top is not None and y > top)
+    label = "candidate (full stage)" + (f"; {above} above the plot" if above else "")
+    ax.scatter(pts_x, pts_y, s=8, alpha=0.35, color="tab:gray", label=label)
     ax.plot(xs, med, color="tab:orange", label="median of the last 32 candidates")
     ax.plot(xs, best, color="tab:blue", linewidth=2, label="best so far")
-    ax.set_yscale("log")
+    if reference is not None and math.isfinite(reference[1]):
+        ax.axhline(reference[1], color="tab:red", linestyle="--", linewidth=1, label=reference[0])
+    if rng is None or rng[2]:
+        ax.set_yscale("log")
+    if rng is not None:
+        ax.set_ylim(rng[0], rng[1])
     ax.set_xlabel("evaluations")
     ax.set_ylabel("held-out perplexity (lower is better)")
     ax.set_title(title or "pzshell search", fontsize=9)
@@ -46,3 +66,17 @@ def plot_history(history: list[dict], path: str | Path, *, title: str = "") -> P
         fig.savefig(tmp)
     plt.close(fig)
     return path
+
+
+def y_range(values: list[float], reference: float | None = None) -> tuple | None:
+    """``(low, top, log)`` for the plot's fitness axis: from just below the best value to the
+    75th percentile of ``values`` (at least 1.3 times the best, and above ``reference``), on a
+    log scale only when that spans more than a decade. None without values."""
+    if not values:
+        return None
+    ys = sorted(values)
+    top = max(ys[int(0.75 * (len(ys) - 1))], ys[0] * 1.3)
+    if reference is not None and math.isfinite(reference):
+        top = max(top, reference * 1.05)
+    low = ys[0] / 1.03
+    return low, top, top / low > 10

@@ -198,3 +198,24 @@ def test_cli_reference_none_and_margin(tmp_path, capsys):
     saved = json.loads((out / "settings.json").read_text())["settings"]
     assert saved["reference"] is None and saved["margin"] == 3.0
     assert not any(r.get("reference") for r in _logged_finals(out))
+
+
+# ---- the fitness plot --------------------------------------------------------------------------
+def test_the_plot_shows_the_range_where_the_search_moves_with_the_reference_line(tmp_path):
+    from PIL import Image
+
+    from pzshell.search.plot import plot_history, y_range
+
+    good = [200.0 - i for i in range(40)]  # 161 .. 200
+    values = good + [1e12, 5e9, 3e4]  # a few degenerate rules
+    low, top, log = y_range(values, reference=178.0)
+    assert low < 161 and 200 <= top < 3e4 and not log  # the outliers are left above the plot
+    assert y_range(values, reference=500.0)[1] == pytest.approx(525.0)  # the reference shows
+    assert y_range([10.0, 11.0, 5000.0, 6000.0])[2]  # spanning decades: a log scale
+    assert y_range([]) is None
+    history = [
+        {"id": i, "stage": "full", "fitness": v, "cached": False} for i, v in enumerate(values)
+    ]
+    path = plot_history(history, tmp_path / "f.png", title="t", reference=("Wanda", 178.0))
+    with Image.open(path) as im:
+        assert im.size[0] > 500 and im.size[1] > 300
