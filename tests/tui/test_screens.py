@@ -78,6 +78,14 @@ async def test_library_lists_loads_saves_and_deletes(make_app):
         assert (lib.entries[0].path.parent / "wanda.json").exists()
 
 
+async def _refused(pilot, app, screen) -> str:
+    """Apply the settings screen's values; it must stay open: its error text."""
+    await pilot.press("ctrl+s")
+    await pilot.pause()
+    assert isinstance(app.screen, SettingsScreen)
+    return str(screen.query_one("#settings-errors").content)
+
+
 async def test_settings_screen_applies_and_persists(make_app, fake, tmp_path):
     home = tmp_path / "settings-home"
     app = make_app(home=home)
@@ -86,42 +94,28 @@ async def test_settings_screen_applies_and_persists(make_app, fake, tmp_path):
         await wait_for(pilot, lambda: isinstance(app.screen, SettingsScreen), what="settings")
         screen = app.screen
         screen.query_one("#run-sparsity_ratio", Input).value = "1.5"
-        await pilot.press("ctrl+s")
-        await pilot.pause()
-        assert isinstance(app.screen, SettingsScreen)  # invalid: stays, says why
-        errors = str(screen.query_one("#settings-errors").content)
+        errors = await _refused(pilot, app, screen)  # invalid: stays, says why
         assert "sparsity ratio must be in [0, 1)" in errors
         # fields that do not parse say which field and what it expected
         screen.query_one("#run-sparsity_ratio", Input).value = "0.6"
         screen.query_one("#search-population", Input).value = "eight"
         screen.query_one("#search-workers", Input).value = "0"
-        await pilot.press("ctrl+s")
-        await pilot.pause()
-        assert isinstance(app.screen, SettingsScreen)
-        errors = str(screen.query_one("#settings-errors").content)
+        errors = await _refused(pilot, app, screen)
         assert "population: expected a whole number, got 'eight'" in errors
         assert "evaluator processes must be at least 1 (or blank), got 0" in errors
         screen.query_one("#search-population", Input).value = "8"
         screen.query_one("#search-workers", Input).value = "1"
         screen.query_one("#search-final_windows", Input).value = "0"  # parses, cannot run
-        await pilot.press("ctrl+s")
-        await pilot.pause()
-        assert isinstance(app.screen, SettingsScreen)
-        errors = str(screen.query_one("#settings-errors").content)
+        errors = await _refused(pilot, app, screen)
         assert "final-windows must be at least 1, got 0" in errors
         screen.query_one("#search-final_windows", Input).value = "4"
         # the finals' reference rule: a formula the search can parse, and a margin >= 0
         screen.query_one("#search-reference", Input).value = "W * ("
         screen.query_one("#search-margin", Input).value = "-1"
-        await pilot.press("ctrl+s")
-        await pilot.pause()
-        assert isinstance(app.screen, SettingsScreen)
-        errors = str(screen.query_one("#settings-errors").content)
+        errors = await _refused(pilot, app, screen)
         assert "--reference 'W * ('" in errors
         screen.query_one("#search-reference", Input).value = "W * X"
-        await pilot.press("ctrl+s")
-        await pilot.pause()
-        errors = str(screen.query_one("#settings-errors").content)
+        errors = await _refused(pilot, app, screen)
         assert "--margin is a number of standard errors (0 or more), got -1.0" in errors
         screen.query_one("#search-margin", Input).value = "3"
         screen.query_one("#run-sparsity_type", Input).value = "2:4"
