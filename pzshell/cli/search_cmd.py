@@ -19,6 +19,7 @@ from ..search import FitnessSettings, Search, SearchSettings
 from ..search.backends import local_backend
 from ..search.events import CandidateDone, SearchFinished, SearchMessage, SearchProgress
 from ..search.runlog import check_run_dir, load_settings
+from ..search.settings import reference_rule
 from .common import console
 
 
@@ -228,7 +229,7 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--reference",
-        type=_reference,
+        type=reference_rule,
         metavar="FORMULA",
         help="the known rule the finals are compared with, window by window, after the same "
         "prune (default 'W * sqrt(X)', Wanda; 'none': no comparison, the best final wins)",
@@ -305,11 +306,6 @@ DEFAULTS = {
     "resume": None,
     "metric": None,
 }
-
-
-def _reference(text: str) -> str | None:
-    """``--reference``: a formula (checked with the other settings), or ``none``."""
-    return None if text.strip().lower() == "none" else text
 
 
 def _arg(args, name: str):

@@ -126,6 +126,8 @@ class Search:
                 f"{out_dir} already holds a search; use --resume {out_dir} or another --out"
             )
         self.context = ""
+        # the reference rule's final (set by the final stage; None without one)
+        self.reference_final: dict | None = None
 
     @property
     def finished(self) -> bool:
@@ -376,7 +378,7 @@ class Search:
         finals = self._finals(backend, history, final_logged)
         self.final_seconds = time.perf_counter() - t_final
         if finals:
-            ref = getattr(self, "reference_final", None)
+            ref = self.reference_final
             extra = ref is not None and all(f["canonical"] != ref["canonical"] for f in finals)
             self.on_event(
                 SearchMessage(
@@ -581,7 +583,10 @@ class Search:
                 f"(give a larger --budget to continue it)"
             )
         )
-        fin = self._result(history, finals, state["evaluations"], False, already_finished=True)
+        best, verdict = self._choose(history, finals)
+        fin = self._result(
+            best, verdict, finals, state["evaluations"], False, already_finished=True
+        )
         self.on_event(fin)
         return fin
 
@@ -818,7 +823,7 @@ class Search:
             ranked = sorted((r for r in history if r["stage"] == "full"), key=sort_key)
             return (ranked[0] if ranked else None), ""
         labels = [p.label for p in self.s.fitness.settings()]
-        ref = getattr(self, "reference_final", None) if self.s.reference is not None else None
+        ref = self.reference_final if self.s.reference is not None else None
         if self.s.reference is not None and ref is None:
             return finals[0], "no final of the reference: the best final is the answer"
         return choose_best(finals, ref, labels, self.s.margin)
@@ -834,7 +839,7 @@ class Search:
         )
         summary = self._summary(history, finals, evaluated, stopped)
         summary["best"] = best["formula"] if best else None
-        ref = getattr(self, "reference_final", None) if finals else None
+        ref = self.reference_final if finals else None
         summary["reference"] = (
             None
             if self.s.reference is None
@@ -857,7 +862,7 @@ class Search:
             plot_history(history, out / "fitness.png", title=self._plot_title(), reference=line)
         except Exception as e:  # a plot must never cost the results
             self.on_event(SearchMessage(f"could not draw the plot: {e}", "warning"))
-        fin = self._result(history, finals, evaluated, stopped)
+        fin = self._result(best, verdict, finals, evaluated, stopped)
         self.on_event(fin)
         return fin
 
@@ -909,8 +914,8 @@ class Search:
             ],
         }
 
-    def _result(self, history, finals, evaluated, stopped, **kw) -> SearchFinished:
-        best, verdict = self._choose(history, finals)
+    def _result(self, best, verdict, finals, evaluated, stopped, **kw) -> SearchFinished:
+        """The end event for the answer ``best`` and its ``verdict`` (:meth:`_choose`)."""
         return SearchFinished(
             str(self.out_dir),
             best["formula"] if best else "-",

@@ -22,6 +22,12 @@ class SearchError(PzError):
     pass
 
 
+def reference_rule(text: str) -> str | None:
+    """A reference rule as typed (``--reference``, the app's field): the formula, or None for
+    ``none`` (no comparison). The formula is checked with the other settings."""
+    return None if text.strip().lower() == "none" else text
+
+
 @dataclass
 class SearchSettings:
     fitness: FitnessSettings = field(default_factory=FitnessSettings)

@@ -109,6 +109,7 @@ class AppSettings:
     def search_settings(self):
         """The library's SearchSettings for a new search at the current settings."""
         from ..search import FitnessSettings, SearchSettings
+        from ..search.settings import reference_rule
 
         r, k = self.run, self.search
         fit = FitnessSettings(
@@ -134,7 +135,7 @@ class AppSettings:
             ops=k.ops,
             seed=r.seed,
             final_top=k.final_top,
-            reference=None if k.reference.strip().lower() == "none" else k.reference,
+            reference=reference_rule(k.reference),
             margin=k.margin,
         )
 
