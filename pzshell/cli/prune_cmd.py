@@ -45,7 +45,9 @@ def register(sub) -> None:
         dest="prune_method",
         default="wanda",
         metavar="METHOD",
-        help=f"one of: {', '.join(methods)} (default wanda)",
+        help=f"one of: {', '.join(methods)} (default wanda); a metric method may end in "
+        "+reconstruct (SparseGPT's update on its mask) or +iterative (the metric chooses each "
+        "block's mask inside SparseGPT's loop), e.g. metric+iterative with --metric",
     )
     p.add_argument("--sparsity_ratio", type=float, default=0.5, help="fraction to prune, [0, 1)")
     p.add_argument(

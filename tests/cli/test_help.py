@@ -18,3 +18,16 @@ def test_every_option_of_every_command_has_a_help_text():
         if a.option_strings and not (a.help or "").strip()
     }
     assert not silent, f"options without a help text: {sorted(silent)}"
+
+
+def test_the_method_suffixes_the_help_names_are_read_from_the_command_line():
+    from pzshell.cli.prune_cmd import job_from_args
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    method_help = next(a.help for a in sub.choices["prune"]._actions if a.dest == "prune_method")
+    assert "+reconstruct" in method_help and "+iterative" in method_help
+    for method, iterative in (("metric+reconstruct", False), ("metric+iterative", True)):
+        args = parser.parse_args(["prune", "--method", method, "--metric", "W * sqrt(X)"])
+        job = job_from_args(args)
+        assert (job.method, job.reconstruct, job.iterative) == ("metric", True, iterative)
