@@ -855,10 +855,11 @@ class Search:
         try:
             from .plot import plot_history
 
-            ref = self._reference_candidate(history)
+            # the reference's full-stage record (not its final): the plot's values are full-stage
+            full = self._reference_candidate(history)
             line = None
-            if ref is not None and ref.get("fitness") is not None and ref["stage"] == "full":
-                line = (f"reference {ref['formula']} (full stage)", ref["fitness"])
+            if full is not None and full.get("fitness") is not None and full["stage"] == "full":
+                line = (f"reference {full['formula']} (full stage)", full["fitness"])
             plot_history(history, out / "fitness.png", title=self._plot_title(), reference=line)
         except Exception as e:  # a plot must never cost the results
             self.on_event(SearchMessage(f"could not draw the plot: {e}", "warning"))

@@ -43,8 +43,7 @@ def plot_history(
             med.append(statistics.median(window[-32:]))
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
     rng = y_range(pts_y, reference[1] if reference else None)
-    top = rng[1] if rng else None
-    above = sum(1 for y in pts_y if top is not None and y > top)
+    above = sum(y > rng[1] for y in pts_y) if rng else 0
     label = "candidate (full stage)" + (f"; {above} above the plot" if above else "")
     ax.scatter(pts_x, pts_y, s=8, alpha=0.35, color="tab:gray", label=label)
     ax.plot(xs, med, color="tab:orange", label="median of the last 32 candidates")
