@@ -21,6 +21,9 @@ search's calibration windows are the test prunes' own (32x512 of valid.txt, seed
 with `--final-top 0` gets its finals afterwards with `--test-only` (the same selection and prune,
 on the same windows, marked post hoc in the JSON).
 
+With `--reconstruct iterative` the search scores every candidate inside SparseGPT's loop (the
+search's own `--reconstruct`), and each top rule is pruned that way on test as well.
+
 The pick is also pruned with SparseGPT's weight update on its mask (`+ reconstruct`, the
 issue's reconstruct target) and inside SparseGPT's loop choosing each block's mask from the
 weights as updated so far (`+ iterative`, `pzshell prune --method metric+iterative`), reported
@@ -73,6 +76,13 @@ def main() -> int:
         default=None,
         help="the full stage's held-out windows of 1024 tokens (default: the CLI's, 2)",
     )
+    ap.add_argument(
+        "--reconstruct",
+        choices=("none", "iterative"),
+        default="none",
+        help="the search's --reconstruct: iterative scores every candidate inside SparseGPT's "
+        "loop (then each top rule is also pruned that way on test)",
+    )
     ap.add_argument("--top", type=int, default=5, help="hall-of-fame rules pruned on test")
     ap.add_argument(
         "--test-only", action="store_true", help="skip the search: prune the existing run's top"
@@ -113,7 +123,11 @@ def main() -> int:
     console = Console(stderr=True)
     base = SearchSettings()
     fit = dataclasses.replace(
-        base.fitness, model=args.model, calib=str(CALIB), sparsity_type=args.types
+        base.fitness,
+        model=args.model,
+        calib=str(CALIB),
+        sparsity_type=args.types,
+        reconstruct=args.reconstruct,
     )
     if args.heldout_windows is not None:
         fit = dataclasses.replace(fit, heldout_windows=args.heldout_windows)
@@ -239,6 +253,9 @@ def main() -> int:
             rows.append(
                 dict(prune(f"#{rank}", p, method="metric", metric=tree), formula=r["formula"])
             )
+            if fit.reconstruct == "iterative":  # as the search scored it
+                res = prune(f"#{rank} + iterative", p, method="metric", metric=tree, iterative=True)
+                rows.append(dict(res, formula=r["formula"]))
         if pick is not None:
             tree = load_metric(pick["formula"])
             rows.append(

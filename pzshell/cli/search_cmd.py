@@ -113,6 +113,13 @@ def register(sub) -> None:
         "unpruned model's)",
     )
     p.add_argument(
+        "--reconstruct",
+        choices=("none", "iterative"),
+        help="none: score a candidate's masks alone (default); iterative: score it inside "
+        "SparseGPT's loop, choosing each block's mask from the updated weights, as `pzshell "
+        "prune --method metric+iterative` will use it (finals and reference pruned that way)",
+    )
+    p.add_argument(
         "--cheap_windows",
         type=int,
         help="windows of an optional cheap perplexity stage between proxy and full "

@@ -6,6 +6,12 @@ Cholesky factor of the damped inverse Hessian (damping 1% of the mean diagonal).
 masks are chosen adaptively per block by ``w^2 / [H^-1]_jj^2``; N:M masks per group of M; or a
 given mask (any metric's) is used and only the reconstruction is applied; or a metric chooses
 the mask as the loop goes, from the updated weights (``score_fn``, the ``_iter`` variants).
+
+The published loop visits the columns one at a time. Once a run of columns' mask is known (a
+whole block's for unstructured sparsity or a given mask, one group's for N:M), the errors of
+those columns solve one triangular system per row (:func:`_masked_errors`), so the loop runs
+over runs of 16 to 128 columns (M for N:M), not over columns; the result is the published
+loop's up to floating-point rounding.
 """
 
 from __future__ import annotations
@@ -15,6 +21,57 @@ from collections.abc import Callable
 import torch
 
 from .masks import smallest_k
+
+ROW_CHUNK = 512  # rows per batched solve
+SOLVE_BUDGET = 1 << 19  # elements of a batched solve's rows x k x k temporary
+
+
+def _run_length(rows: int, blocksize: int) -> int:
+    """Columns per triangular solve: the longest (a power of two from 16 up to the block) whose
+    temporary stays within SOLVE_BUDGET, so a few sampled rows solve a block at once."""
+    k = 16
+    while k < blocksize and min(rows, ROW_CHUNK) * (2 * k) ** 2 <= SOLVE_BUDGET:
+        k *= 2
+    return k
+
+
+def hinv_factor(H: torch.Tensor, percdamp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(U, dead)``: the upper Cholesky factor of the damped inverse of ``H`` (dead inputs, a
+    zero diagonal, given a unit one) and the mask of dead inputs. It depends on ``H`` alone, so
+    linears that share one input (q/k/v, gate/up) may share it (``sparsegpt_prune``'s
+    ``factor``)."""
+    H = H.detach().clone().float()
+    columns = H.shape[0]
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    damp = percdamp * torch.mean(torch.diag(H))
+    diag = torch.arange(columns, device=H.device)
+    H[diag, diag] += damp
+    L = torch.linalg.cholesky(H)
+    Hinv = torch.cholesky_inverse(L)
+    return torch.linalg.cholesky(Hinv, upper=True), dead
+
+
+def _masked_errors(W1: torch.Tensor, m: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+    """The OBS errors of a run of columns whose mask ``m`` is known: column by column, a pruned
+    weight's error is its current value over ``U_ii`` and moves every later column by
+    ``-err * U[i, j]``; i.e. per row, ``e (diag(U) + triu(U, 1) diag(m)) = w * m``, one upper
+    triangular solve per row (batched). ``W1`` is updated in place to the columns' final values
+    before masking."""
+    strict = torch.triu(U, 1)
+    d = torch.diag(U)
+    mf = m.to(W1.dtype)
+    E = torch.empty_like(W1)
+    for r0 in range(0, W1.shape[0], ROW_CHUNK):
+        mr = mf[r0 : r0 + ROW_CHUNK]
+        A = strict.unsqueeze(0) * mr.unsqueeze(1)  # rows x k x k, upper triangular
+        A.diagonal(dim1=1, dim2=2).copy_(d.expand(len(mr), -1))
+        b = (W1[r0 : r0 + ROW_CHUNK] * mr).unsqueeze(1)
+        E[r0 : r0 + ROW_CHUNK] = torch.linalg.solve_triangular(
+            A, b, upper=True, left=False
+        ).squeeze(1)
+    W1 -= E @ strict
+    return E
 
 
 def sparsegpt_prune(
@@ -28,33 +85,25 @@ def sparsegpt_prune(
     score_fn: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None,
     blocksize: int = 128,
     percdamp: float = 0.01,
+    factor: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(new_weight, mask)`` in fp32; ``H = 2/n sum x x^T`` of the layer's inputs.
 
     ``score_fn(w, a, b)``: instead of SparseGPT's own ``w^2 / [H^-1]_jj^2``, the importance of
     columns ``a:b`` whose current (already updated) weights are ``w``; the mask is chosen from it
-    block by block (group by group for N:M) as the loop reaches them."""
+    block by block (group by group for N:M) as the loop reaches them. ``factor``:
+    :func:`hinv_factor` of ``H`` (with ``percdamp``), when the caller has it already."""
     W = W.detach().clone().float()
-    H = H.detach().clone().float()
     rows, columns = W.shape
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
+    Hinv, dead = hinv_factor(H, percdamp) if factor is None else factor
     W[:, dead] = 0
-
-    damp = percdamp * torch.mean(torch.diag(H))
-    diag = torch.arange(columns, device=W.device)
-    H[diag, diag] += damp
-    L = torch.linalg.cholesky(H)
-    Hinv = torch.cholesky_inverse(L)
-    Hinv = torch.linalg.cholesky(Hinv, upper=True)
 
     full_mask = torch.zeros_like(W, dtype=torch.bool)
     for i1 in range(0, columns, blocksize):
         i2 = min(i1 + blocksize, columns)
         count = i2 - i1
         W1 = W[:, i1:i2].clone()
-        Q1 = torch.zeros_like(W1)
-        Err1 = torch.zeros_like(W1)
+        Err1 = torch.empty_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
         hdiag = torch.diag(Hinv1)
 
@@ -66,23 +115,24 @@ def sparsegpt_prune(
         else:
             mask1 = torch.zeros_like(W1, dtype=torch.bool)
 
-        for i in range(count):
-            w = W1[:, i]
-            d = Hinv1[i, i]
-            if mask is None and prune_n != 0 and i % prune_m == 0:
+        # runs of columns whose mask is known when the run starts (a few columns, or one group
+        # of M whose mask is chosen from the weights as the earlier groups left them)
+        step = prune_m if (mask is None and prune_n != 0) else _run_length(rows, blocksize)
+        for a in range(0, count, step):
+            b = min(a + step, count)
+            if mask is None and prune_n != 0:
                 if score_fn is not None:
-                    tmp = score_fn(W1[:, i : i + prune_m], i1 + i, i1 + i + prune_m)
+                    tmp = score_fn(W1[:, a:b], i1 + a, i1 + b)
                 else:
-                    tmp = W1[:, i : i + prune_m] ** 2 / hdiag[i : i + prune_m].reshape(1, -1) ** 2
-                mask1.scatter_(1, i + torch.topk(tmp, prune_n, dim=1, largest=False)[1], True)
-            q = w.clone()
-            q[mask1[:, i]] = 0
-            Q1[:, i] = q
-            err1 = (w - q) / d
-            W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
-            Err1[:, i] = err1
+                    tmp = W1[:, a:b] ** 2 / hdiag[a:b].reshape(1, -1) ** 2
+                mask1.scatter_(1, a + torch.topk(tmp, prune_n, dim=1, largest=False)[1], True)
+            sub = W1[:, a:b]  # a view: updated in place to the run's final values
+            e = Err1[:, a:b] = _masked_errors(sub, mask1[:, a:b], Hinv1[a:b, a:b])
+            if b < count:
+                W1[:, b:] -= e @ Hinv1[a:b, b:]
 
-        W[:, i1:i2] = Q1
+        W1[mask1] = 0
+        W[:, i1:i2] = W1
         full_mask[:, i1:i2] = mask1
         W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
     W[full_mask] = 0

@@ -24,6 +24,17 @@ calibration windows are the prune jobs' own (``calib_windows="prune"``). The fin
 candidates are re-run with their own full layer-sequential prune
 (:meth:`Evaluator.final_fitness`).
 
+With ``reconstruct="iterative"`` every stage scores the candidate as `pzshell prune --method
+metric+iterative` uses it: inside SparseGPT's loop, the candidate choosing each block's mask from
+the weights as updated so far. The proxy runs that loop on the sampled rows and weighs each
+row's output error by its mean squared gradient ``G``: the log of ``sum_r g_r |d_r x|^2 / sum_r
+g_r |w_r x|^2`` over every sampled row of every linear (the update makes the plain layer errors
+of all rules alike, and what tells them apart is which outputs carry the loss: on SmolLM2 at 50%,
+over 12 rules, its Spearman correlation with the full stage was 0.95, where the mean log layer
+error's was 0.37 over the first 6 of them). The cheap and full stages run the loop on every
+linear from the cached ``H`` (one linear at a time from the dense model's inputs, not
+layer-sequentially); the finals make the layer-sequential ``metric+iterative`` prune.
+
 Several settings (``sparsity_type`` ``"unstructured,2:4"``, ``sparsity_ratio`` ``(0.5, 0.6)``)
 make a *multi-setting* fitness: each stage's value is the mean over the settings of its log
 (``exp(mean log ppl)`` for perplexities), and every setting's value is kept in ``settings``.
@@ -49,6 +60,7 @@ from ..data import load_text, sample_windows, tokenize, window_offsets
 from ..engine.layer_ratios import OWL_LAMBDA
 from ..engine.masks import make_mask, parse_sparsity_type
 from ..engine.prune import PruneConfig, prune_model
+from ..engine.sparsegpt import hinv_factor, sparsegpt_prune
 from ..engine.stats import activation_stats, compute_gradients, stat_key
 from ..evaluate.perplexity import perplexity
 from ..lang import DegenerateMetric, MetricError, Node, evaluate
@@ -105,6 +117,9 @@ class FitnessSettings:
     # X of every candidate's masks: "sequential", per setting as a layer-sequential prune with
     # the reference metric sees it (the blocks before already pruned), or "dense" (unpruned)
     statistics: str = "sequential"
+    # "iterative": every stage scores the candidate inside SparseGPT's loop (the weight update
+    # after each block's mask), as `--method metric+iterative` prunes; "none": masks alone
+    reconstruct: str = "none"
     seed: int = 0
 
     def __post_init__(self):
@@ -144,6 +159,8 @@ class FitnessSettings:
         del d["final_windows"]  # changes the finals only, which are logged, never cached
         if d["owl_lambda"] == OWL_LAMBDA:  # the digest of a run saved before the setting existed
             del d["owl_lambda"]
+        if d["reconstruct"] == "none":  # likewise
+            del d["reconstruct"]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -283,6 +300,7 @@ class Evaluator:
         self.X, self.G, self.H = self._stats()
         self.block_ratios = self._allocate()
         self.Xs = self._setting_stats()
+        self.iterative = s.reconstruct == "iterative"
         self.stats_seconds = time.perf_counter() - t0
         self._proxy_setup()
 
@@ -316,7 +334,7 @@ class Evaluator:
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
     def _stats(self):
-        want_h = self.settings.proxy_rows > 0
+        want_h = self.settings.proxy_rows > 0 or self.settings.reconstruct == "iterative"
         path = cache_dir() / "search_stats" / f"{self.stats_key()}.pt"
         h_path = path.with_name(path.stem + "-H.pt")
         got = _load_cached(path, *([h_path] if want_h else []))
@@ -381,8 +399,16 @@ class Evaluator:
         """The proxy stage's fixed row sample of every linear and its dense output energy."""
         self.rows: dict[tuple[int, str], torch.Tensor] = {}
         self.ref: dict[tuple[int, str], float] = {}
+        # SparseGPT's factor of each distinct H (q/k/v and gate/up share theirs), iterative only
+        self.factors: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         if self.H is None:
             return
+        # the iterative proxy's weight of each sampled row: the root of its mean squared G
+        self.row_weight: dict[tuple[int, str], torch.Tensor] = {}
+        if self.iterative:
+            for H in self.H.values():
+                if id(H) not in self.factors:
+                    self.factors[id(H)] = hinv_factor(H)
         g = torch.Generator().manual_seed(self.settings.seed)
         for i, n, _ in self.linears:
             W = self.dense[(i, n)]
@@ -390,7 +416,13 @@ class Evaluator:
             rows = torch.randperm(W.shape[0], generator=g)[:k].sort().values
             Wr = W[rows].float()
             self.rows[(i, n)] = rows
-            self.ref[(i, n)] = max(output_energy(Wr, self.H[stat_key(n, i)]), 1e-30)
+            H = self.H[stat_key(n, i)]
+            if self.iterative:
+                grad = self.G[stat_key(n, i)][rows].float()
+                self.row_weight[(i, n)] = grad.square().mean(1, keepdim=True).sqrt()
+                self.ref[(i, n)] = output_energy(Wr * self.row_weight[(i, n)], H)
+            else:
+                self.ref[(i, n)] = max(output_energy(Wr, H), 1e-30)
 
     def _x_for(self, tree: Node, p: Setting):
         """``(key, X)``: setting ``p``'s statistics for ``tree``; settings with one key give
@@ -408,6 +440,26 @@ class Evaluator:
             G = G[rows] if G is not None else None
         return W, G, X
 
+    def _iterative(self, tree: Node, i: int, n: str, p: Setting, ratio: float, rows=None):
+        """``(new weight, mask)`` of linear ``(i, n)`` (its ``rows`` only, when given) from
+        SparseGPT's loop with ``tree`` choosing each block's mask from the updated weights, at
+        setting ``p`` with sparsity ``ratio``; the cached ``H`` stands for the layer's inputs.
+        A column-reading operator reads the rows at hand (a sample's, for the proxy)."""
+        W, G, X = self._leaves(tree, i, n, rows, self.Xs[p.label])
+        H = self.H[stat_key(n, i)]
+
+        def scores(w: torch.Tensor, a: int, b: int) -> torch.Tensor:
+            return evaluate(
+                tree,
+                w,
+                G=G[:, a:b] if G is not None else None,
+                X=X[:, a:b] if X is not None else None,
+            )
+
+        return sparsegpt_prune(
+            W, H, ratio, p.n, p.m, score_fn=scores, factor=self.factors.get(id(H))
+        )
+
     # ---- the proxy stage -----------------------------------------------------------------------
     def _sampled_scores(self, tree: Node, i: int, n: str, Xs) -> torch.Tensor:
         """``tree``'s scores of linear ``(i, n)``'s sampled rows: the row-local parts of the tree
@@ -418,7 +470,8 @@ class Evaluator:
 
     @torch.no_grad()
     def screen(self, tree: Node) -> dict:
-        """The proxy stage: the mean log relative output error of the sampled rows' masks, per
+        """The proxy stage: the mean log relative output error of the sampled rows' masks (with
+        ``reconstruct``: the log gradient-weighted relative error after SparseGPT's loop), per
         setting and combined (their mean), and the hash of those masks. No forward pass. Never
         raises for a bad candidate: it gets the worst value and a reason."""
         out: dict = {"proxy": None, "mask_hash": None, "reason": None, "settings": {}}
@@ -427,20 +480,31 @@ class Evaluator:
         with _scored(out):
             h = hashlib.blake2b(digest_size=10)
             logs = {p.label: 0.0 for p in self.pairs}
+            errs = {p.label: 0.0 for p in self.pairs}  # iterative: the weighted sums
             for i, n, _ in self.linears:
                 rows = self.rows[(i, n)]
                 W = self.dense[(i, n)][rows]
                 H = self.H[stat_key(n, i)]
                 memo: dict[int, torch.Tensor] = {}  # settings that share X share the scores
                 for p in self.pairs:
-                    key, Xs = self._x_for(tree, p)
-                    if key not in memo:
-                        memo[key] = self._sampled_scores(tree, i, n, Xs)
-                    mask = make_mask(memo[key], self.block_ratios[p.label][i], p.n, p.m)
+                    ratio = self.block_ratios[p.label][i]
+                    if self.iterative:  # the error left after SparseGPT's update, weighted
+                        new, mask = self._iterative(tree, i, n, p, ratio, rows)
+                        D = (W.float() - new) * self.row_weight[(i, n)]
+                        errs[p.label] += output_energy(D, H)
+                    else:
+                        key, Xs = self._x_for(tree, p)
+                        if key not in memo:
+                            memo[key] = self._sampled_scores(tree, i, n, Xs)
+                        mask = make_mask(memo[key], ratio, p.n, p.m)
+                        err = output_energy(W.float() * mask, H)
+                        logs[p.label] += math.log(max(err / self.ref[(i, n)], 1e-12))
                     h.update(np.packbits(mask.numpy()).tobytes())
-                    err = output_energy(W.float() * mask, H)
-                    logs[p.label] += math.log(max(err / self.ref[(i, n)], 1e-12))
-            per = {k: v / len(self.linears) for k, v in logs.items()}
+            if self.iterative:
+                ref = max(sum(self.ref.values()), 1e-30)
+                per = {k: math.log(max(v / ref, 1e-12)) for k, v in errs.items()}
+            else:
+                per = {k: v / len(self.linears) for k, v in logs.items()}
             if not all(math.isfinite(v) for v in per.values()):
                 raise DegenerateMetric("the proxy is not finite")
             out["settings"] = {k: {"proxy": round_fitness(v)} for k, v in per.items()}
@@ -457,7 +521,14 @@ class Evaluator:
         """The candidate's one-shot masks at setting ``p`` (from that setting's statistics),
         applied in place; :meth:`restore` undoes it. ``memo`` keeps the last scores, so that
         the settings (and stages) that share them compute them once. ``ratios``: each block's
-        sparsity instead of the setting's allocation (the allocation search's candidates)."""
+        sparsity instead of the setting's allocation (the allocation search's candidates).
+        Iterative (``reconstruct``): the weights SparseGPT's loop leaves, linear by linear."""
+        ratios = self.block_ratios[p.label] if ratios is None else ratios
+        if self.iterative:
+            for i, n, lin in self.linears:
+                new, _ = self._iterative(tree, i, n, p, ratios[i])
+                lin.weight.copy_(new)
+            return
         key, Xs = self._x_for(tree, p)
         memo = {} if memo is None else memo
         if key not in memo:
@@ -466,7 +537,6 @@ class Evaluator:
             for i, n, _ in self.linears:
                 W, G, X = self._leaves(tree, i, n, None, Xs)
                 scores[(i, n)] = evaluate(tree, W, G=G, X=X)
-        ratios = self.block_ratios[p.label] if ratios is None else ratios
         for i, n, lin in self.linears:
             mask = make_mask(memo[key][(i, n)], ratios[i], p.n, p.m)  # per-row groups
             lin.weight.copy_(self.dense[(i, n)]).masked_fill_(mask, 0)  # no temporary
@@ -521,6 +591,7 @@ class Evaluator:
                     p.ratio,
                     p.sparsity_type,
                     metric=tree,
+                    iterative=self.iterative,
                     allocation=s.allocation,
                     owl_lambda=s.owl_lambda,
                 )

@@ -161,6 +161,8 @@ class SearchSettings:
         for k in ("budget", "time_limit", "final_top", "reference", "margin"):
             d.pop(k)
         d["fitness"].pop("final_windows")  # the finals' text, like their number, may change
+        if d["fitness"]["reconstruct"] == "none":  # a run saved before the setting existed
+            del d["fitness"]["reconstruct"]
         return d
 
     def digest(self) -> str:
@@ -246,6 +248,12 @@ def _check_fitness(f: FitnessSettings) -> None:
         raise SearchError(
             f"--statistics is 'sequential' (X as a layer-sequential Wanda prune sees it, per "
             f"setting) or 'dense' (X of the unpruned model), got {f.statistics!r}"
+        )
+    if f.reconstruct not in ("none", "iterative"):
+        raise SearchError(
+            f"--reconstruct is 'none' (a candidate's masks alone) or 'iterative' (the candidate "
+            f"chooses each block's mask inside SparseGPT's loop, as --method metric+iterative "
+            f"prunes), got {f.reconstruct!r}"
         )
     if f.calib_windows not in ("prune", "head"):
         raise SearchError(

@@ -516,6 +516,7 @@ def test_the_search_spreads_a_fixed_allocation_by_its_owl_lambda(tmp_path):
     saved = dataclasses.asdict(base)
     del saved["owl_lambda"]  # settings.json of a run made before the setting existed
     del saved["final_windows"]  # nor is final_windows (never in the digest)
+    del saved["reconstruct"]  # nor reconstruct (newer still)
     old_digest = hashlib.sha256(json.dumps(saved, sort_keys=True).encode()).hexdigest()[:16]
     assert base.digest() == old_digest  # the earlier code's digest of the same settings
     with pytest.raises(SearchError, match="with --allocation uniform it would change nothing"):
@@ -572,3 +573,107 @@ def test_finals_are_judged_on_their_own_longer_held_out_text(ev, tmp_path):
         assert len(nll) == 3
     with pytest.raises(SearchError, match="final-windows must be at least 1"):
         Search(settings(fitness=dataclasses.replace(FIT, final_windows=0)), tmp_path / "z")
+
+
+# ---- the iterative (reconstruct) fitness --------------------------------------------------------
+@pytest.fixture(scope="module")
+def ev_iter(tmp_path_factory):
+    import os
+
+    old = os.environ.get("PZSHELL_CACHE")
+    os.environ["PZSHELL_CACHE"] = str(tmp_path_factory.mktemp("itercache"))
+    try:
+        yield Evaluator(dataclasses.replace(FIT, reconstruct="iterative"), threads=1)
+    finally:
+        if old is None:
+            os.environ.pop("PZSHELL_CACHE", None)
+        else:
+            os.environ["PZSHELL_CACHE"] = old
+
+
+def test_iterative_stages_score_the_weights_sparsegpts_loop_leaves(ev_iter):
+    """With --reconstruct iterative the proxy is the sampled rows' output error after SparseGPT's
+    loop with the candidate choosing each block's mask, and the perplexity stages measure the
+    model whose every linear is what that loop leaves (from the cached H)."""
+    from pzshell.engine.sparsegpt import sparsegpt_prune
+    from pzshell.engine.stats import stat_key
+    from pzshell.evaluate.perplexity import perplexity
+    from pzshell.search.fitness import round_fitness
+
+    ev, p = ev_iter, ev_iter.pairs[0]
+    tree = load_metric("W * sqrt(X)")
+    X = ev.Xs[p.label]
+
+    def loop(i, n, W):
+        x = X[stat_key(n, i)]
+        fn = lambda w, a, b: evaluate(tree, w, X=x[:, a:b])  # noqa: E731
+        return sparsegpt_prune(W, ev.H[stat_key(n, i)], p.ratio, score_fn=fn)
+
+    err = ref = 0.0  # each row's output error weighted by its mean squared gradient
+    for i, n, _ in ev.linears:
+        k = stat_key(n, i)
+        rows = ev.rows[(i, n)]
+        W = ev.dense[(i, n)][rows]
+        g = ev.G[k][rows].float().pow(2).mean(1, keepdim=True)
+        new, _ = loop(i, n, W)
+        err += float((((W - new) @ ev.H[k]) * (W - new) * g).sum())
+        ref += float(((W @ ev.H[k]) * W * g).sum())
+    res = ev.screen(tree)
+    assert res["reason"] is None
+    assert res["proxy"] == pytest.approx(math.log(err / ref), rel=1e-4)
+    assert res["mask_hash"] == Evaluator.screen(ev, load_metric("sqrt(X) * W"))["mask_hash"]
+    try:
+        with torch.no_grad():
+            for i, n, lin in ev.linears:
+                lin.weight.copy_(loop(i, n, ev.dense[(i, n)])[0])
+        direct = perplexity(ev.lm.model, ev.heldout, batch_size=len(ev.heldout)).ppl
+    finally:
+        ev.restore()
+    full = ev.run(tree, None)
+    assert full["reason"] is None and full["full"] == round_fitness(direct)
+
+
+def test_iterative_fitness_beats_the_masks_alone_and_its_finals_are_metric_iterative(ev_iter, ev):
+    """The update recovers output: the iterative full stage is better than the plain one for the
+    same rule; the finals are `--method metric+iterative` prunes."""
+    from pzshell.engine.prune import PruneConfig, prune_model
+    from pzshell.evaluate.perplexity import perplexity
+    from pzshell.search.fitness import round_fitness
+
+    tree = load_metric("W * sqrt(X)")
+    assert ev_iter.run(tree, None)["full"] < ev.run(tree, None)["full"]
+    p = ev_iter.pairs[0]
+    res = ev_iter.final_fitness(tree)
+    try:
+        cfg = PruneConfig("metric+iterative", p.ratio, p.sparsity_type, metric=tree)
+        prune_model(ev_iter.lm.model, cfg, ev_iter.calib_ids, ev_iter.G)
+        direct = round_fitness(perplexity(ev_iter.lm.model, ev_iter.final_heldout).ppl)
+    finally:
+        ev_iter.restore()
+    assert res["final"] == direct != ev.final_fitness(tree)["final"]
+
+
+def test_iterative_search_runs_resumes_and_keeps_old_digests(tmp_path, capsys):
+    """A search with --reconstruct iterative runs and resumes to the same trajectory; the setting
+    is in its digest, and a run without it keeps the digest it had before the setting existed."""
+    it = settings(fitness=dataclasses.replace(FIT, reconstruct="iterative"), budget=8)
+    out = tmp_path / "it"
+    Search(it, out, threads=1).run()
+    assert all(r["fitness"] is not None for r in RunLog(out).read()[0])
+    again = tmp_path / "again"
+    _interrupt_and_resume(it, again, after=3)
+    assert trajectory(again) == trajectory(out)
+    plain = settings()
+    assert it.digest() != plain.digest() and it.fitness.digest() != plain.fitness.digest()
+    assert "reconstruct" not in plain.identity()["fitness"]
+    d = dataclasses.asdict(plain.fitness)
+    del d["final_windows"], d["reconstruct"], d["owl_lambda"]  # owl_lambda: its default
+    old = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+    assert plain.fitness.digest() == old
+    # the CLI flag, and a clear refusal of anything else
+    with pytest.raises(SystemExit) as exit_:
+        main(["search", "--model", "tiny", "--reconstruct", "sideways"])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'sideways'" in capsys.readouterr().err
+    with pytest.raises(SearchError, match="--reconstruct is 'none'"):
+        settings(fitness=dataclasses.replace(FIT, reconstruct="yes")).validate()
