@@ -145,6 +145,11 @@ def job_from_args(args: argparse.Namespace) -> PruneJob:
             reconstruct = True
         iterative = method.endswith("+iterative")
         method = "metric"
+    elif METHOD_ALIASES.get(method, method).split("+")[0] == "metric":
+        raise PzError(
+            f"--method {method} prunes with a formula of yours: give it as --metric FORMULA "
+            f"or --json_tree FILE"
+        )
     if not 0 <= args.sparsity_ratio < 1:
         raise PzError(f"--sparsity_ratio must be in [0, 1), got {args.sparsity_ratio}")
     return PruneJob(
@@ -173,13 +178,13 @@ def job_from_args(args: argparse.Namespace) -> PruneJob:
 
 def run(args: argparse.Namespace) -> int:
     job = job_from_args(args)
-    job.check()  # method, sparsity, data and fine-tuning settings before the (slow) model load
+    cfg = job.check()  # method, sparsity, data and fine-tuning settings before the model load
     if job.batch_size < 1:
         raise PzError(f"--batch_size must be at least 1, got {job.batch_size}")
     check_outputs(args)
     check_output_file(args.gradient_path, "--gradient_path")
     console.print(
-        f"[bold]pzshell prune[/] model={job.model.name} method={job.method} "
+        f"[bold]pzshell prune[/] model={job.model.name} method={cfg.label} "
         f"sparsity={job.sparsity_ratio} {job.sparsity_type}"
     )
     with rich_progress() as progress:

@@ -168,6 +168,16 @@ class PruneConfig:
         return self.metric.terminals if self.metric is not None else frozenset()
 
     @property
+    def label(self) -> str:
+        """The method as a user names it: ``metric+iterative``, ``wanda+reconstruct``,
+        ``sparsegpt`` (whose update is its own)."""
+        if self.iterative:
+            return self.method + "+iterative"
+        if self.reconstruct and self.method != "sparsegpt":
+            return self.method + "+reconstruct"
+        return self.method
+
+    @property
     def needs_calibration(self) -> bool:
         return (
             self.uses_sparsegpt

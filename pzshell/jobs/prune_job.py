@@ -112,13 +112,7 @@ def run_prune(
         "model_source": lm.source,
         "model_fingerprint": fingerprint,
         "device": str(lm.device),
-        "method": cfg.method
-        + ("+iterative" if cfg.iterative else "")
-        + (
-            "+reconstruct"
-            if cfg.reconstruct and not cfg.iterative and cfg.method != "sparsegpt"
-            else ""
-        ),
+        "method": cfg.label,
         "metric": to_infix(cfg.metric) if cfg.metric is not None else None,
         "sparsity_ratio": job.sparsity_ratio,
         "sparsity_type": job.sparsity_type,

@@ -396,19 +396,20 @@ class Evaluator:
         return out
 
     def _proxy_setup(self) -> None:
-        """The proxy stage's fixed row sample of every linear and its dense output energy."""
+        """The proxy stage's fixed row sample of every linear and its dense output energy; for
+        the iterative stages, SparseGPT's factor of every ``H``."""
         self.rows: dict[tuple[int, str], torch.Tensor] = {}
         self.ref: dict[tuple[int, str], float] = {}
-        # SparseGPT's factor of each distinct H (q/k/v and gate/up share theirs), iterative only
-        self.factors: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        if self.H is None:
-            return
         # the iterative proxy's weight of each sampled row: the root of its mean squared G
         self.row_weight: dict[tuple[int, str], torch.Tensor] = {}
+        # SparseGPT's factor of each distinct H (q/k/v and gate/up share theirs), iterative only
+        self.factors: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         if self.iterative:
             for H in self.H.values():
                 if id(H) not in self.factors:
                     self.factors[id(H)] = hinv_factor(H)
+        if self.H is None or self.settings.proxy_rows == 0:  # iterative: H without a proxy
+            return
         g = torch.Generator().manual_seed(self.settings.seed)
         for i, n, _ in self.linears:
             W = self.dense[(i, n)]
@@ -475,7 +476,7 @@ class Evaluator:
         setting and combined (their mean), and the hash of those masks. No forward pass. Never
         raises for a bad candidate: it gets the worst value and a reason."""
         out: dict = {"proxy": None, "mask_hash": None, "reason": None, "settings": {}}
-        if self.H is None:
+        if self.H is None or self.settings.proxy_rows == 0:
             raise MetricError("the proxy stage is off (proxy_rows = 0)")
         with _scored(out):
             h = hashlib.blake2b(digest_size=10)

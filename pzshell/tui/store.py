@@ -47,6 +47,7 @@ class SearchKnobs:
     budget: int = 24
     batch: int = 4
     ops: str = "published"
+    reconstruct: str = "none"  # "iterative": candidates scored inside SparseGPT's loop
     nsamples: int = 8
     grad_samples: int = 4
     seqlen: int = 128
@@ -125,6 +126,7 @@ class AppSettings:
             cheap_windows=k.cheap_windows,
             cheap_seqlen=k.cheap_seqlen,
             final_windows=k.final_windows,
+            reconstruct=k.reconstruct,
             seed=r.seed,
         )
         return SearchSettings(

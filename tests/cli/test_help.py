@@ -31,3 +31,22 @@ def test_the_method_suffixes_the_help_names_are_read_from_the_command_line():
         args = parser.parse_args(["prune", "--method", method, "--metric", "W * sqrt(X)"])
         job = job_from_args(args)
         assert (job.method, job.reconstruct, job.iterative) == ("metric", True, iterative)
+
+
+def test_a_metric_method_without_a_formula_names_the_flags_and_the_header_names_the_method(
+    capsys,
+):
+    from pzshell.cli import main
+
+    for method in ("metric", "metric+iterative", "metric+reconstruct"):
+        assert main(["prune", "--model", "/nonexistent/model-dir", "--method", method]) == 2
+        err = capsys.readouterr().err
+        assert f"--method {method} prunes with a formula of yours" in err
+        assert "--metric FORMULA or --json_tree FILE" in err
+    fast = ["--model", "tiny", "--nsamples", "2", "--seqlen", "32", "--eval-windows", "1"]
+    argv = ["prune", *fast, "--method", "metric+iterative", "--metric", "W * sqrt(X)"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err  # the header, as the summary and results.json say
+    assert "method=metric+iterative" in err
+    assert main(["prune", *fast, "--method", "wanda", "--reconstruct"]) == 0
+    assert "method=wanda+reconstruct" in capsys.readouterr().err

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pzshell.cli import main
-from pzshell.lang import evaluate, load_metric
+from pzshell.lang import MetricError, evaluate, load_metric
 from pzshell.lang.algebra import canonical
 from pzshell.lang.tree import from_json_obj
 from pzshell.search import Evaluator, Search, SearchError
@@ -631,6 +631,11 @@ def test_iterative_stages_score_the_weights_sparsegpts_loop_leaves(ev_iter):
         ev.restore()
     full = ev.run(tree, None)
     assert full["reason"] is None and full["full"] == round_fitness(direct)
+    # without the proxy stage the full stage is the same; the proxy says it is off
+    bare = Evaluator(dataclasses.replace(ev.settings, proxy_rows=0), threads=1)
+    assert bare.run(tree, None)["full"] == full["full"]
+    with pytest.raises(MetricError, match="the proxy stage is off"):
+        bare.screen(tree)
 
 
 def test_iterative_fitness_beats_the_masks_alone_and_its_finals_are_metric_iterative(ev_iter, ev):

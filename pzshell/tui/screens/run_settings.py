@@ -33,6 +33,7 @@ SEARCH_FIELDS = (
     ("budget", "budget (evaluations)", "int"),
     ("batch", "batch", "int"),
     ("ops", "operators", ("published", "extended")),
+    ("reconstruct", "reconstruct (SparseGPT)", ("none", "iterative")),
     ("nsamples", "samples for X", "int"),
     ("grad_samples", "samples for G", "int"),
     ("seqlen", "X and G window length", "int"),
@@ -54,6 +55,7 @@ HINTS = {
     "eval_windows": "blank: all",
 }
 SEARCH_HINTS = {
+    "reconstruct": "iterative: as metric+iterative prunes",
     "final_windows": "the held-out ones, then more",
     "reference": "a formula, or none",
     "margin": "a final must beat the reference by",
