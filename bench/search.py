@@ -555,6 +555,7 @@ def _targets(rows: list[dict], pairs) -> list[str]:
     for p in pairs:
         here = {r["name"]: r["ppl"] for r in rows if r["setting"] == p.label}
         paired = {r["name"]: r.get("vs_wanda") for r in rows if r["setting"] == p.label}
+        row = {r["name"]: r for r in rows if r["setting"] == p.label}
         wanda, sgpt = here.get("wanda"), here.get("sparsegpt")
         # the search's pick (its best final) when it has finals, else the best held-out rule
         best = here.get("pick", here.get("#1"))
@@ -589,9 +590,18 @@ def _targets(rows: list[dict], pairs) -> list[str]:
             met = "met" if rec <= stated[1] else "NOT met"
             lines.append(f"{p.label}: best + reconstruct {rec:.3f} vs stated <= {stated[1]}: {met}")
         if it is not None and sgpt is not None:  # not one of the targets: beside them
+            vs = paired_vs(
+                row.get("pick + iterative", row.get("#1 + iterative")), row.get("sparsegpt")
+            )
+            noise = (
+                f" ({vs['change']:+.1%} ± {vs['se']:.1%} window by window over "
+                f"{vs['windows']} windows)"
+                if vs
+                else ""
+            )
             lines.append(
                 f"{p.label}: (beside the targets) best + iterative {it:.3f} vs SparseGPT "
-                f"{sgpt:.3f}: {'better' if it <= sgpt else 'worse'}"
+                f"{sgpt:.3f}{noise}: {'better' if it <= sgpt else 'worse'}"
             )
     return lines
 

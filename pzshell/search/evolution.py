@@ -933,6 +933,7 @@ class Search:
         return (
             f"{f.model}, {f.sparsity_ratio:.0%} {f.sparsity_type}, held-out "
             f"{f.heldout_windows}x{f.heldout_seqlen} tokens of {f.calib}, seed {self.s.seed}"
+            + (" (pruned inside SparseGPT's loop)" if f.reconstruct == "iterative" else "")
         )
 
 

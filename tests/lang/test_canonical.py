@@ -278,3 +278,13 @@ def test_simplified_tree_has_the_same_key():
     for _ in range(100):
         t = random_tree(rng, 5, p_const=0.1)
         assert canonical(simplify(t)).key == canonical(t).key
+
+
+def test_every_constant_metric_has_one_key():
+    # W * exp(-104) folds to 0 in fp32 (exp underflows below -103); an affine map of it folds to
+    # another constant. Every constant ties every weight, so they are one candidate
+    # (found by hypothesis: 'W * exp(-104)' against '3 * (W * exp(-104)) + 1').
+    t = parse("W * exp(-104)")
+    keys = {canonical(parse(f)).key for f in ("0", "1", "-2.5", "3 * (W * exp(-104)) + 1")}
+    assert keys == {canonical(t).key}
+    assert canonical(parse("W")).key != canonical(t).key
