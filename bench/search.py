@@ -553,9 +553,9 @@ def _targets(rows: list[dict], pairs) -> list[str]:
     issue's stated figures."""
     lines = []
     for p in pairs:
-        here = {r["name"]: r["ppl"] for r in rows if r["setting"] == p.label}
-        paired = {r["name"]: r.get("vs_wanda") for r in rows if r["setting"] == p.label}
         row = {r["name"]: r for r in rows if r["setting"] == p.label}
+        here = {name: r["ppl"] for name, r in row.items()}
+        paired = {name: r.get("vs_wanda") for name, r in row.items()}
         wanda, sgpt = here.get("wanda"), here.get("sparsegpt")
         # the search's pick (its best final) when it has finals, else the best held-out rule
         best = here.get("pick", here.get("#1"))

@@ -408,7 +408,7 @@ class Evaluator:
             for H in self.H.values():
                 if id(H) not in self.factors:
                     self.factors[id(H)] = hinv_factor(H)
-        if self.H is None or self.settings.proxy_rows == 0:  # iterative: H without a proxy
+        if self.settings.proxy_rows == 0:  # no proxy (iterative: H for the full stage only)
             return
         g = torch.Generator().manual_seed(self.settings.seed)
         for i, n, _ in self.linears:
@@ -476,7 +476,7 @@ class Evaluator:
         setting and combined (their mean), and the hash of those masks. No forward pass. Never
         raises for a bad candidate: it gets the worst value and a reason."""
         out: dict = {"proxy": None, "mask_hash": None, "reason": None, "settings": {}}
-        if self.H is None or self.settings.proxy_rows == 0:
+        if self.settings.proxy_rows == 0:
             raise MetricError("the proxy stage is off (proxy_rows = 0)")
         with _scored(out):
             h = hashlib.blake2b(digest_size=10)
