@@ -83,6 +83,12 @@ def main() -> int:
         help="the search's --reconstruct: iterative scores every candidate inside SparseGPT's "
         "loop (then each top rule is also pruned that way on test)",
     )
+    ap.add_argument(
+        "--terminals",
+        default=None,
+        help="the search's --terminals (default: the CLI's, W,G,X); W,G,X,S adds SparseGPT's "
+        "column curvature",
+    )
     ap.add_argument("--top", type=int, default=5, help="hall-of-fame rules pruned on test")
     ap.add_argument(
         "--test-only", action="store_true", help="skip the search: prune the existing run's top"
@@ -138,6 +144,7 @@ def main() -> int:
         strategy=args.strategy,
         final_top=final_top,
         time_limit=args.minutes * 60,
+        terminals=args.terminals or base.terminals,
     )
     # the CLI's own plain-text progress (every message, counters at each batch end, each new
     # best and at least every 30 s), each line with the clock time

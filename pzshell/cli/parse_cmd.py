@@ -24,7 +24,7 @@ from ..lang import Node, load_metric, load_tree_file, save_tree_file, to_infix, 
 from ..lang.algebra import canonical, equivalent_known, explain, simplify
 from ..lang.diagnostics import MetricError
 from ..lang.library import shipped_tree, shipped_tree_names
-from ..lang.ops import OPS
+from ..lang.ops import EXTENDED_TERMINALS, OPS
 from ..lang.tree import to_json, to_json_obj
 
 
@@ -140,9 +140,12 @@ def run(args: argparse.Namespace) -> int:
     )
     if node.needs_pzshell:
         why = []
-        if node.uses_extended:
-            ext = sorted({n.data for _, n in node.walk() if n.is_op and OPS[n.data].extended})
+        ext = sorted({n.data for _, n in node.walk() if n.is_op and OPS[n.data].extended})
+        if ext:
             why.append(f"extended operators {', '.join(ext)}")
+        leaves = sorted(node.terminals & set(EXTENDED_TERMINALS))
+        if leaves:
+            why.append(f"the extended terminal {', '.join(leaves)}")
         if node.has_constants:
             why.append("numeric constants")
         grid.add_row(

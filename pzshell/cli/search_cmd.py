@@ -209,6 +209,11 @@ def register(sub) -> None:
         "(default extended)",
     )
     p.add_argument(
+        "--terminals",
+        help="the leaves evolution draws from, a comma list (default W,G,X, the published "
+        "set); add S, SparseGPT's column curvature 1/[H^-1]_jj, for example W,G,X,S",
+    )
+    p.add_argument(
         "--seed-formula",
         dest="seed_formulas",
         action="append",

@@ -30,7 +30,7 @@ from .layer_ratios import (
 )
 from .masks import SparsityError, make_mask, parse_sparsity_type
 from .refine import DSNOT_CYCLES, DSNOT_THRESHOLD, REFINEMENTS, RefineReport, dsnot
-from .sparsegpt import sparsegpt_prune
+from .sparsegpt import column_curvature, hinv_factor, sparsegpt_prune
 from .stats import InputStats, stat_key
 
 
@@ -164,6 +164,11 @@ class PruneConfig:
         return self.method == "sparsegpt" or self.reconstruct
 
     @property
+    def needs_hessian(self) -> bool:
+        """SparseGPT's update, or a metric that reads ``S`` (from the inverse Hessian)."""
+        return self.uses_sparsegpt or "S" in self.terminals
+
+    @property
     def terminals(self) -> frozenset[str]:
         return self.metric.terminals if self.metric is not None else frozenset()
 
@@ -182,6 +187,7 @@ class PruneConfig:
         return (
             self.uses_sparsegpt
             or "X" in self.terminals
+            or "S" in self.terminals
             or self.allocation != "uniform"
             or self.refine != "none"
         )
@@ -253,11 +259,13 @@ def _prune_iterative(
     ratio: float,
 ) -> tuple[torch.Tensor, torch.Tensor, None]:
     """SparseGPT's update with the metric's mask chosen inside its loop: for each block of 128
-    columns (each group of M), the metric of those columns' *current* weights (and their ``G``
-    and ``X``) selects what is pruned, over the block as a whole for unstructured sparsity, as
-    the published ``_iter`` variants do."""
+    columns (each group of M), the metric of those columns' *current* weights (and their ``G``,
+    ``X`` and ``S``) selects what is pruned, over the block as a whole for unstructured sparsity,
+    as the published ``_iter`` variants do."""
     if H is None:
         raise PruneError(f"SparseGPT update needs the Hessian of {where}")
+    factor = hinv_factor(H, 0.01)
+    S = column_curvature(factor) if "S" in cfg.terminals else None
 
     def scores(w: torch.Tensor, a: int, b: int) -> torch.Tensor:
         try:
@@ -266,12 +274,13 @@ def _prune_iterative(
                 w,
                 G=G[:, a:b] if G is not None else None,
                 X=X[:, a:b] if X is not None else None,
+                S=S[:, a:b] if S is not None else None,
             )
         except DegenerateMetric as e:
             raise DegenerateMetric(f"{e.message} (at {where}, columns {a}:{b})") from None
 
     new, mask = sparsegpt_prune(
-        weight, H, ratio, cfg.n, cfg.m, score_fn=scores, blocksize=128, percdamp=0.01
+        weight, H, ratio, cfg.n, cfg.m, score_fn=scores, percdamp=0.01, factor=factor
     )
     return new.to(weight.dtype), mask, None
 
@@ -294,9 +303,16 @@ def prune_linear(
     mask = report = None
     if cfg.iterative:
         return _prune_iterative(cfg, weight, X=X, G=G, H=H, where=where, ratio=ratio)
+    factor = None
     if cfg.metric is not None:
+        S = None
+        if "S" in cfg.terminals:
+            if H is None:
+                raise PruneError(f"the metric's S needs the Hessian of {where}")
+            factor = hinv_factor(H, 0.01)
+            S = column_curvature(factor)
         try:
-            scores = evaluate(cfg.metric, weight, G=G, X=X)
+            scores = evaluate(cfg.metric, weight, G=G, X=X, S=S)
         except DegenerateMetric as e:
             raise DegenerateMetric(f"{e.message} (at {where})") from None
         mask = make_mask(scores, ratio, cfg.n, cfg.m, group=cfg.spec.group, variant=cfg.use_variant)
@@ -318,7 +334,7 @@ def prune_linear(
         if H is None:
             raise PruneError(f"SparseGPT update needs the Hessian of {where}")
         new, mask = sparsegpt_prune(
-            weight, H, ratio, cfg.n, cfg.m, mask=mask, blocksize=128, percdamp=0.01
+            weight, H, ratio, cfg.n, cfg.m, mask=mask, percdamp=0.01, factor=factor
         )
         return new.to(weight.dtype), mask, None
     new = weight.clone()
@@ -400,7 +416,7 @@ def prune_model(
         linears = find_linears(block)
         stats = {}
         if chunks is not None:
-            stats = run_block_collecting(block, linears, chunks, want_h=cfg.uses_sparsegpt)
+            stats = run_block_collecting(block, linears, chunks, want_h=cfg.needs_hessian)
         for name, lin in linears.items():
             where = f"block {i} {name}"
             G = None
@@ -426,7 +442,7 @@ def prune_model(
                 lin.weight.data,
                 X=st.X if st is not None and "X" in cfg.terminals else None,
                 G=G,
-                H=st.hessian() if st is not None and cfg.uses_sparsegpt else None,
+                H=st.hessian() if st is not None and cfg.needs_hessian else None,
                 where=where,
                 ratio=ratio,
                 inputs=st,

@@ -52,6 +52,16 @@ def hinv_factor(H: torch.Tensor, percdamp: float = 0.01) -> tuple[torch.Tensor, 
     return torch.linalg.cholesky(Hinv, upper=True), dead
 
 
+def column_curvature(factor: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """The metric terminal ``S`` from :func:`hinv_factor`'s ``(U, dead)``: ``1 / U_jj^2``, shape
+    ``(1, in)``. ``U_jj^2`` is ``[H_F^-1]_jj`` for ``F = j..in-1``, the columns SparseGPT's loop
+    has not fixed when it reaches ``j``, so ``W^2 * S`` is SparseGPT's own score ``w^2 / U_jj^2``
+    and ``S`` is the OBS curvature of removing weight ``j`` with the later columns free to
+    compensate. Dead inputs (no activation) get the damping's value."""
+    U, _ = factor
+    return (1.0 / torch.diag(U).square()).reshape(1, -1)
+
+
 def _masked_errors(W1: torch.Tensor, m: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
     """The OBS errors of a run of columns whose mask ``m`` is known: column by column, a pruned
     weight's error is its current value over ``U_ii`` and moves every later column by

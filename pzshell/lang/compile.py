@@ -12,7 +12,7 @@ from collections import Counter
 import torch
 
 from .diagnostics import DegenerateMetric, MetricError
-from .ops import OPS
+from .ops import COLUMN_TERMINALS, OPS
 from .tree import Node, to_infix
 
 
@@ -21,6 +21,7 @@ def evaluate(
     W: torch.Tensor,
     G: torch.Tensor | None = None,
     X: torch.Tensor | None = None,
+    S: torch.Tensor | None = None,
     *,
     rows: torch.Tensor | None = None,
     check: bool = True,
@@ -46,11 +47,12 @@ def evaluate(
     if W.dim() != 2:
         raise MetricError(f"W must be a matrix (out, in), got shape {tuple(shape)}")
     raw: dict[str, torch.Tensor] = {"W": W.detach()}
-    for name, t, want in (("G", G, shape), ("X", X, (1, shape[1]))):
+    column = (1, shape[1])
+    for name, t, want in (("G", G, shape), ("X", X, column), ("S", S, column)):
         if t is None:
             continue
         t = t.detach()
-        if name == "X":
+        if name in COLUMN_TERMINALS:
             t = t.reshape(1, -1)
         if tuple(t.shape) != tuple(want):
             raise MetricError(
@@ -73,7 +75,7 @@ def evaluate(
 
     def leaf(name: str, cut: bool) -> torch.Tensor:
         t = raw[name]
-        if cut and name != "X":  # X is (1, in): every row's
+        if cut and name not in COLUMN_TERMINALS:  # X and S are (1, in): every row's
             t = t[rows]
         t = t.to(device=W.device, dtype=dtype)
         return t.abs() if name == "W" else t
@@ -126,10 +128,11 @@ def degenerate_reason(scores: torch.Tensor) -> str | None:
 
 
 def compile_metric(node: Node):
-    """A callable ``f(W, G=None, X=None) -> scores`` for the tree (closure over ``evaluate``)."""
+    """A callable ``f(W, G=None, X=None, S=None) -> scores`` for the tree (closure over
+    ``evaluate``)."""
 
-    def metric(W, G=None, X=None, *, check: bool = True):
-        return evaluate(node, W, G, X, check=check)
+    def metric(W, G=None, X=None, S=None, *, check: bool = True):
+        return evaluate(node, W, G, X, S, check=check)
 
     metric.tree = node  # type: ignore[attr-defined]
     metric.terminals = node.terminals  # type: ignore[attr-defined]

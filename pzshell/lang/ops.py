@@ -20,8 +20,15 @@ from typing import Any
 
 import torch
 
-TERMINALS: tuple[str, ...] = ("W", "G", "X")
-"""Leaves: |weight| (out,in), gradient statistic (out,in), activation statistic (1,in)."""
+TERMINALS: tuple[str, ...] = ("W", "G", "X", "S")
+"""Leaves: |weight| (out,in), gradient statistic (out,in), activation statistic (1,in), and
+(extended, pzshell only) SparseGPT's column curvature ``1 / [H_{j:,j:}^-1]_jj`` (1,in)."""
+PUBLISHED_TERMINALS: tuple[str, ...] = ("W", "G", "X")
+"""The leaves the published Pruner-Zero code knows; the search's default terminal set."""
+EXTENDED_TERMINALS: tuple[str, ...] = ("S",)
+"""Leaves beyond the published set: a tree using one is marked as needing pzshell."""
+COLUMN_TERMINALS: tuple[str, ...] = ("X", "S")
+"""Leaves of shape ``(1, in)``: one value per input column, shared by every row."""
 
 # Precedence of the text forms, loosest first: how tightly an operator's infix, prefix or power
 # form binds its operands. A function call, a name, a number or a parenthesised formula is an atom.

@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from .ops import OPS, PUBLISHED, TERMINALS
+from .ops import OPS, PUBLISHED, PUBLISHED_TERMINALS
 from .tree import Node
 
 DEFAULT_CONSTANTS: tuple[float, ...] = (-2.0, -1.0, -0.5, 0.5, 1.0, 2.0, 3.0)
@@ -25,7 +25,7 @@ def random_tree(
     max_depth: int,
     method: str = "grow",
     ops: Sequence[str] = PUBLISHED,
-    terminals: Sequence[str] = TERMINALS,
+    terminals: Sequence[str] = PUBLISHED_TERMINALS,
     p_const: float = 0.0,
     *,
     min_depth: int | None = None,
@@ -72,7 +72,7 @@ def ramped_half_and_half(
     n: int,
     max_depth: int,
     ops: Sequence[str] = PUBLISHED,
-    terminals: Sequence[str] = TERMINALS,
+    terminals: Sequence[str] = PUBLISHED_TERMINALS,
     p_const: float = 0.0,
     *,
     min_depth: int = 2,

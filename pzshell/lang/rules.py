@@ -19,7 +19,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from .ops import OPS
+from .ops import COLUMN_TERMINALS, OPS
 from .tree import Node, format_number
 
 # ---------------------------------------------------------------------------------------------
@@ -29,7 +29,8 @@ from .tree import Node, format_number
 
 @lru_cache(maxsize=65536)
 def nonneg(node: Node) -> bool:
-    """Provably ``>= 0`` everywhere: W, G, X are, constants by value, operators by their flags."""
+    """Provably ``>= 0`` everywhere: the terminals are, constants by value, operators by their
+    flags."""
     if node.is_terminal:
         return True
     if node.is_const:
@@ -39,7 +40,7 @@ def nonneg(node: Node) -> bool:
 
 @lru_cache(maxsize=65536)
 def row_shaped(node: Node) -> bool:
-    """The subtree evaluates to a ``(1, in)`` tensor: every leaf is ``X``.
+    """The subtree evaluates to a ``(1, in)`` tensor: every leaf is ``X`` or ``S``.
 
     ``W``, ``G`` and constants are ``(out, in)`` (the reference code builds constants with the
     weight's shape), and binary operators broadcast. The shape is visible to whole-tensor
@@ -47,7 +48,7 @@ def row_shaped(node: Node) -> bool:
     so a rewrite must never change it; the rule engine checks this for every rule.
     """
     if node.is_terminal:
-        return node.data == "X"
+        return node.data in COLUMN_TERMINALS
     if node.is_const:
         return False
     return all(row_shaped(c) for c in node.children)

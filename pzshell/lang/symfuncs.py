@@ -27,6 +27,7 @@ __all__ = [
     "G",
     "Mms",
     "Rown",
+    "S",
     "SYMBOLS",
     "W",
     "X",
@@ -41,7 +42,8 @@ __all__ = [
 W = Symbol("W", nonnegative=True)
 G = Symbol("G", nonnegative=True)
 X = Symbol("X", nonnegative=True)
-SYMBOLS: dict[str, Symbol] = {"W": W, "G": G, "X": X}
+S = Symbol("S", nonnegative=True)
+SYMBOLS: dict[str, Symbol] = {"W": W, "G": G, "X": X, "S": S}
 
 LOG_EPS = Rational(1, 1000)
 """``log`` adds 0.001 before taking the logarithm (protected log of the reference code)."""

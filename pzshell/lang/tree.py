@@ -11,7 +11,7 @@ from typing import Any
 
 from .. import atomic
 from .diagnostics import MetricError
-from .ops import OPS, PREC_ATOM, PREC_POWER, PREC_PREFIX, PREC_SUM, TERMINALS
+from .ops import EXTENDED_TERMINALS, OPS, PREC_ATOM, PREC_POWER, PREC_PREFIX, PREC_SUM, TERMINALS
 
 MAX_DEPTH = 64
 """Deepest tree accepted from text or JSON (a GP search never gets near this)."""
@@ -77,9 +77,9 @@ class Node:
 
     @cached_property
     def uses_extended(self) -> bool:
-        return (self.is_op and OPS[self.data].extended) or any(
-            c.uses_extended for c in self.children
-        )
+        """An extended operator (``rown``, ``coln``) or terminal (``S``) occurs in the tree."""
+        here = (self.is_op and OPS[self.data].extended) or self.data in EXTENDED_TERMINALS
+        return here or any(c.uses_extended for c in self.children)
 
     @cached_property
     def has_constants(self) -> bool:
@@ -211,6 +211,9 @@ def to_json_obj(node: Node, *, mark_extended: bool = True) -> dict[str, Any]:
                 {n.data for _, n in node.walk() if n.is_op and OPS[n.data].extended}
             ),
         }
+        extended_leaves = sorted(node.terminals & set(EXTENDED_TERMINALS))
+        if extended_leaves:
+            mark["extended_terminals"] = extended_leaves
         if node.has_constants:
             # the reference loader accepts only W, G, X and operator names as labels
             mark["constants"] = sorted({n.data for _, n in node.walk() if n.is_const}, key=float)

@@ -36,7 +36,6 @@ from pathlib import Path
 
 from ..lang import Node, load_metric, to_infix, to_json_obj
 from ..lang.algebra import canonical, simplify
-from ..lang.ops import TERMINALS
 from ..lang.random_trees import ramped_half_and_half, random_tree
 from ..lang.tree import from_json_obj, save_tree_file
 from .backends import InProcessBackend, ProcessBackend, RayBackend, Task
@@ -194,7 +193,7 @@ class Search:
             depth = rng.randint(2, s.init_depth)
             method = rng.choice(("full", "grow"))
             tree = random_tree(
-                rng, depth, method, s.op_names, TERMINALS, s.p_const, min_depth=min(3, depth)
+                rng, depth, method, s.op_names, s.terminal_names, s.p_const, min_depth=min(3, depth)
             )
             return tree, "random", []
         r = rng.random()
@@ -207,7 +206,7 @@ class Search:
             b = tournament(rng, pop, s.tournament, key)
             child = crossover(rng, a["_tree"], b["_tree"])
             return child, "crossover", [a["id"], b["id"]]
-        child = mutate(rng, a["_tree"], s.max_depth, s.op_names, s.p_const)
+        child = mutate(rng, a["_tree"], s.max_depth, s.op_names, s.p_const, s.terminal_names)
         return child, "mutation", [a["id"]]
 
     # ---- the run --------------------------------------------------------------------------------
@@ -560,7 +559,9 @@ class Search:
         s = self.s
         front = pareto_records(pop)[: max(1, s.population // 2)]
         n = s.population - len(front)
-        fresh = ramped_half_and_half(rng, n, s.init_depth, s.op_names, p_const=s.p_const)
+        fresh = ramped_half_and_half(
+            rng, n, s.init_depth, s.op_names, s.terminal_names, p_const=s.p_const
+        )
         return front, [(t, "restart") for t in fresh]
 
     def _note_progress(self, history: list[dict]) -> None:
@@ -594,13 +595,17 @@ class Search:
         s = self.s
         trees: list[tuple[Node, str]] = []
         if s.seed_known:
-            trees += [(load_metric(f), "known") for f in KNOWN_SEEDS]
+            known = [load_metric(f) for f in KNOWN_SEEDS]
+            leaves = set(s.terminal_names)
+            trees += [(t, "known") for t in known if t.terminals <= leaves]
         trees += [(load_metric(f), "seed") for f in s.seed_formulas]
         trees = [
             (t, o) for t, o in trees if all(n.data in s.op_names for _, n in t.walk() if n.is_op)
         ]
         n_random = max(0, s.population - len(trees))
-        extra = ramped_half_and_half(rng, n_random * 3, s.init_depth, s.op_names, p_const=s.p_const)
+        extra = ramped_half_and_half(
+            rng, n_random * 3, s.init_depth, s.op_names, s.terminal_names, p_const=s.p_const
+        )
         trees += [(t, "init") for t in extra]
         return trees
 

@@ -60,7 +60,7 @@ from ..data import load_text, sample_windows, tokenize, window_offsets
 from ..engine.layer_ratios import OWL_LAMBDA
 from ..engine.masks import make_mask, parse_sparsity_type
 from ..engine.prune import PruneConfig, prune_model
-from ..engine.sparsegpt import hinv_factor, sparsegpt_prune
+from ..engine.sparsegpt import column_curvature, hinv_factor, sparsegpt_prune
 from ..engine.stats import activation_stats, compute_gradients, stat_key
 from ..evaluate.perplexity import perplexity
 from ..lang import DegenerateMetric, MetricError, Node, evaluate
@@ -404,6 +404,7 @@ class Evaluator:
         self.row_weight: dict[tuple[int, str], torch.Tensor] = {}
         # SparseGPT's factor of each distinct H (q/k/v and gate/up share theirs), iterative only
         self.factors: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.curvature: dict[int, torch.Tensor] = {}  # the terminal S of each distinct H
         if self.iterative:
             for H in self.H.values():
                 if id(H) not in self.factors:
@@ -436,17 +437,32 @@ class Evaluator:
         W = self.dense[(i, n)]
         G = self.G.get(k) if "G" in tree.terminals else None
         X = (self.X if Xs is None else Xs).get(k) if "X" in tree.terminals else None
+        S = self._curvature(k) if "S" in tree.terminals else None
         if rows is not None:
             W = W[rows]
             G = G[rows] if G is not None else None
-        return W, G, X
+        return W, G, X, S
+
+    def _curvature(self, key: str) -> torch.Tensor:
+        """The terminal ``S`` of one linear, from the cached dense ``H`` (computed once)."""
+        if self.H is None:
+            raise MetricError(
+                "S (SparseGPT's column curvature) needs the calibration Hessian, which this "
+                "search did not load (--proxy_rows 0 and --reconstruct none)"
+            )
+        H = self.H[key]
+        if id(H) not in self.curvature:
+            if id(H) not in self.factors:
+                self.factors[id(H)] = hinv_factor(H)
+            self.curvature[id(H)] = column_curvature(self.factors[id(H)])
+        return self.curvature[id(H)]
 
     def _iterative(self, tree: Node, i: int, n: str, p: Setting, ratio: float, rows=None):
         """``(new weight, mask)`` of linear ``(i, n)`` (its ``rows`` only, when given) from
         SparseGPT's loop with ``tree`` choosing each block's mask from the updated weights, at
         setting ``p`` with sparsity ``ratio``; the cached ``H`` stands for the layer's inputs.
         A column-reading operator reads the rows at hand (a sample's, for the proxy)."""
-        W, G, X = self._leaves(tree, i, n, rows, self.Xs[p.label])
+        W, G, X, S = self._leaves(tree, i, n, rows, self.Xs[p.label])
         H = self.H[stat_key(n, i)]
 
         def scores(w: torch.Tensor, a: int, b: int) -> torch.Tensor:
@@ -455,6 +471,7 @@ class Evaluator:
                 w,
                 G=G[:, a:b] if G is not None else None,
                 X=X[:, a:b] if X is not None else None,
+                S=S[:, a:b] if S is not None else None,
             )
 
         return sparsegpt_prune(
@@ -466,8 +483,8 @@ class Evaluator:
         """``tree``'s scores of linear ``(i, n)``'s sampled rows: the row-local parts of the tree
         on those rows alone, a column-reading operator's operand on the whole weight (see
         :func:`~pzshell.lang.evaluate`'s ``rows``)."""
-        W, G, X = self._leaves(tree, i, n, None, Xs)
-        return evaluate(tree, W, G=G, X=X, rows=self.rows[(i, n)])
+        W, G, X, S = self._leaves(tree, i, n, None, Xs)
+        return evaluate(tree, W, G=G, X=X, S=S, rows=self.rows[(i, n)])
 
     @torch.no_grad()
     def screen(self, tree: Node) -> dict:
@@ -536,8 +553,8 @@ class Evaluator:
             memo.clear()  # one set of whole-model scores at a time
             scores = memo[key] = {}
             for i, n, _ in self.linears:
-                W, G, X = self._leaves(tree, i, n, None, Xs)
-                scores[(i, n)] = evaluate(tree, W, G=G, X=X)
+                W, G, X, S = self._leaves(tree, i, n, None, Xs)
+                scores[(i, n)] = evaluate(tree, W, G=G, X=X, S=S)
         for i, n, lin in self.linears:
             mask = make_mask(memo[key][(i, n)], ratios[i], p.n, p.m)  # per-row groups
             lin.weight.copy_(self.dense[(i, n)]).masked_fill_(mask, 0)  # no temporary

@@ -6,7 +6,7 @@ import math
 import random
 from collections.abc import Sequence
 
-from ..lang.ops import OPS, TERMINALS
+from ..lang.ops import OPS, PUBLISHED_TERMINALS
 from ..lang.random_trees import random_tree
 from ..lang.tree import Node
 
@@ -41,12 +41,18 @@ def crossover(rng: random.Random, a: Node, b: Node) -> Node:
 
 
 def subtree_mutation(
-    rng: random.Random, a: Node, max_depth: int, ops: Sequence[str], p_const: float = 0.0
+    rng: random.Random,
+    a: Node,
+    max_depth: int,
+    ops: Sequence[str],
+    p_const: float = 0.0,
+    terminals: Sequence[str] = PUBLISHED_TERMINALS,
 ) -> Node:
     """Replace a random subtree by a fresh random ("grow") tree of depth <= 3."""
     path, _ = rng.choice(subtrees(a))
     room = max(1, min(3, max_depth - len(path)))
-    return replace_at(a, path, random_tree(rng, room, "grow", ops, TERMINALS, p_const, min_depth=1))
+    fresh = random_tree(rng, room, "grow", ops, terminals, p_const, min_depth=1)
+    return replace_at(a, path, fresh)
 
 
 def constant_mutation(rng: random.Random, a: Node) -> Node:
@@ -63,28 +69,38 @@ def constant_mutation(rng: random.Random, a: Node) -> Node:
     return replace_at(a, path, Node.const(float(f"{value:.3g}")))
 
 
-def point_mutation(rng: random.Random, a: Node, ops: Sequence[str]) -> Node:
-    """Change one node to another of the same arity (operator) or another leaf."""
+def point_mutation(
+    rng: random.Random, a: Node, ops: Sequence[str], terminals: Sequence[str] = PUBLISHED_TERMINALS
+) -> Node:
+    """Change one node to another of the same arity (operator) or another leaf of
+    ``terminals``."""
     path, n = rng.choice(subtrees(a))
     if n.is_op:
         same = [o for o in ops if OPS[o].arity == OPS[n.data].arity and o != n.data]
         if not same:
             return a
         return replace_at(a, path, Node(rng.choice(same), n.children))
-    others = [t for t in TERMINALS if t != n.data]
+    others = [t for t in terminals if t != n.data]
+    if not others:
+        return a
     return replace_at(a, path, Node(rng.choice(others)))
 
 
 def mutate(
-    rng: random.Random, a: Node, max_depth: int, ops: Sequence[str], p_const: float = 0.0
+    rng: random.Random,
+    a: Node,
+    max_depth: int,
+    ops: Sequence[str],
+    p_const: float = 0.0,
+    terminals: Sequence[str] = PUBLISHED_TERMINALS,
 ) -> Node:
     """Subtree or point mutation; a tree with constants has its constants tuned a third of the
     time (:func:`constant_mutation`)."""
     if a.has_constants and rng.random() < 1 / 3:
         return constant_mutation(rng, a)
     if rng.random() < 0.5:
-        return subtree_mutation(rng, a, max_depth, ops, p_const)
-    return point_mutation(rng, a, ops)
+        return subtree_mutation(rng, a, max_depth, ops, p_const, terminals)
+    return point_mutation(rng, a, ops, terminals)
 
 
 def tournament(rng: random.Random, pool: Sequence, k: int, key) -> object:

@@ -11,11 +11,13 @@ from ..engine.layer_ratios import OWL_LAMBDA
 from ..engine.masks import parse_sparsity_type
 from ..errors import PzError
 from ..lang import load_metric
-from ..lang.ops import EXTENDED, PUBLISHED
+from ..lang.ops import EXTENDED, PUBLISHED, PUBLISHED_TERMINALS, TERMINALS
 from ..lang.tree import MetricError
 from .fitness import FitnessSettings
 
-KNOWN_SEEDS = ("W", "W*sqrt(X)", "abs(W*W)*mms(G)", "W*G")
+KNOWN_SEEDS = ("W", "W*sqrt(X)", "abs(W*W)*mms(G)", "W*G", "W*sqrt(S)")
+"""Magnitude, Wanda, the published Pruner-Zero tree, a gradient product and SparseGPT's own
+score; a search seeds those whose leaves are all in its terminal set."""
 
 
 class SearchError(PzError):
@@ -42,6 +44,8 @@ class SearchSettings:
     max_size: int = 25
     init_depth: int = 4
     ops: str = "extended"  # or "published"
+    # the leaves evolution draws from: W, G, X (the published set), and S where asked for
+    terminals: str = "W,G,X"
     p_const: float = 0.1
     proxy_quantile: float = 0.25  # proxy stage: only the best quarter pays for perplexity
     promote_max: float = 0.3  # and at most this fraction of a batch, the best proxies first
@@ -116,6 +120,7 @@ class SearchSettings:
             raise SearchError(f"--ops must be 'published' or 'extended', got '{self.ops}'")
         if self.max_depth < 2:
             raise SearchError(f"max depth must be at least 2, got {self.max_depth}")
+        self._check_terminals()
         for f in self.seed_formulas:
             try:
                 tree = load_metric(f)
@@ -127,10 +132,42 @@ class SearchSettings:
                     f"seed formula {f!r} uses {', '.join(sorted(bad))}, outside the "
                     f"'{self.ops}' operator set (use --ops extended)"
                 )
+            leaves = tree.terminals - set(self.terminal_names)
+            if leaves:
+                raise SearchError(
+                    f"seed formula {f!r} uses {', '.join(sorted(leaves))}, outside the search's "
+                    f"terminals {self.terminals} (add {', '.join(sorted(leaves))} to --terminals)"
+                )
+
+    def _check_terminals(self) -> None:
+        if not isinstance(self.terminals, str):
+            raise SearchError(
+                f"--terminals must be a comma list such as W,G,X,S, got {self.terminals!r}"
+            )
+        names = self.terminal_names
+        unknown = [t for t in names if t not in TERMINALS]
+        if unknown or not names or len(set(names)) != len(names):
+            what = f"unknown {', '.join(unknown)}" if unknown else "each at most once"
+            raise SearchError(
+                f"--terminals {self.terminals!r}: {what}; the terminals are {', '.join(TERMINALS)}"
+            )
+        if "W" not in names:
+            raise SearchError(f"--terminals {self.terminals!r} must include W (the weight)")
+        f = self.fitness
+        if "S" in names and f.proxy_rows == 0 and f.reconstruct == "none":
+            raise SearchError(
+                "--terminals with S needs the calibration Hessian, which this search does not "
+                "load with --proxy_rows 0 and --reconstruct none: give --proxy_rows > 0 or "
+                "--reconstruct iterative"
+            )
 
     @property
     def op_names(self) -> tuple[str, ...]:
         return PUBLISHED + EXTENDED if self.ops == "extended" else PUBLISHED
+
+    @property
+    def terminal_names(self) -> tuple[str, ...]:
+        return tuple(t.strip() for t in self.terminals.split(",") if t.strip())
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -160,6 +197,8 @@ class SearchSettings:
         d = self.to_dict()
         for k in ("budget", "time_limit", "final_top", "reference", "margin"):
             d.pop(k)
+        if self.terminal_names == PUBLISHED_TERMINALS:  # a run saved before the setting existed
+            del d["terminals"]
         d["fitness"].pop("final_windows")  # the finals' text, like their number, may change
         if d["fitness"]["reconstruct"] == "none":  # a run saved before the setting existed
             del d["fitness"]["reconstruct"]

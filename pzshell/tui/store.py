@@ -47,6 +47,7 @@ class SearchKnobs:
     budget: int = 24
     batch: int = 4
     ops: str = "published"
+    terminals: str = "W,G,X"
     reconstruct: str = "none"  # "iterative": candidates scored inside SparseGPT's loop
     nsamples: int = 8
     grad_samples: int = 4
@@ -135,6 +136,7 @@ class AppSettings:
             budget=k.budget,
             batch=k.batch,
             ops=k.ops,
+            terminals=k.terminals,
             seed=r.seed,
             final_top=k.final_top,
             reference=reference_rule(k.reference),

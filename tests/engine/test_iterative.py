@@ -92,3 +92,63 @@ def test_iterative_refusals():
         PruneConfig("sparsegpt", 0.5, iterative=True)
     with pytest.raises(PruneError, match="no iterative form"):
         PruneConfig("ablate_wanda_iter", 0.5, use_variant=True)
+
+
+# ---- the terminal S: SparseGPT's column curvature ----------------------------------------------
+def test_s_is_the_obs_curvature_of_each_column_with_the_later_ones_free():
+    """``S_j = 1 / [H_F^-1]_jj`` with ``F = j..in-1`` of the damped Hessian (an oracle from a
+    direct float64 inverse of each trailing block); a dead input gets the damping's curvature."""
+    from pzshell.engine.sparsegpt import column_curvature, hinv_factor
+
+    W, H = _problem(cols=64)
+    H[5, :] = H[:, 5] = 0  # a dead input
+    S = column_curvature(hinv_factor(H))
+    assert S.shape == (1, 64)
+    Hd = H.double().clone()
+    Hd[5, 5] = 1
+    Hd += torch.eye(64, dtype=torch.float64) * 0.01 * torch.mean(torch.diag(Hd))
+    want = torch.stack([1 / torch.linalg.inv(Hd[j:, j:])[0, 0] for j in range(64)])
+    torch.testing.assert_close(S[0].double(), want, rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("sparsity_type,n,m", [("unstructured", 0, 0), ("2:4", 2, 4)])
+def test_w_sqrt_s_inside_the_loop_is_sparsegpt(sparsity_type, n, m):
+    """``W * sqrt(S)`` chosen inside SparseGPT's loop is SparseGPT itself (its ``w^2/U_jj^2``),
+    weights and mask alike; as a plain mask it is the OBS mask of the unupdated weights."""
+    from pzshell.engine.prune import prune_linear
+    from pzshell.engine.sparsegpt import column_curvature, hinv_factor
+    from pzshell.lang import load_metric
+
+    W, H = _problem()
+    own_w, own_mask = sparsegpt_prune(W, H, 0.5, n, m)
+    cfg = PruneConfig("metric+iterative", 0.5, sparsity_type, metric=load_metric("W * sqrt(S)"))
+    new, mask, _ = prune_linear(cfg, W, H=H)
+    assert torch.equal(mask, own_mask)
+    assert torch.equal(new, own_w)
+    plain = PruneConfig("metric", 0.5, sparsity_type, metric=load_metric("W^2 * S"))
+    new, mask, _ = prune_linear(plain, W, H=H)
+    score = W**2 * column_curvature(hinv_factor(H))
+    if n:  # the 2 smallest of every 4 columns of a row
+        ranks = score.reshape(W.shape[0], -1, 4).argsort(-1).argsort(-1)
+        assert torch.equal(mask, (ranks < 2).reshape(W.shape))
+    else:  # the smallest half of every row
+        assert torch.equal(mask, score.argsort(1).argsort(1) < W.shape[1] // 2)
+    assert torch.equal(new, W.masked_fill(mask, 0))
+    with pytest.raises(PruneError, match="S needs the Hessian of here"):
+        prune_linear(plain, W, where="here")
+
+
+def test_a_metric_with_s_prunes_a_model_and_structured_pruning_refuses_it(tiny):
+    """``S`` makes a plain metric prune collect each layer's Hessian; the structured importance
+    (which collects none) refuses a formula with ``S`` by name."""
+    from pzshell.engine.structured.importance import StructuredError, parse_importance
+    from pzshell.lang import load_metric
+
+    ids = calibration_windows(tiny.tokenizer, load_text("builtin", role="calib"), 4, 64, 0)
+    cfg = PruneConfig("metric", 0.5, "2:4", metric=load_metric("W * sqrt(S)"))
+    assert cfg.needs_calibration and cfg.needs_hessian and not cfg.uses_sparsegpt
+    res = prune_model(tiny.model, cfg, ids)
+    assert res.sparsity == pytest.approx(0.5)
+    assert all(r.sparsity == 0.5 for r in res.layers)
+    with pytest.raises(StructuredError, match="reads S"):
+        parse_importance("W * sqrt(S)")

@@ -239,3 +239,30 @@ def test_infix_forms_and_precedence_come_from_the_registry():
             assert parse(f"W^{op.exponent}") == N(op.name, W)
         if op.prefix:
             assert parse(f"{op.prefix}W") == N(op.name, W)
+
+
+def test_the_extended_terminal_s_parses_evaluates_and_is_marked():
+    """``S`` (SparseGPT's column curvature, one value per input column) is a leaf like ``X``:
+    it parses, broadcasts over the rows, is refused when not given, and a tree that reads it is
+    marked as needing pzshell (the published loader knows only W, G, X)."""
+    import torch
+
+    from pzshell.lang import MetricError, evaluate
+    from pzshell.lang.algebra import canonical, nonneg, row_shaped
+
+    t = parse("W^2 * S")
+    assert t.terminals == {"W", "S"} and t.uses_extended and t.needs_pzshell
+    obj = to_json_obj(t)
+    assert obj[EXTENDED_MARK]["extended_terminals"] == ["S"]
+    assert obj[EXTENDED_MARK]["extended_ops"] == []
+    assert from_json(to_json(t)) == t
+    W, S = torch.randn(3, 4), torch.rand(4)
+    torch.testing.assert_close(evaluate(t, W, S=S), W**2 * S.reshape(1, 4))
+    with pytest.raises(MetricError, match="needs S"):
+        evaluate(t, W)
+    with pytest.raises(MetricError, match="statistic S has shape"):
+        evaluate(t, W, S=torch.rand(5))
+    assert row_shaped(parse("sqrt(S) * X")) and nonneg(parse("S"))
+    assert canonical(t).key == canonical(parse("W * sqrt(S)")).key
+    assert canonical(t).key != canonical(parse("W^2 * X")).key
+    assert EXTENDED_MARK not in to_json_obj(parse("W^2 * X"))

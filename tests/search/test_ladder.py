@@ -682,3 +682,75 @@ def test_iterative_search_runs_resumes_and_keeps_old_digests(tmp_path, capsys):
     assert "invalid choice: 'sideways'" in capsys.readouterr().err
     with pytest.raises(SearchError, match="--reconstruct is 'none'"):
         settings(fitness=dataclasses.replace(FIT, reconstruct="yes")).validate()
+
+
+# ---- the terminal set (--terminals) -------------------------------------------------------------
+def test_w_sqrt_s_in_the_iterative_full_stage_is_sparsegpt(ev_iter):
+    """``S`` comes from the cached dense ``H``: ``W * sqrt(S)`` chosen inside the loop is SparseGPT
+    on every linear, so its full-stage fitness is SparseGPT's perplexity from those Hessians."""
+    from pzshell.engine.sparsegpt import sparsegpt_prune
+    from pzshell.engine.stats import stat_key
+    from pzshell.evaluate.perplexity import perplexity
+    from pzshell.search.fitness import round_fitness
+
+    ev = ev_iter
+    try:
+        with torch.no_grad():
+            for i, n, lin in ev.linears:
+                H = ev.H[stat_key(n, i)]
+                lin.weight.copy_(sparsegpt_prune(ev.dense[(i, n)], H, ev.pairs[0].ratio)[0])
+        direct = perplexity(ev.lm.model, ev.heldout, batch_size=len(ev.heldout)).ppl
+    finally:
+        ev.restore()
+    assert ev.run(load_metric("W * sqrt(S)"), None)["full"] == round_fitness(direct)
+    # the plain stages read S too; without H (no proxy, no loop) a candidate with S is refused
+    assert ev.screen(load_metric("W^2 * S"))["reason"] is None
+    bare = Evaluator(dataclasses.replace(FIT, proxy_rows=0), threads=1)
+    res = bare.run(load_metric("W^2 * S"), None)
+    assert res["full"] is None and "needs the calibration Hessian" in res["reason"]
+
+
+def test_evolution_draws_leaves_from_the_terminal_set_only():
+    from pzshell.search.gp import point_mutation, subtree_mutation
+
+    tree = load_metric("W * sqrt(X) + G")
+    ops = ("add", "mul", "sqrt")
+    for i in range(40):
+        rng = random.Random(i)
+        assert point_mutation(rng, tree, ops, ("W", "S")).terminals <= {"W", "S", "G", "X"}
+        got = subtree_mutation(rng, load_metric("W"), 4, ops, 0.0, ("W", "S")).terminals
+        assert got <= {"W", "S"}
+    seen = set()
+    for i in range(60):  # the default is the published set: never S
+        seen |= mutate(random.Random(i), tree, 6, ops).terminals
+    assert "S" not in seen and {"W", "G", "X"} <= seen
+
+
+def test_a_search_with_s_in_its_terminals_runs_and_the_setting_is_checked(tmp_path, capsys):
+    s = settings(terminals="W,X,S", budget=12)  # SparseGPT's W * sqrt(S) is a known seed
+    out = tmp_path / "s"
+    Search(s, out, threads=1).run()
+    recs = RunLog(out).read()[0]
+    with_s = [r for r in recs if "S" in from_json_obj(r["tree"]).terminals]
+    assert any(r["formula"] != "W * sqrt(S)" for r in with_s)  # evolution drew S itself
+    assert all(from_json_obj(r["tree"]).terminals <= {"W", "X", "S"} for r in recs)
+    assert all(r["reason"] is None for r in with_s)  # none failed: S was there to read
+    assert any(r["fitness"] is not None for r in with_s if r["formula"] != "W * sqrt(S)")
+    assert s.digest() != settings().digest()
+    assert "terminals" not in settings().identity()  # old runs keep their digest
+    for bad, match in [
+        ("W,Q", "unknown Q"),
+        ("G,X", "must include W"),
+        ("W,W,X", "each at most once"),
+    ]:
+        with pytest.raises(SearchError, match=match):
+            settings(terminals=bad).validate()
+    with pytest.raises(SearchError, match="outside the search's terminals W,G,X"):
+        settings(seed_formulas=("W^2 * S",)).validate()
+    no_h = dataclasses.replace(FIT, proxy_rows=0)
+    with pytest.raises(SearchError, match="needs the calibration Hessian"):
+        settings(fitness=no_h, terminals="W,G,X,S").validate()
+    code = main(["search", "--model", "tiny", "--terminals", "W,Z", "--out", str(tmp_path / "z")])
+    captured = capsys.readouterr()
+    assert code == 2 and "--terminals 'W,Z': unknown Z" in captured.err + captured.out
+    assert not (tmp_path / "z").exists()

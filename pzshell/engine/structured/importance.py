@@ -58,6 +58,11 @@ def parse_importance(spec: str | Node) -> Importance:
             f"importance method '{spec}' is neither one of {', '.join(BUILTIN_IMPORTANCE)} nor "
             f"a metric formula or tree: {e}"
         ) from None
+    if "S" in tree.terminals:
+        raise StructuredError(
+            f"importance metric {to_infix(tree)} reads S, SparseGPT's column curvature, which "
+            f"structured pruning does not compute (it collects no Hessian): use W, G and X"
+        )
     return Importance(to_infix(tree), tree)
 
 

@@ -33,6 +33,7 @@ SEARCH_FIELDS = (
     ("budget", "budget (evaluations)", "int"),
     ("batch", "batch", "int"),
     ("ops", "operators", ("published", "extended")),
+    ("terminals", "terminals", ("W,G,X", "W,G,X,S")),
     ("reconstruct", "reconstruct (SparseGPT)", ("none", "iterative")),
     ("nsamples", "samples for X", "int"),
     ("grad_samples", "samples for G", "int"),
@@ -56,6 +57,7 @@ HINTS = {
 }
 SEARCH_HINTS = {
     "reconstruct": "iterative: as metric+iterative prunes",
+    "terminals": "S: SparseGPT's column curvature",
     "final_windows": "the held-out ones, then more",
     "reference": "a formula, or none",
     "margin": "a final must beat the reference by",

@@ -172,7 +172,7 @@ class MetricEditor(Vertical):
         uses = ", ".join(sorted(node.terminals)) or "constants only"
         head.append(f"   size {node.size}, depth {node.depth}, uses {uses}", "dim")
         if node.uses_extended:
-            head.append("   extended operators (pzshell only)", "yellow")
+            head.append("   extended (pzshell only)", "yellow")
         status.update(head)
         analysis.update(Text("simplifying …", "dim"))
         self._show_tree(node)
