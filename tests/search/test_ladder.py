@@ -191,8 +191,8 @@ def test_column_reading_formulas_screen_as_their_whole_matrix_scores_say(ev):
     (p,) = ev.pairs
     _, Xs = ev._x_for(tree, p)
     for i, n, _ in ev.linears[:6]:
-        W, G, X = ev._leaves(tree, i, n, None, Xs)
-        cut = evaluate(tree, W, G=G, X=X)[ev.rows[(i, n)]]
+        W, G, X, S = ev._leaves(tree, i, n, None, Xs)
+        cut = evaluate(tree, W, G=G, X=X, S=S)[ev.rows[(i, n)]]
         assert torch.equal(ev._sampled_scores(tree, i, n, Xs), cut)
 
 
