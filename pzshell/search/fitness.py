@@ -402,7 +402,8 @@ class Evaluator:
         self.ref: dict[tuple[int, str], float] = {}
         # the iterative proxy's weight of each sampled row: the root of its mean squared G
         self.row_weight: dict[tuple[int, str], torch.Tensor] = {}
-        # SparseGPT's factor of each distinct H (q/k/v and gate/up share theirs), iterative only
+        # SparseGPT's factor of each distinct H (q/k/v and gate/up share theirs): for the loop,
+        # and for the terminal S (then made on first use, by _curvature)
         self.factors: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.curvature: dict[int, torch.Tensor] = {}  # the terminal S of each distinct H
         if self.iterative:
