@@ -10,6 +10,7 @@ from rich.table import Table
 from ..engine.layer_ratios import OWL_LAMBDA, OWL_M
 from ..engine.prune import METHOD_ALIASES, METHODS
 from ..engine.refine import DSNOT_CYCLES, DSNOT_THRESHOLD, REFINEMENTS
+from ..engine.refit import REFIT_ITERS
 from ..errors import PzError
 from ..jobs import PruneJob, run_prune
 from ..lang import load_metric
@@ -120,6 +121,18 @@ def register(sub) -> None:
         help=f"DSnoT: a row stops once its mean output error is below this "
         f"(default {DSNOT_THRESHOLD:g})",
     )
+    p.add_argument(
+        "--refit",
+        type=int,
+        nargs="?",
+        const=REFIT_ITERS,
+        default=0,
+        metavar="ITERS",
+        help=f"after the mask (and any SparseGPT update), re-solve each row's kept weights by "
+        f"least squares against the unpruned layer's output on the calibration inputs "
+        f"(conjugate gradients, ITERS iterations, default {REFIT_ITERS}); also method suffix "
+        f"+refit",
+    )
     add_calib_args(p)
     add_eval_args(p)
     add_zero_shot_args(p, with_switch=True)
@@ -136,6 +149,11 @@ def job_from_args(args: argparse.Namespace) -> PruneJob:
         raise PzError("give either --metric or --json_tree, not both")
     reconstruct = args.reconstruct
     iterative = False
+    refit = args.refit
+    if refit < 0:
+        raise PzError(f"--refit takes a number of iterations >= 0, got {refit}")
+    if method.endswith("+refit"):
+        method, refit = method[: -len("+refit")], refit or REFIT_ITERS
     if args.metric or args.json_tree:
         metric = load_metric(Path(args.json_tree) if args.json_tree else args.metric)
         # An explicit tree replaces the method's own; `sparsegpt` / `ablate_*_seq` with a tree
@@ -171,6 +189,7 @@ def job_from_args(args: argparse.Namespace) -> PruneJob:
         refine=args.refine,
         dsnot_cycles=args.dsnot_cycles,
         dsnot_threshold=args.dsnot_threshold,
+        refit=refit,
         zero_shot=zero_shot_spec(args),
         finetune=finetune_spec(args) if args.finetune else None,
     )
@@ -241,6 +260,11 @@ def print_summary(res: dict) -> None:
         console.print(
             f"refinement {res['refine']}: {res['refine_swaps']:,} weights swapped (at most "
             f"{res['dsnot_cycles']} per row, threshold {res['dsnot_threshold']:g})"
+        )
+    if res.get("refit"):
+        console.print(
+            f"least-squares refit: {res['refit']} iterations per layer; the median layer's "
+            f"output error fell to {res['refit_error_median']:.3f} of what the mask left"
         )
     if res.get("allocation", "uniform") != "uniform":
         extra = ""

@@ -30,6 +30,7 @@ from .layer_ratios import (
 )
 from .masks import SparsityError, make_mask, parse_sparsity_type
 from .refine import DSNOT_CYCLES, DSNOT_THRESHOLD, REFINEMENTS, RefineReport, dsnot
+from .refit import REFIT_ITERS, least_squares_refit
 from .sparsegpt import column_curvature, hinv_factor, sparsegpt_prune
 from .stats import InputStats, stat_key
 
@@ -92,12 +93,18 @@ class PruneConfig:
     refine: str = "none"  # training-free mask refinement: none or dsnot (.refine)
     dsnot_cycles: int = DSNOT_CYCLES
     dsnot_threshold: float = DSNOT_THRESHOLD
+    # least-squares refit of the kept weights after the mask (and any update): CG iterations,
+    # 0 = none (.refit)
+    refit: int = 0
 
     def __post_init__(self):
         if not 0 <= self.sparsity_ratio < 1:
             raise PruneError(f"sparsity ratio must be in [0, 1), got {self.sparsity_ratio}")
         self.n, self.m = parse_sparsity_type(self.sparsity_type)
         name = METHOD_ALIASES.get(self.method, self.method)
+        if name.endswith("+refit"):  # e.g. sparsegpt+refit, wanda+iterative+refit
+            name = METHOD_ALIASES.get(name[: -len("+refit")], name[: -len("+refit")])
+            self.refit = self.refit or REFIT_ITERS
         for suffix in ("+reconstruct", "+iterative"):
             if name.endswith(suffix):
                 name = name[: -len(suffix)]
@@ -146,6 +153,10 @@ class PruneConfig:
                 f"refinement '{self.refine}' swaps weights of a mask and leaves the weights as "
                 f"they are, while SparseGPT's update changes them: use one or the other"
             )
+        if not (isinstance(self.refit, int) and self.refit >= 0):
+            raise PruneError(
+                f"--refit takes a number of iterations >= 0 (0: no refit), got {self.refit!r}"
+            )
         if self.dsnot_cycles < 1:
             raise PruneError(f"DSnoT needs at least 1 cycle, got {self.dsnot_cycles}")
         if not self.dsnot_threshold >= 0:
@@ -165,8 +176,9 @@ class PruneConfig:
 
     @property
     def needs_hessian(self) -> bool:
-        """SparseGPT's update, or a metric that reads ``S`` (from the inverse Hessian)."""
-        return self.uses_sparsegpt or "S" in self.terminals
+        """SparseGPT's update, a metric that reads ``S`` (from the inverse Hessian), or a
+        least-squares refit."""
+        return self.uses_sparsegpt or "S" in self.terminals or self.refit > 0
 
     @property
     def terminals(self) -> frozenset[str]:
@@ -175,12 +187,13 @@ class PruneConfig:
     @property
     def label(self) -> str:
         """The method as a user names it: ``metric+iterative``, ``wanda+reconstruct``,
-        ``sparsegpt`` (whose update is its own)."""
+        ``sparsegpt`` (whose update is its own); ``+refit`` when the kept weights are refitted."""
+        label = self.method
         if self.iterative:
-            return self.method + "+iterative"
-        if self.reconstruct and self.method != "sparsegpt":
-            return self.method + "+reconstruct"
-        return self.method
+            label += "+iterative"
+        elif self.reconstruct and self.method != "sparsegpt":
+            label += "+reconstruct"
+        return label + ("+refit" if self.refit else "")
 
     @property
     def needs_calibration(self) -> bool:
@@ -190,6 +203,7 @@ class PruneConfig:
             or "S" in self.terminals
             or self.allocation != "uniform"
             or self.refine != "none"
+            or self.refit > 0
         )
 
     @property
@@ -205,6 +219,7 @@ class LayerResult:
     pruned: int
     sparsity: float
     swaps: int = 0  # weights swapped by the refinement
+    refit_error: float | None = None  # output error after the refit / before it
 
 
 @dataclass
@@ -437,16 +452,23 @@ def prune_model(
             if cfg.allocation != "uniform" and cfg.metric is not None:  # SparseGPT's own
                 # mask is chosen per 128 columns from the whole ratio: no rows to round
                 ratio, carry = _carried_ratio(cfg, tuple(lin.weight.shape), ratio, carry)
+            H = st.hessian() if st is not None and cfg.needs_hessian else None
             new, mask, report = prune_linear(
                 cfg,
                 lin.weight.data,
                 X=st.X if st is not None and "X" in cfg.terminals else None,
                 G=G,
-                H=st.hessian() if st is not None and cfg.needs_hessian else None,
+                H=H,
                 where=where,
                 ratio=ratio,
                 inputs=st,
             )
+            refit_error = None
+            if cfg.refit:
+                if H is None:
+                    raise PruneError(f"the least-squares refit needs the Hessian of {where}")
+                new, fit = least_squares_refit(lin.weight.data, new, mask, H, iters=cfg.refit)
+                new, refit_error = new.to(lin.weight.dtype), fit.ratio
             lin.weight.data.copy_(new)
             pruned = int(mask.sum())
             shape = tuple(lin.weight.shape)
@@ -458,7 +480,7 @@ def prune_model(
                     f"(internal error, please report)"
                 )
             swaps = report.swaps if report is not None else 0
-            result.layers.append(LayerResult(i, name, shape, pruned, frac, swaps))
+            result.layers.append(LayerResult(i, name, shape, pruned, frac, swaps, refit_error))
         del stats
         if chunks is not None and i + 1 < len(blocks):
             chunks = run_block(block, chunks)

@@ -42,6 +42,7 @@ class PruneJob:
     refine: str = "none"
     dsnot_cycles: int = DSNOT_CYCLES
     dsnot_threshold: float = DSNOT_THRESHOLD
+    refit: int = 0
     zero_shot: ZeroShotSpec | None = None
     finetune: FinetuneSpec | None = None
 
@@ -62,6 +63,7 @@ class PruneJob:
             refine=self.refine,
             dsnot_cycles=self.dsnot_cycles,
             dsnot_threshold=self.dsnot_threshold,
+            refit=self.refit,
         )
 
     def check(self) -> PruneConfig:
@@ -131,7 +133,11 @@ def run_prune(
         "layers": [asdict(r) for r in pr.layers],
         "allocation": cfg.allocation,
         "refine": cfg.refine,
+        "refit": cfg.refit,
     }
+    if cfg.refit:
+        ratios = sorted(r.refit_error for r in pr.layers if r.refit_error is not None)
+        results["refit_error_median"] = ratios[len(ratios) // 2] if ratios else None
     if cfg.refine == "dsnot":
         results.update(
             refine_swaps=sum(r.swaps for r in pr.layers),

@@ -70,6 +70,8 @@ FIELDS: dict[str, tuple[tuple[type, ...], tuple[str, ...] | str]] = {
     "allocation_seconds": (_NUM, ()),
     "refine": ((str,), ()),
     "refine_swaps": ((int,), ()),
+    "refit": ((int,), ()),
+    "refit_error_median": ((*_NUM, type(None)), ()),
     "dsnot_cycles": ((int,), ()),
     "dsnot_threshold": (_NUM, ()),
     "nsamples": ((int,), ("prune", "structured")),
