@@ -18,9 +18,11 @@ after each row, so an interrupted run keeps what it measured.
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
 import time
+from pathlib import Path
 
 from benchlib import (
     CALIB,
@@ -65,6 +67,34 @@ def rows_for(sparsity_type: str, iters: list[int]) -> list[dict]:
     return [dict(r, sparsity_type=sparsity_type) for r in out]
 
 
+def _compare(rows: list[dict], paired_change) -> None:
+    """Each row against SparseGPT at its setting, window by window: ``vs_sparsegpt`` (the
+    published SparseGPT, no refit) and, for a refitted row, ``vs_sparsegpt_refit`` (SparseGPT
+    with the same number of refit iterations: the fair comparison once weights are refitted)."""
+
+    def base(setting: str, refit: int) -> dict | None:
+        return next(
+            (
+                d
+                for d in rows
+                if d["method"] == "sparsegpt"
+                and d["refit"] == refit
+                and d["sparsity_type"] == setting
+            ),
+            None,
+        )
+
+    for r in rows:
+        b0 = base(r["sparsity_type"], 0)
+        bk = base(r["sparsity_type"], r["refit"]) if r["refit"] else None
+        r["vs_sparsegpt"] = (
+            paired_change(r["window_nll"], b0["window_nll"]) if b0 and b0 is not r else None
+        )
+        r["vs_sparsegpt_refit"] = (
+            paired_change(r["window_nll"], bk["window_nll"]) if bk and bk is not r else None
+        )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", default="smollm2")
@@ -76,6 +106,9 @@ def main() -> int:
     )
     ap.add_argument("--grad-path", default="runs/grads_smollm2_valid_32x512_seed0.pth")
     ap.add_argument("--out", default=str(RESULTS / "refit.json"))
+    ap.add_argument(
+        "--from-json", action="store_true", help="print the table of the run in --out again"
+    )
     args = ap.parse_args()
     require_data(CALIB, EVAL)
     iters = [int(x) for x in args.iters.split(",")]
@@ -105,7 +138,11 @@ def main() -> int:
         "machine": platform.processor() or platform.machine(),
     }
     done: list[dict] = []
-    for spec in [r for t in types for r in rows_for(t, iters)]:
+    if args.from_json:  # print the table of a finished run again (comparisons recomputed)
+        prior = json.loads(Path(args.out).read_text())
+        settings, done = prior["settings"], prior["rows"]
+    todo = [] if args.from_json else [r for t in types for r in rows_for(t, iters)]
+    for spec in todo:
         job = PruneJob(
             method=spec["method"],
             sparsity_ratio=0.5,
@@ -130,33 +167,36 @@ def main() -> int:
             prune_seconds=round(res["prune_seconds"], 1),
             seconds=round(time.perf_counter() - t, 1),
         )
-        base = next(
-            (
-                d
-                for d in done
-                if d["method"] == "sparsegpt"
-                and not d["refit"]
-                and d["sparsity_type"] == spec["sparsity_type"]
-            ),
-            None,
-        )
-        row["vs_sparsegpt"] = paired_change(row["window_nll"], base["window_nll"]) if base else None
         done.append(row)
         print(
             f"{spec['sparsity_type']} {row['name']} ({row['label']}): ppl {row['ppl']:.3f} "
             f"[{row['seconds']:.0f} s]",
             flush=True,
         )
+        _compare(done, paired_change)
+        write_json(args.out, {"settings": settings, "rows": done})
+    _compare(done, paired_change)
+    if args.from_json:
         write_json(args.out, {"settings": settings, "rows": done})
 
     t = table(
         f"Least-squares refit: {args.model}, calib 32x512 of valid.txt (seed 0), test 8x1024 of "
         f"wiki.test.raw, 50% sparsity",
-        ["setting", "rule", "mode", "refit", "test ppl", "vs SparseGPT", "layer error", "prune s"],
+        [
+            "setting",
+            "rule",
+            "mode",
+            "refit",
+            "test ppl",
+            "vs SparseGPT",
+            "vs SparseGPT+refit",
+            "layer error",
+            "prune s",
+        ],
         left=3,
     )
     for r in done:
-        vs = r["vs_sparsegpt"]
+        vs, vs_fit = r["vs_sparsegpt"], r.get("vs_sparsegpt_refit")
         t.add_row(
             r["sparsity_type"],
             r["name"] + (f"\n{r['metric']}" if r.get("metric") else ""),
@@ -164,6 +204,7 @@ def main() -> int:
             str(r["refit"] or "-"),
             f"{r['ppl']:.3f}",
             f"{vs['change']:+.1%} ± {vs['se']:.1%}" if vs else "-",
+            f"{vs_fit['change']:+.1%} ± {vs_fit['se']:.1%}" if vs_fit else "-",
             f"{r['refit_error_median']:.3f}" if r["refit_error_median"] is not None else "-",
             f"{r['prune_seconds']:.0f}",
         )
