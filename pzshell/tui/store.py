@@ -258,6 +258,7 @@ def result_row(kind: str, formula: str | None, settings: RunSettings, res: dict,
         "seqlen": res.get("seqlen"),
         "device": res.get("device"),
         "actual_sparsity": res.get("actual_sparsity"),
+        "refit": res.get("refit") or 0,  # CG iterations of the least-squares refit
         "reference_key": _jsonable(settings.reference_key()),
         **extra,
     }
@@ -282,22 +283,28 @@ REFERENCE_KINDS = ("dense", "wanda")
 def matches_reference(ref: RunSettings | dict, kind: str, run: RunSettings | dict) -> bool:
     """Is ``ref`` — a queued run's settings or a results row — the ``kind`` reference ("dense",
     "wanda") for ``run`` (settings or a row)? Both must have the same model, data and evaluation
-    (:meth:`RunSettings.reference_key`); a pruned reference also the same sparsity. A row must
-    be of ``kind``; the caller checks a queued run's kind."""
+    (:meth:`RunSettings.reference_key`); a pruned reference also the same sparsity and the same
+    refit (a refitted Wanda for refitted runs). A row must be of ``kind``; the caller checks a
+    queued run's kind."""
     if isinstance(ref, dict) and ref.get("kind") != kind:
         return False
-    ref_key, ref_ratio, ref_type = _reference_fields(ref)
-    key, ratio, stype = _reference_fields(run)
+    ref_key, *ref_pruned = _reference_fields(ref)
+    key, *pruned = _reference_fields(run)
     if ref_key != key:
         return False
-    return kind == "dense" or (ref_ratio, ref_type) == (ratio, stype)
+    return kind == "dense" or ref_pruned == pruned
 
 
 def _reference_fields(x: RunSettings | dict) -> tuple:
-    """(reference key as JSON would give it back, sparsity ratio, sparsity type)."""
+    """(reference key as JSON would give it back, sparsity ratio, sparsity type, refit)."""
     if isinstance(x, RunSettings):
-        return _jsonable(x.reference_key()), x.sparsity_ratio, x.sparsity_type
-    return list(x.get("reference_key") or ()), x.get("sparsity_ratio"), x.get("sparsity_type")
+        return _jsonable(x.reference_key()), x.sparsity_ratio, x.sparsity_type, x.refit
+    return (
+        list(x.get("reference_key") or ()),
+        x.get("sparsity_ratio"),
+        x.get("sparsity_type"),
+        x.get("refit") or 0,
+    )
 
 
 def _jsonable(t: tuple) -> list:

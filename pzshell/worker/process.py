@@ -191,6 +191,7 @@ class Worker:
                 model=model,
                 calib=calib,
                 eval=evaluation,
+                refit=s.refit,
             )
             _, res = run_prune(pj, progress=progress, lm=lm)
         res.pop("layers", None)

@@ -31,10 +31,14 @@ class RunSettings:
     eval_windows: int | None = None
     device: str = "auto"
     seed: int = 0
+    # least-squares refit of the kept weights (CG iterations; 0: none), for metric and Wanda runs
+    refit: int = 0
 
     def label(self) -> str:
-        """A short description for tables: '50% unstructured'."""
-        return f"{self.sparsity_ratio:.0%} {self.sparsity_type}"
+        """A short description for tables: '50% unstructured', '50% 2:4 + refit'."""
+        return f"{self.sparsity_ratio:.0%} {self.sparsity_type}" + (
+            " + refit" if self.refit else ""
+        )
 
     def reference_key(self) -> tuple:
         """Runs with equal keys are comparable (same model, data and evaluation)."""

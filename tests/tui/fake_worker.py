@@ -55,6 +55,8 @@ def fake_results(kind: str, settings: p.RunSettings, ppl: float) -> dict:
         "peak_rss_mb": 100.0,
         "torch_threads": 1,
     }
+    if not dense and settings.refit:
+        res.update(refit=settings.refit, refit_error_median=0.8)
     return validate(res, "fake worker results")
 
 

@@ -118,6 +118,10 @@ async def test_settings_screen_applies_and_persists(make_app, fake, tmp_path):
         errors = await _refused(pilot, app, screen)
         assert "--margin is a number of standard errors (0 or more), got -1.0" in errors
         screen.query_one("#search-margin", Input).value = "3"
+        screen.query_one("#run-refit", Input).value = "-3"
+        errors = await _refused(pilot, app, screen)
+        assert "least-squares refit must not be negative, got -3" in errors
+        screen.query_one("#run-refit", Input).value = "30"
         screen.query_one("#run-sparsity_type", Input).value = "2:4"
         screen.query_one("#run-eval_windows", Input).value = ""
         screen.query_one("#search-budget", Input).value = "40"
@@ -131,16 +135,17 @@ async def test_settings_screen_applies_and_persists(make_app, fake, tmp_path):
             "W * X",
             3.0,
         )
-        assert "60% 2:4" in app.sub_title
+        assert "60% 2:4 + refit" in app.sub_title and r.refit == 30
         # runs now use them
         app.editor.set_formula("W")
         await pilot.press("ctrl+r")
         await wait_for(pilot, lambda: fake.jobs, what="the run")
         assert fake.jobs[0].settings.sparsity_type == "2:4"
+        assert fake.jobs[0].settings.refit == 30
     # and the next session starts with them
     app2 = make_app(home=home, client=FakeWorker())
     app2.settings = app2.store.load_settings()
-    assert app2.settings.run.sparsity_ratio == 0.6
+    assert app2.settings.run.sparsity_ratio == 0.6 and app2.settings.run.refit == 30
     assert app2.settings.search.budget == 40 and app2.settings.search.workers == 1
 
 

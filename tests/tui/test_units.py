@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -153,6 +154,17 @@ def test_one_rule_says_which_reference_row_matches_a_run():
     assert matches_reference(other_sparsity, "dense", s)
     # a row read back from results.json (lists, not tuples) still matches
     assert matches_reference(json.loads(json.dumps(wanda)), "wanda", s)
+    # refitted runs: the dense row still, Wanda only refitted the same way
+    fitted = replace(s, refit=30)
+    assert fitted.label() == "50% unstructured + refit" and s.label() == "50% unstructured"
+    wanda_fit = result_row("wanda", None, fitted, fake_results("wanda", fitted, 9.0))
+    assert wanda_fit["refit"] == 30 and wanda["refit"] == 0
+    assert matches_reference(dense, "dense", fitted)
+    assert not matches_reference(wanda, "wanda", fitted) and matches_reference(
+        wanda_fit, "wanda", fitted
+    )
+    assert not matches_reference(wanda_fit, "wanda", s)
+    assert matches_reference(json.loads(json.dumps(wanda_fit)), "wanda", fitted)
     # the store, the queue and the summary all ask it
     q = RunQueue()
     q.add(QueuedRun("wanda", None, s))

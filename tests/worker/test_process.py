@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import signal
@@ -71,6 +72,13 @@ def test_runs_cancel_and_search_in_process(tmp_path):
         assert b.cancelled
         c = got[-1]
         assert not c.cancelled and "nope" in c.error
+        # a refitted run: the worker's prune refits, the results say so
+        w.handle(p.PruneRequest("d", "wanda", None, dataclasses.replace(TINY, refit=4)))
+        got = _until(events, lambda e: isinstance(e, (p.RunFinished, p.RunFailed)))
+        d = got[-1]
+        assert isinstance(d, p.RunFinished) and d.run_id == "d"
+        assert d.results["method"] == "wanda+refit" and d.results["refit"] == 4
+        assert 0 < d.results["refit_error_median"] < 1
 
         # a search: started, candidates, pause / inject / stop obeyed
         fit = FitnessSettings(

@@ -27,6 +27,7 @@ RUN_FIELDS = (
     ("eval_windows", "evaluation windows", "int?"),
     ("device", "device", ("auto", "cpu", "cuda")),
     ("seed", "seed", "int"),
+    ("refit", "least-squares refit", "int"),
 )
 SEARCH_FIELDS = (
     ("population", "population", "int"),
@@ -54,6 +55,7 @@ HINTS = {
     "eval": "builtin, wikitext2, a file, or none",
     "seqlen": "blank: the model's default",
     "eval_windows": "blank: all",
+    "refit": "CG iterations, 0: none (30: --refit)",
 }
 SEARCH_HINTS = {
     "reconstruct": "iterative: as metric+iterative prunes",
@@ -106,6 +108,8 @@ def validate(settings: AppSettings) -> list[str]:
         errs.append("calibration samples must be at least 1")
     if r.seqlen is not None and r.seqlen < 2:
         errs.append("calibration window length must be at least 2")
+    if r.refit < 0:
+        errs.append(f"least-squares refit takes iterations >= 0 (0: none), got {r.refit}")
     try:
         settings.search_settings().validate()
     except Exception as e:
