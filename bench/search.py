@@ -89,6 +89,14 @@ def main() -> int:
         help="the search's --terminals (default: the CLI's, W,G,X); W,G,X,S adds SparseGPT's "
         "column curvature",
     )
+    ap.add_argument(
+        "--refit",
+        type=int,
+        default=0,
+        help="the search's --refit (CG iterations; default 0: none): every candidate scored with "
+        "its kept weights refitted, every rule pruned on test with that refit, and SparseGPT "
+        "and Wanda with it beside them",
+    )
     ap.add_argument("--top", type=int, default=5, help="hall-of-fame rules pruned on test")
     ap.add_argument(
         "--test-only", action="store_true", help="skip the search: prune the existing run's top"
@@ -134,6 +142,7 @@ def main() -> int:
         calib=str(CALIB),
         sparsity_type=args.types,
         reconstruct=args.reconstruct,
+        refit=args.refit,
     )
     if args.heldout_windows is not None:
         fit = dataclasses.replace(fit, heldout_windows=args.heldout_windows)
@@ -189,7 +198,8 @@ def main() -> int:
                     f"{r['name']} at {r['setting']} in {json_path.name}: {why}: pruned again"
                 )
                 continue
-            done[(str(load_metric(r["formula"])), r["setting"], _mode(r["name"]))] = r
+            key = (str(load_metric(r["formula"])), r["setting"], _mode(r["name"]))
+            done[(*key, r.get("refit") or 0)] = r
     if args.test_only:
         search_wall = prior.get("search_wall_seconds")
     # the run directory is scratch: when it is gone, the JSON's own record of the run is used
@@ -227,9 +237,14 @@ def main() -> int:
     known = _known_baselines(here, {(p.sparsity_type, p.ratio) for p in pairs}, console)
     rows = []
 
+    # a run with --refit: every rule is pruned with its refit, as the search scored it
+    run_refit = (prior["settings"]["fitness"].get("refit") or 0) if from_json else fit.refit
+
     def prune(name: str, p, **kw) -> dict:
         formula = str(kw["metric"]) if kw.get("metric") is not None else None
-        key = (formula, p.label, _mode(name))
+        if formula and run_refit:
+            kw["refit"], name = run_refit, name + " + refit"
+        key = (formula, p.label, _mode(name), kw.get("refit") or 0)
         if formula and key in done:
             return dict(done[key], name=name, reused=True)
         job = PruneJob(
@@ -255,6 +270,8 @@ def main() -> int:
             if res is None:
                 res = prune(b, p, method=b)
             rows.append(dict(res, name=b, setting=p.label))
+        for b in ("wanda", "sparsegpt") if run_refit else ():  # the baselines refitted alike
+            rows.append(dict(prune(f"{b} + refit", p, method=b, refit=run_refit), setting=p.label))
         for rank, r in enumerate(top, 1):
             tree = load_metric(r["formula"])
             rows.append(
@@ -300,8 +317,13 @@ def main() -> int:
     # ---- each rule against Wanda, window by window ----------------------------------------------
     for p in pairs:
         wanda = next((r for r in rows if r["setting"] == p.label and r["name"] == "wanda"), None)
+        sgpt_fit = next(
+            (r for r in rows if r["setting"] == p.label and r["name"] == "sparsegpt + refit"), None
+        )
         for r in (r for r in rows if r["setting"] == p.label and r["name"] != "wanda"):
             r["vs_wanda"] = paired_vs(r, wanda)
+            if r["name"].endswith(" + refit"):  # against SparseGPT with the same refit
+                r["vs_sparsegpt_refit"] = paired_vs(r, sgpt_fit)
 
     # ---- the table ------------------------------------------------------------------------------
     t = table(
@@ -367,11 +389,16 @@ def main() -> int:
     for p in pairs:
         for r in (r for r in rows if r["setting"] == p.label):
             label = r["name"] if r["name"] in BASELINES else f"{r['name']} {r.get('formula', '')}"
-            vs = r.get("vs_wanda")
+            vs, vs_fit = r.get("vs_wanda"), r.get("vs_sparsegpt_refit")
             t.add_row(
                 f"test ppl at {p.label}: {label}",
                 f"{r['ppl']:.3f}"
-                + (f" ({vs['change']:+.1%} ± {vs['se']:.1%} vs Wanda)" if vs else ""),
+                + (f" ({vs['change']:+.1%} ± {vs['se']:.1%} vs Wanda)" if vs else "")
+                + (
+                    f" ({vs_fit['change']:+.1%} ± {vs_fit['se']:.1%} vs SparseGPT + refit)"
+                    if vs_fit
+                    else ""
+                ),
             )
     t.caption = (
         f"test: first 8x1024 tokens of {EVAL.name}; calibration 32x512 of {CALIB.name}, seed 0; "
@@ -391,7 +418,7 @@ def main() -> int:
         "finals_post_hoc": post_hoc,
         "pick": pick and pick["formula"],
         "test": rows,
-        "targets": _targets(rows, pairs),
+        "targets": _targets(rows, pairs) + _refit_lines(rows, pairs),
     }
     write_json(json_path, doc, default=str)
     # the fitness-over-time plot travels with the JSON (the run directory is scratch)
@@ -419,7 +446,9 @@ def _top(out: Path, k: int) -> list[dict]:
 
 
 def _mode(name: str) -> str:
-    """A test row's prune mode from its name: plain, reconstruct or iterative."""
+    """A test row's prune mode from its name: plain, reconstruct or iterative (a refit is the
+    row's ``refit`` field, kept beside it)."""
+    name = name.removesuffix(" + refit")
     return next((m for m in ("reconstruct", "iterative") if name.endswith(m)), "")
 
 
@@ -609,6 +638,35 @@ def _targets(rows: list[dict], pairs) -> list[str]:
             lines.append(
                 f"{p.label}: (beside the targets) best + iterative {it:.3f} vs SparseGPT "
                 f"{sgpt:.3f}{noise}: {'better' if it <= sgpt else 'worse'}"
+            )
+    return lines
+
+
+def _refit_lines(rows: list[dict], pairs) -> list[str]:
+    """With --refit: the search's rule (refitted as it was scored) against SparseGPT with the
+    same refit, the comparison that counts once weights are refitted (the issue's reconstruct
+    figures are SparseGPT's without one, and every refitted rule here is below them)."""
+    lines = []
+    for p in pairs:
+        row = {r["name"]: r for r in rows if r["setting"] == p.label}
+        base = row.get("sparsegpt + refit")
+        if base is None:
+            continue
+        for name in (
+            "pick + refit",
+            "pick + iterative + refit",
+            "#1 + refit",
+            "#1 + iterative + refit",
+        ):
+            r = row.get(name)
+            if r is None:
+                continue
+            vs = r.get("vs_sparsegpt_refit")
+            noise = f" ({vs['change']:+.1%} ± {vs['se']:.1%} window by window)" if vs else ""
+            better = vs is not None and vs["change"] + 2 * vs["se"] < 0
+            lines.append(
+                f"{p.label}: {name} {r['ppl']:.3f} vs SparseGPT + refit {base['ppl']:.3f}{noise}: "
+                f"{'better by 2 standard errors' if better else 'not measurably better'}"
             )
     return lines
 

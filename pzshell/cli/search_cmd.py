@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from ..engine.refit import REFIT_ITERS
 from ..errors import PzError
 from ..search import FitnessSettings, Search, SearchSettings
 from ..search.backends import local_backend
@@ -118,6 +119,16 @@ def register(sub) -> None:
         help="none: score a candidate's masks alone (default); iterative: score it inside "
         "SparseGPT's loop, choosing each block's mask from the updated weights, as `pzshell "
         "prune --method metric+iterative` will use it (finals and reference pruned that way)",
+    )
+    p.add_argument(
+        "--refit",
+        type=int,
+        nargs="?",
+        const=REFIT_ITERS,
+        metavar="ITERS",
+        help=f"refit every candidate's kept weights by least squares after its masks (and "
+        f"loop), as `pzshell prune --refit` does, and score it so (CG iterations; default 0: "
+        f"none; --refit alone: {REFIT_ITERS})",
     )
     p.add_argument(
         "--cheap_windows",

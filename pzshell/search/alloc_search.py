@@ -429,6 +429,9 @@ class AllocationSearch:
                     metric=self.tree,
                     allocation=text,
                     owl_lambda=lam if text != "uniform" else OWL_LAMBDA,
+                    # pruned as the screening scored it (Evaluator.apply_masks)
+                    iterative=self.ev.iterative,
+                    refit=self.ev.settings.refit,
                 )
                 given = None if text == "uniform" else ratios[p.label]  # no second dense pass
                 try:

@@ -935,10 +935,12 @@ class Search:
 
     def _plot_title(self) -> str:
         f = self.s.fitness
+        how = [" inside SparseGPT's loop"] if f.reconstruct == "iterative" else []
+        how += [f" with a {f.refit}-iteration refit"] if f.refit else []
         return (
-            f"{f.model}, {f.sparsity_ratio:.0%} {f.sparsity_type}, held-out "
-            f"{f.heldout_windows}x{f.heldout_seqlen} tokens of {f.calib}, seed {self.s.seed}"
-            + (" (pruned inside SparseGPT's loop)" if f.reconstruct == "iterative" else "")
+            f"{f.model}, {f.describe()}, held-out {f.heldout_windows}x{f.heldout_seqlen} "
+            f"tokens of {Path(f.calib).name}, seed {self.s.seed}"
+            + (f" (pruned{' and'.join(how)})" if how else "")
         )
 
 

@@ -35,6 +35,13 @@ error's was 0.37 over the first 6 of them). The cheap and full stages run the lo
 linear from the cached ``H`` (one linear at a time from the dense model's inputs, not
 layer-sequentially); the finals make the layer-sequential ``metric+iterative`` prune.
 
+With ``refit`` (CG iterations) every stage refits the kept weights by least squares after the
+candidate's masks (and loop), as `pzshell prune --refit` does: the proxy on the sampled rows,
+the cheap and full stages on every linear, both from the cached dense ``H``; the finals with the
+layer-sequential prune's own ``H``. A mask that is best alone need not be best once its weights
+are refitted (on SmolLM2 at 2:4 a plain search's pick beat Wanda alone and fell behind it with a
+refit), so a rule meant for a refit is searched with one.
+
 Several settings (``sparsity_type`` ``"unstructured,2:4"``, ``sparsity_ratio`` ``(0.5, 0.6)``)
 make a *multi-setting* fitness: each stage's value is the mean over the settings of its log
 (``exp(mean log ppl)`` for perplexities), and every setting's value is kept in ``settings``.
@@ -60,6 +67,7 @@ from ..data import load_text, sample_windows, tokenize, window_offsets
 from ..engine.layer_ratios import OWL_LAMBDA
 from ..engine.masks import make_mask, parse_sparsity_type
 from ..engine.prune import PruneConfig, prune_model
+from ..engine.refit import least_squares_refit
 from ..engine.sparsegpt import column_curvature, hinv_factor, sparsegpt_prune
 from ..engine.stats import activation_stats, compute_gradients, stat_key
 from ..evaluate.perplexity import perplexity
@@ -120,6 +128,9 @@ class FitnessSettings:
     # "iterative": every stage scores the candidate inside SparseGPT's loop (the weight update
     # after each block's mask), as `--method metric+iterative` prunes; "none": masks alone
     reconstruct: str = "none"
+    # least-squares refit of the kept weights (CG iterations; 0: none) after every candidate's
+    # masks (and loop), as `pzshell prune --refit` does; from the cached dense H
+    refit: int = 0
     seed: int = 0
 
     def __post_init__(self):
@@ -161,6 +172,8 @@ class FitnessSettings:
             del d["owl_lambda"]
         if d["reconstruct"] == "none":  # likewise
             del d["reconstruct"]
+        if d["refit"] == 0:  # likewise
+            del d["refit"]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -334,7 +347,8 @@ class Evaluator:
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
     def _stats(self):
-        want_h = self.settings.proxy_rows > 0 or self.settings.reconstruct == "iterative"
+        s = self.settings
+        want_h = s.proxy_rows > 0 or s.reconstruct == "iterative" or s.refit > 0
         path = cache_dir() / "search_stats" / f"{self.stats_key()}.pt"
         h_path = path.with_name(path.stem + "-H.pt")
         got = _load_cached(path, *([h_path] if want_h else []))
@@ -449,7 +463,7 @@ class Evaluator:
         if self.H is None:
             raise MetricError(
                 "S (SparseGPT's column curvature) needs the calibration Hessian, which this "
-                "search did not load (--proxy_rows 0 and --reconstruct none)"
+                "search did not load (--proxy_rows 0, --reconstruct none, no --refit)"
             )
         H = self.H[key]
         if id(H) not in self.curvature:
@@ -509,6 +523,7 @@ class Evaluator:
                     ratio = self.block_ratios[p.label][i]
                     if self.iterative:  # the error left after SparseGPT's update, weighted
                         new, mask = self._iterative(tree, i, n, p, ratio, rows)
+                        new = self._refit(W, new, mask, H)
                         D = (W.float() - new) * self.row_weight[(i, n)]
                         errs[p.label] += output_energy(D, H)
                     else:
@@ -516,7 +531,11 @@ class Evaluator:
                         if key not in memo:
                             memo[key] = self._sampled_scores(tree, i, n, Xs)
                         mask = make_mask(memo[key], ratio, p.n, p.m)
-                        err = output_energy(W.float() * mask, H)
+                        if self.settings.refit:  # the error the refitted kept weights leave
+                            new = self._refit(W, W.masked_fill(mask, 0), mask, H)
+                            err = output_energy(W.float() - new, H)
+                        else:
+                            err = output_energy(W.float() * mask, H)
                         logs[p.label] += math.log(max(err / self.ref[(i, n)], 1e-12))
                     h.update(np.packbits(mask.numpy()).tobytes())
             if self.iterative:
@@ -545,8 +564,8 @@ class Evaluator:
         ratios = self.block_ratios[p.label] if ratios is None else ratios
         if self.iterative:
             for i, n, lin in self.linears:
-                new, _ = self._iterative(tree, i, n, p, ratios[i])
-                lin.weight.copy_(new)
+                new, mask = self._iterative(tree, i, n, p, ratios[i])
+                lin.weight.copy_(self._refit(self.dense[(i, n)], new, mask, self._h(i, n)))
             return
         key, Xs = self._x_for(tree, p)
         memo = {} if memo is None else memo
@@ -559,6 +578,20 @@ class Evaluator:
         for i, n, lin in self.linears:
             mask = make_mask(memo[key][(i, n)], ratios[i], p.n, p.m)  # per-row groups
             lin.weight.copy_(self.dense[(i, n)]).masked_fill_(mask, 0)  # no temporary
+            if self.settings.refit:
+                W = self.dense[(i, n)]
+                lin.weight.copy_(self._refit(W, lin.weight, mask, self._h(i, n)))
+
+    def _h(self, i: int, n: str) -> torch.Tensor:
+        return self.H[stat_key(n, i)]
+
+    def _refit(self, W0, W, mask, H) -> torch.Tensor:
+        """``W`` (pruned with ``mask`` from ``W0``) with its kept weights refitted by least
+        squares on the cached ``H``, when the settings ask for it; else ``W`` as it is."""
+        if not self.settings.refit:
+            return W
+        new, _ = least_squares_refit(W0, W, mask, H, iters=self.settings.refit)
+        return new.to(W0.dtype)
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -613,6 +646,7 @@ class Evaluator:
                     iterative=self.iterative,
                     allocation=s.allocation,
                     owl_lambda=s.owl_lambda,
+                    refit=s.refit,
                 )
                 try:
                     prune_model(self.lm.model, cfg, self.calib_ids, self.G)

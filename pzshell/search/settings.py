@@ -154,11 +154,11 @@ class SearchSettings:
         if "W" not in names:
             raise SearchError(f"--terminals {self.terminals!r} must include W (the weight)")
         f = self.fitness
-        if "S" in names and f.proxy_rows == 0 and f.reconstruct == "none":
+        if "S" in names and f.proxy_rows == 0 and f.reconstruct == "none" and not f.refit:
             raise SearchError(
                 "--terminals with S needs the calibration Hessian, which this search does not "
-                "load with --proxy_rows 0 and --reconstruct none: give --proxy_rows > 0 or "
-                "--reconstruct iterative"
+                "load with --proxy_rows 0, --reconstruct none and no --refit: give --proxy_rows "
+                "> 0, --reconstruct iterative or --refit"
             )
 
     @property
@@ -202,6 +202,8 @@ class SearchSettings:
         d["fitness"].pop("final_windows")  # the finals' text, like their number, may change
         if d["fitness"]["reconstruct"] == "none":  # a run saved before the setting existed
             del d["fitness"]["reconstruct"]
+        if d["fitness"]["refit"] == 0:  # likewise
+            del d["fitness"]["refit"]
         return d
 
     def digest(self) -> str:
@@ -293,6 +295,10 @@ def _check_fitness(f: FitnessSettings) -> None:
             f"--reconstruct is 'none' (a candidate's masks alone) or 'iterative' (the candidate "
             f"chooses each block's mask inside SparseGPT's loop, as --method metric+iterative "
             f"prunes), got {f.reconstruct!r}"
+        )
+    if isinstance(f.refit, bool) or not isinstance(f.refit, int) or f.refit < 0:
+        raise SearchError(
+            f"--refit takes a number of CG iterations >= 0 (0: no refit), got {f.refit!r}"
         )
     if f.calib_windows not in ("prune", "head"):
         raise SearchError(

@@ -128,6 +128,7 @@ class AppSettings:
             cheap_seqlen=k.cheap_seqlen,
             final_windows=k.final_windows,
             reconstruct=k.reconstruct,
+            refit=r.refit,  # the runs' refit: a search scores its rules as the runs prune
             seed=r.seed,
         )
         return SearchSettings(

@@ -754,3 +754,80 @@ def test_a_search_with_s_in_its_terminals_runs_and_the_setting_is_checked(tmp_pa
     captured = capsys.readouterr()
     assert code == 2 and "--terminals 'W,Z': unknown Z" in captured.err + captured.out
     assert not (tmp_path / "z").exists()
+
+
+# ---- the least-squares refit (--refit) ----------------------------------------------------------
+def test_refit_stages_score_the_refitted_weights_and_finals_are_refit_prunes(ev, tmp_path):
+    """With --refit every stage scores the candidate's masks with their kept weights refitted by
+    least squares from the cached H: the proxy on the sampled rows, the full stage on every
+    linear; the finals are `pzshell prune --refit` prunes. The setting is in the digest, and a
+    run without it keeps the digest it had before the setting existed."""
+    from pzshell.engine.masks import make_mask
+    from pzshell.engine.prune import PruneConfig, prune_model
+    from pzshell.engine.refit import least_squares_refit
+    from pzshell.engine.stats import stat_key
+    from pzshell.evaluate.perplexity import perplexity
+    from pzshell.search.fitness import round_fitness
+
+    fit = Evaluator(dataclasses.replace(FIT, refit=6), threads=1)
+    p, tree = fit.pairs[0], load_metric("W * sqrt(X)")
+    X = fit.Xs[p.label]
+    logs = 0.0
+    for i, n, _ in fit.linears:
+        k, rows = stat_key(n, i), fit.rows[(i, n)]
+        W, H = fit.dense[(i, n)][rows], fit.H[k]
+        mask = make_mask(evaluate(tree, W, X=X[k]), p.ratio)
+        new, _ = least_squares_refit(W, W.masked_fill(mask, 0), mask, H, iters=6)
+        D = W - new
+        logs += math.log(float(((D @ H) * D).sum()) / fit.ref[(i, n)])
+    res = fit.screen(tree)
+    assert res["reason"] is None
+    assert res["proxy"] == pytest.approx(logs / len(fit.linears), rel=1e-4)
+    assert res["proxy"] < ev.screen(tree)["proxy"]  # the refit leaves less error than the mask
+    try:
+        with torch.no_grad():
+            for i, n, lin in fit.linears:
+                k, W = stat_key(n, i), fit.dense[(i, n)]
+                mask = make_mask(evaluate(tree, W, X=X[k]), p.ratio)
+                lin.weight.copy_(
+                    least_squares_refit(W, W.masked_fill(mask, 0), mask, fit.H[k], iters=6)[0]
+                )
+        direct = perplexity(fit.lm.model, fit.heldout, batch_size=len(fit.heldout)).ppl
+    finally:
+        fit.restore()
+    full = fit.run(tree, None)
+    assert full["reason"] is None and full["full"] == round_fitness(direct)
+    assert full["full"] != ev.run(tree, None)["full"]
+    final = fit.final_fitness(tree)
+    try:
+        cfg = PruneConfig("metric", p.ratio, p.sparsity_type, metric=tree, refit=6)
+        prune_model(fit.lm.model, cfg, fit.calib_ids, fit.G)
+        direct = round_fitness(perplexity(fit.lm.model, fit.final_heldout).ppl)
+    finally:
+        fit.restore()
+    assert final["final"] == direct
+    # identity: refit is part of it when set, absent (old digests kept) when not
+    with_refit = settings(fitness=dataclasses.replace(FIT, refit=6))
+    assert with_refit.digest() != settings().digest()
+    assert "refit" not in settings().identity()["fitness"]
+    assert with_refit.fitness.digest() != FIT.digest()
+    with pytest.raises(SearchError, match="--refit takes a number of CG iterations"):
+        settings(fitness=dataclasses.replace(FIT, refit=-1)).validate()
+
+
+def test_refit_search_from_the_cli_runs_with_s_and_no_proxy(tmp_path):
+    """`pzshell search --refit` (alone: the default iterations) loads H for the refit, so S is
+    allowed without the proxy; the run's candidates are all scored."""
+    out = tmp_path / "cli"
+    flags = (
+        "search --model tiny --nsamples 2 --grad_samples 1 --seqlen 32 --heldout_windows 1 "
+        "--heldout_seqlen 32 --cheap_windows 0 --proxy_rows 0 --population 6 --budget 8 "
+        "--batch 2 --final-top 0 --workers 1 --terminals W,G,X,S --refit"
+    )
+    assert main([*flags.split(), "--out", str(out)]) == 0
+    saved = json.loads((out / "settings.json").read_text())
+    fitness = saved["settings"]["fitness"]
+    assert fitness["refit"] == 30 and fitness["proxy_rows"] == 0
+    recs = RunLog(out).read()[0]
+    assert recs and all(r["fitness"] is not None and r["reason"] is None for r in recs)
+    assert any("S" in load_metric(r["formula"]).terminals for r in recs)
