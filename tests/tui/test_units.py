@@ -14,6 +14,8 @@ from pzshell.cli.tui_cmd import settings_from_args
 from pzshell.tui.runs import QueuedRun, RunQueue, RunStatus
 from pzshell.tui.store import AppSettings, Store, matches_reference, result_row
 from pzshell.tui.widgets.fitness_chart import render_chart
+from pzshell.tui.widgets.results_table import type_label
+from pzshell.tui.widgets.run_queue import result_summary
 from pzshell.worker import describe_exit
 from pzshell.worker.protocol import RunSettings
 
@@ -164,6 +166,8 @@ def test_one_rule_says_which_reference_row_matches_a_run():
         wanda_fit, "wanda", fitted
     )
     assert not matches_reference(wanda_fit, "wanda", s)
+    assert type_label(wanda_fit) == "unstructured + refit" and type_label(wanda) == "unstructured"
+    assert "50% unstructured + refit" in result_summary(wanda_fit, {}).plain
     assert matches_reference(json.loads(json.dumps(wanda_fit)), "wanda", fitted)
     # the store, the queue and the summary all ask it
     q = RunQueue()

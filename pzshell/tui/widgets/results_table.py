@@ -44,9 +44,12 @@ def sort_value(row: dict, column: str):
 
 
 def type_label(row: dict) -> str:
-    """The type column: the sparsity pattern, or "dense" for the dense reference (whose
-    results record the pattern "unstructured" at ratio 0, like every job's)."""
-    return "dense" if row.get("kind") == "dense" else str(row.get("sparsity_type") or "")
+    """The type column: the sparsity pattern (``+ refit`` when the kept weights were refitted),
+    or "dense" for the dense reference (whose results record the pattern "unstructured" at
+    ratio 0, like every job's)."""
+    if row.get("kind") == "dense":
+        return "dense"
+    return str(row.get("sparsity_type") or "") + (" + refit" if row.get("refit") else "")
 
 
 def cells(row: dict) -> list:

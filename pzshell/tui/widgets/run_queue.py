@@ -58,7 +58,8 @@ def result_summary(row: dict, references: dict[str, dict]) -> Text:
     text.append("✓ ", "bold green")
     text.append(row.get("formula") or "", "bold")
     ppl = row.get("ppl")
-    text.append(f"  {row['sparsity_ratio']:.0%} {row['sparsity_type']}\n  ")
+    refit = " + refit" if row.get("refit") else ""
+    text.append(f"  {row['sparsity_ratio']:.0%} {row['sparsity_type']}{refit}\n  ")
     text.append(f"ppl {ppl:.2f}" if ppl is not None else "no perplexity", "bold green")
     for kind, ref in references.items():
         if ref.get("ppl") is not None:
