@@ -36,7 +36,7 @@ from benchlib import (
     write_json,
 )
 
-from pzshell.engine.refit import REFIT_ITERS  # noqa: E402
+from pzshell.engine.refit import REFIT_ITERS
 
 # the search benchmarks' picks (bench/results/search_*.json), as they were found
 PICKS = {

@@ -134,10 +134,10 @@ def _profile(ev, tree, repeat: int) -> tuple[dict[str, float], dict[str, float]]
     import torch
 
     from pzshell.engine.masks import make_mask
+    from pzshell.engine.refit import output_error as layer_error
     from pzshell.engine.stats import stat_key
     from pzshell.evaluate.perplexity import head_nll_sum, logits_nll_sum
     from pzshell.lang import evaluate
-    from pzshell.search.fitness import output_energy
 
     (p,) = ev.pairs
     _, Xs = ev._x_for(tree, p)
@@ -157,7 +157,7 @@ def _profile(ev, tree, repeat: int) -> tuple[dict[str, float], dict[str, float]]
     def output_error():
         for i, n, _ in ev.linears:
             W = ev.dense[(i, n)][ev.rows[(i, n)]]
-            output_energy(W.float() * proxy_masks[(i, n)], ev.H[stat_key(n, i)])
+            layer_error(W.float() * proxy_masks[(i, n)], ev.H[stat_key(n, i)])
 
     def tree_on_all():
         for i, n, _ in ev.linears:

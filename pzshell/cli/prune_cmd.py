@@ -149,9 +149,7 @@ def job_from_args(args: argparse.Namespace) -> PruneJob:
         raise PzError("give either --metric or --json_tree, not both")
     reconstruct = args.reconstruct
     iterative = False
-    refit = args.refit
-    if refit < 0:
-        raise PzError(f"--refit takes a number of iterations >= 0, got {refit}")
+    refit = args.refit  # checked with the other settings by PruneConfig
     if method.endswith("+refit"):
         method, refit = method[: -len("+refit")], refit or REFIT_ITERS
     if args.metric or args.json_tree:

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .sparsegpt import damped_hessian
+
 REFIT_ITERS = 30  # the default when --refit is given without a count (see bench/refit.py)
 PERCDAMP = 0.01
 
@@ -38,19 +40,10 @@ class RefitReport:
         return self.after / self.before if self.before > 0 else 1.0
 
 
-def damped(H: torch.Tensor, percdamp: float = PERCDAMP) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(H', dead)``: ``H`` in fp32 with dead inputs' diagonal set to 1 and ``percdamp`` of the
-    mean diagonal added, as SparseGPT's loop uses it; ``dead`` marks the zero-diagonal inputs."""
-    H = H.detach().clone().float()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    diag = torch.arange(H.shape[0], device=H.device)
-    H[diag, diag] += percdamp * torch.mean(torch.diag(H))
-    return H, dead
-
-
 def output_error(D: torch.Tensor, H: torch.Tensor) -> float:
-    """``sum over rows of d H d^T``: the squared output error of a weight change ``D``."""
+    """``tr(D H D^T)``: the summed squared outputs ``|D x|^2`` of rows ``D`` over the inputs whose
+    second-moment matrix is ``H``; for a weight change ``D``, the layer's output error (the
+    search's proxy uses it too, and for the dense weights' output energy)."""
     return float(((D @ H) * D).sum())
 
 
@@ -70,11 +63,13 @@ def least_squares_refit(
     if iters < 1:
         raise ValueError(f"a refit needs at least 1 iteration, got {iters}")
     W0 = W0.detach().float()
-    Hd, dead = damped(H, percdamp)
-    free = (~mask.to(torch.bool)).float()
+    pruned = mask.to(torch.bool)
+    Hd, dead = damped_hessian(H, percdamp)
+    free = (~pruned).float()
     free[:, dead] = 0
-    D = W.detach().float() - W0
-    D[mask.to(torch.bool)] = -W0[mask.to(torch.bool)]  # the pruned weights are exactly zero
+    given = W.detach().float() - W0
+    given[pruned] = -W0[pruned]  # the pruned weights are exactly zero
+    D = given.clone()
     before = output_error(D, Hd)
     R = -(D @ Hd) * free  # minus the gradient, on the free weights
     precond = (1.0 / torch.diag(Hd)).reshape(1, -1)
@@ -95,9 +90,7 @@ def least_squares_refit(
         rz = rz_next
     after = output_error(D, Hd)
     if not after <= before:  # rounding at convergence: keep what was given
-        D = W.detach().float() - W0
-        D[mask.to(torch.bool)] = -W0[mask.to(torch.bool)]
-        after = before
+        D, after = given, before
     new = W0 + D
-    new[mask.to(torch.bool)] = 0
+    new[pruned] = 0
     return new, RefitReport(before, after)

@@ -35,18 +35,24 @@ def _run_length(rows: int, blocksize: int) -> int:
     return k
 
 
+def damped_hessian(H: torch.Tensor, percdamp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(H', dead)``: ``H`` in fp32 (a copy) with dead inputs' zero diagonal set to 1 and then
+    ``percdamp`` of the mean diagonal added, as SparseGPT damps it; ``dead`` marks those
+    inputs. SparseGPT's factor and the least-squares refit (:mod:`.refit`) both start here."""
+    H = H.detach().clone().float()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    diag = torch.arange(H.shape[0], device=H.device)
+    H[diag, diag] += percdamp * torch.mean(torch.diag(H))
+    return H, dead
+
+
 def hinv_factor(H: torch.Tensor, percdamp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
     """``(U, dead)``: the upper Cholesky factor of the damped inverse of ``H`` (dead inputs, a
     zero diagonal, given a unit one) and the mask of dead inputs. It depends on ``H`` alone, so
     linears that share one input (q/k/v, gate/up) may share it (``sparsegpt_prune``'s
     ``factor``)."""
-    H = H.detach().clone().float()
-    columns = H.shape[0]
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    damp = percdamp * torch.mean(torch.diag(H))
-    diag = torch.arange(columns, device=H.device)
-    H[diag, diag] += damp
+    H, dead = damped_hessian(H, percdamp)
     L = torch.linalg.cholesky(H)
     Hinv = torch.cholesky_inverse(L)
     return torch.linalg.cholesky(Hinv, upper=True), dead

@@ -67,7 +67,7 @@ from ..data import load_text, sample_windows, tokenize, window_offsets
 from ..engine.layer_ratios import OWL_LAMBDA
 from ..engine.masks import make_mask, parse_sparsity_type
 from ..engine.prune import PruneConfig, prune_model
-from ..engine.refit import least_squares_refit
+from ..engine.refit import least_squares_refit, output_error
 from ..engine.sparsegpt import column_curvature, hinv_factor, sparsegpt_prune
 from ..engine.stats import activation_stats, compute_gradients, stat_key
 from ..evaluate.perplexity import perplexity
@@ -258,13 +258,6 @@ def split_calibration(ids: torch.Tensor, s: FitnessSettings, name: str = "text")
     return calib, heldout, cheap_ids, final
 
 
-def output_energy(D: torch.Tensor, H: torch.Tensor) -> float:
-    """``tr(D H D^T)``: the summed squared outputs ``|D x|^2`` of rows ``D`` over the inputs whose
-    second-moment matrix is ``H`` (the proxy's error for the pruned weights, its reference for
-    the dense ones)."""
-    return float(((D @ H) * D).sum())
-
-
 @contextlib.contextmanager
 def _scored(out: dict):
     """A stage of one candidate: never raises for a bad candidate (it gets the worst fitness
@@ -437,9 +430,9 @@ class Evaluator:
             if self.iterative:
                 grad = self.G[stat_key(n, i)][rows].float()
                 self.row_weight[(i, n)] = grad.square().mean(1, keepdim=True).sqrt()
-                self.ref[(i, n)] = output_energy(Wr * self.row_weight[(i, n)], H)
+                self.ref[(i, n)] = output_error(Wr * self.row_weight[(i, n)], H)
             else:
-                self.ref[(i, n)] = max(output_energy(Wr, H), 1e-30)
+                self.ref[(i, n)] = max(output_error(Wr, H), 1e-30)
 
     def _x_for(self, tree: Node, p: Setting):
         """``(key, X)``: setting ``p``'s statistics for ``tree``; settings with one key give
@@ -525,7 +518,7 @@ class Evaluator:
                         new, mask = self._iterative(tree, i, n, p, ratio, rows)
                         new = self._refit(W, new, mask, H)
                         D = (W.float() - new) * self.row_weight[(i, n)]
-                        errs[p.label] += output_energy(D, H)
+                        errs[p.label] += output_error(D, H)
                     else:
                         key, Xs = self._x_for(tree, p)
                         if key not in memo:
@@ -533,9 +526,9 @@ class Evaluator:
                         mask = make_mask(memo[key], ratio, p.n, p.m)
                         if self.settings.refit:  # the error the refitted kept weights leave
                             new = self._refit(W, W.masked_fill(mask, 0), mask, H)
-                            err = output_energy(W.float() - new, H)
+                            err = output_error(W.float() - new, H)
                         else:
-                            err = output_energy(W.float() * mask, H)
+                            err = output_error(W.float() * mask, H)
                         logs[p.label] += math.log(max(err / self.ref[(i, n)], 1e-12))
                     h.update(np.packbits(mask.numpy()).tobytes())
             if self.iterative:

@@ -13,8 +13,8 @@ from pzshell.cli import main
 from pzshell.data import calibration_windows, load_text
 from pzshell.engine.masks import make_mask
 from pzshell.engine.prune import PruneConfig, PruneError, prune_model
-from pzshell.engine.refit import damped, least_squares_refit, output_error
-from pzshell.engine.sparsegpt import sparsegpt_prune
+from pzshell.engine.refit import least_squares_refit, output_error
+from pzshell.engine.sparsegpt import damped_hessian, sparsegpt_prune
 from pzshell.models import count_block_params
 
 from ..conftest import shared_texts, zero_pattern
@@ -33,7 +33,7 @@ def _problem(rows=12, cols=48, seed=0, dead=()):
 
 def _direct(W0, mask, H):
     """Row by row, the exact minimiser over the kept weights (float64)."""
-    Hd, dead = damped(H)
+    Hd, dead = damped_hessian(H)
     Hd = Hd.double()
     out = torch.zeros_like(W0, dtype=torch.float64)
     for r in range(W0.shape[0]):
@@ -59,7 +59,7 @@ def test_converged_refit_is_the_least_squares_solution():
 def test_error_never_grows_with_iterations_and_the_mask_is_kept():
     W0, H = _problem(seed=1)
     mask = make_mask(W0.abs(), 0.5, 2, 4)
-    Hd, _ = damped(H)
+    Hd, _ = damped_hessian(H)
     errors = []
     for k in (1, 2, 4, 8, 16):
         new, rep = least_squares_refit(W0, W0.masked_fill(mask, 0), mask, H, iters=k)
@@ -74,7 +74,7 @@ def test_error_never_grows_with_iterations_and_the_mask_is_kept():
 def test_refit_improves_sparsegpts_own_update(n, m):
     W0, H = _problem(rows=16, cols=256, seed=2)
     W1, mask = sparsegpt_prune(W0, H, 0.5, n, m)
-    Hd, _ = damped(H)
+    Hd, _ = damped_hessian(H)
     new, rep = least_squares_refit(W0, W1, mask, H)
     assert rep.before == pytest.approx(output_error(W1 - W0, Hd), rel=1e-4)
     assert rep.after < 0.99 * rep.before  # SparseGPT's greedy update is not the optimum
