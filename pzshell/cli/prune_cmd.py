@@ -262,7 +262,7 @@ def print_summary(res: dict) -> None:
     if res.get("refit"):
         console.print(
             f"least-squares refit: {res['refit']} iterations per layer; the median layer's "
-            f"output error fell to {res['refit_error_median']:.3f} of what the mask left"
+            f"output error fell to {res['refit_error_median']:.3f} of what it was before the refit"
         )
     if res.get("allocation", "uniform") != "uniform":
         extra = ""
