@@ -9,7 +9,7 @@ from rich.table import Table
 
 from ..engine.layer_ratios import OWL_LAMBDA, OWL_M
 from ..engine.prune import METHOD_ALIASES, METHODS
-from ..engine.refine import DSNOT_CYCLES, DSNOT_THRESHOLD, REFINEMENTS
+from ..engine.refine import DSNOT_CYCLES, DSNOT_THRESHOLD, REFINEMENTS, SWAP_ROUNDS
 from ..engine.refit import REFIT_ITERS
 from ..errors import PzError
 from ..jobs import PruneJob, run_prune
@@ -105,8 +105,17 @@ def register(sub) -> None:
         "--refine",
         default="none",
         choices=REFINEMENTS,
-        help="training-free mask refinement after the metric: none (default) or dsnot (swap "
-        "pruned and kept weights of a row to shrink its mean output error; not with SparseGPT)",
+        help="training-free mask refinement after the metric, the weights left as they are: "
+        "none (default), dsnot (swaps that shrink a row's mean output error) or swaps "
+        "(least-squares swaps that shrink each row's exact output error, from the Hessian); "
+        "not with SparseGPT",
+    )
+    p.add_argument(
+        "--swap_rounds",
+        type=int,
+        default=SWAP_ROUNDS,
+        help=f"least-squares swaps, N:M: at most this many passes over the groups "
+        f"(default {SWAP_ROUNDS}); unstructured runs until no swap helps",
     )
     p.add_argument(
         "--dsnot_cycles",
@@ -187,6 +196,7 @@ def job_from_args(args: argparse.Namespace) -> PruneJob:
         refine=args.refine,
         dsnot_cycles=args.dsnot_cycles,
         dsnot_threshold=args.dsnot_threshold,
+        swap_rounds=args.swap_rounds,
         refit=refit,
         zero_shot=zero_shot_spec(args),
         finetune=finetune_spec(args) if args.finetune else None,
@@ -254,7 +264,12 @@ def print_summary(res: dict) -> None:
         by_block.setdefault(r["block"], []).append(r["sparsity"])
     spark = " ".join(f"{sum(v) / len(v):.2f}" for _, v in sorted(by_block.items()))
     console.print(f"per-block sparsity: {spark}")
-    if res.get("refine", "none") != "none":
+    if res.get("refine") == "swaps":
+        console.print(
+            f"least-squares swaps: {res['refine_swaps']:,} weights swapped; the median layer's "
+            f"output error fell to {res['refine_error_median']:.3f} of the metric's mask's"
+        )
+    elif res.get("refine", "none") != "none":
         console.print(
             f"refinement {res['refine']}: {res['refine_swaps']:,} weights swapped (at most "
             f"{res['dsnot_cycles']} per row, threshold {res['dsnot_threshold']:g})"

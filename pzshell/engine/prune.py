@@ -29,7 +29,17 @@ from .layer_ratios import (
     owl_block_ratios,
 )
 from .masks import SparsityError, make_mask, parse_sparsity_type
-from .refine import DSNOT_CYCLES, DSNOT_THRESHOLD, REFINEMENTS, RefineReport, dsnot
+from .refine import (
+    DSNOT_CYCLES,
+    DSNOT_THRESHOLD,
+    REFINEMENTS,
+    SWAP_ROUNDS,
+    RefineError,
+    RefineReport,
+    check_swaps,
+    dsnot,
+    swaps,
+)
 from .refit import REFIT_ITERS, least_squares_refit
 from .sparsegpt import column_curvature, hinv_factor, sparsegpt_prune
 from .stats import InputStats, stat_key
@@ -90,9 +100,10 @@ class PruneConfig:
     allocation: str = "uniform"  # per-block ratios: uniform or owl (.layer_ratios)
     owl_m: float = OWL_M
     owl_lambda: float = OWL_LAMBDA
-    refine: str = "none"  # training-free mask refinement: none or dsnot (.refine)
+    refine: str = "none"  # training-free mask refinement: none, dsnot or swaps (.refine)
     dsnot_cycles: int = DSNOT_CYCLES
     dsnot_threshold: float = DSNOT_THRESHOLD
+    swap_rounds: int = SWAP_ROUNDS  # least-squares swaps: N:M passes over the groups
     # least-squares refit of the kept weights after the mask (and any update): CG iterations,
     # 0 = none (.refit)
     refit: int = 0
@@ -157,6 +168,13 @@ class PruneConfig:
             raise PruneError(
                 f"--refit takes a number of iterations >= 0 (0: no refit), got {self.refit!r}"
             )
+        if not (isinstance(self.swap_rounds, int) and self.swap_rounds >= 1):
+            raise PruneError(f"least-squares swaps need at least 1 round, got {self.swap_rounds!r}")
+        if self.refine == "swaps":
+            try:
+                check_swaps(self.n, self.m)
+            except RefineError as e:
+                raise PruneError(str(e)) from None
         if self.dsnot_cycles < 1:
             raise PruneError(f"DSnoT needs at least 1 cycle, got {self.dsnot_cycles}")
         if not self.dsnot_threshold >= 0:
@@ -176,9 +194,11 @@ class PruneConfig:
 
     @property
     def needs_hessian(self) -> bool:
-        """SparseGPT's update, a metric that reads ``S`` (from the inverse Hessian), or a
-        least-squares refit."""
-        return self.uses_sparsegpt or "S" in self.terminals or self.refit > 0
+        """SparseGPT's update, a metric that reads ``S`` (from the inverse Hessian), the
+        least-squares swaps or a least-squares refit."""
+        return (
+            self.uses_sparsegpt or "S" in self.terminals or self.refine == "swaps" or self.refit > 0
+        )
 
     @property
     def terminals(self) -> frozenset[str]:
@@ -220,6 +240,7 @@ class LayerResult:
     sparsity: float
     swaps: int = 0  # weights swapped by the refinement
     refit_error: float | None = None  # output error after the refit / before it
+    refine_error: float | None = None  # least-squares swaps: output error after / before
 
 
 @dataclass
@@ -345,6 +366,10 @@ def prune_linear(
                 cycles=cfg.dsnot_cycles,
                 threshold=cfg.dsnot_threshold,
             )
+        elif cfg.refine == "swaps":
+            if H is None:
+                raise PruneError(f"least-squares swaps need the Hessian of {where}")
+            mask, report = swaps(weight, mask, H, n=cfg.n, m=cfg.m, rounds=cfg.swap_rounds)
     if cfg.uses_sparsegpt:
         if H is None:
             raise PruneError(f"SparseGPT update needs the Hessian of {where}")
@@ -479,8 +504,11 @@ def prune_model(
                     f"{where}: pruned {frac:.6f} of the weights but {want:.6f} was requested "
                     f"(internal error, please report)"
                 )
-            swaps = report.swaps if report is not None else 0
-            result.layers.append(LayerResult(i, name, shape, pruned, frac, swaps, refit_error))
+            swapped = report.swaps if report is not None else 0
+            refine_error = report.ratio if report is not None and cfg.refine == "swaps" else None
+            result.layers.append(
+                LayerResult(i, name, shape, pruned, frac, swapped, refit_error, refine_error)
+            )
         del stats
         if chunks is not None and i + 1 < len(blocks):
             chunks = run_block(block, chunks)

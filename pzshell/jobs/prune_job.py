@@ -11,7 +11,7 @@ from pathlib import Path
 from ..data import calibration_windows, load_text
 from ..engine.layer_ratios import OWL_LAMBDA, OWL_M
 from ..engine.prune import PruneConfig, prune_model
-from ..engine.refine import DSNOT_CYCLES, DSNOT_THRESHOLD
+from ..engine.refine import DSNOT_CYCLES, DSNOT_THRESHOLD, SWAP_ROUNDS
 from ..engine.stats import compute_gradients, load_gradients, save_gradients
 from ..evaluate.zeroshot import prepare_tasks
 from ..lang import Node, to_infix
@@ -42,6 +42,7 @@ class PruneJob:
     refine: str = "none"
     dsnot_cycles: int = DSNOT_CYCLES
     dsnot_threshold: float = DSNOT_THRESHOLD
+    swap_rounds: int = SWAP_ROUNDS
     refit: int = 0
     zero_shot: ZeroShotSpec | None = None
     finetune: FinetuneSpec | None = None
@@ -63,6 +64,7 @@ class PruneJob:
             refine=self.refine,
             dsnot_cycles=self.dsnot_cycles,
             dsnot_threshold=self.dsnot_threshold,
+            swap_rounds=self.swap_rounds,
             refit=self.refit,
         )
 
@@ -143,6 +145,13 @@ def run_prune(
             refine_swaps=sum(r.swaps for r in pr.layers),
             dsnot_cycles=cfg.dsnot_cycles,
             dsnot_threshold=cfg.dsnot_threshold,
+        )
+    if cfg.refine == "swaps":
+        ratios = sorted(r.refine_error for r in pr.layers if r.refine_error is not None)
+        results.update(
+            refine_swaps=sum(r.swaps for r in pr.layers),
+            swap_rounds=cfg.swap_rounds,
+            refine_error_median=ratios[len(ratios) // 2] if ratios else None,
         )
     if pr.block_ratios is not None:
         zeros_by_block: dict[int, list[int]] = {}

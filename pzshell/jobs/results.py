@@ -74,6 +74,8 @@ FIELDS: dict[str, tuple[tuple[type, ...], tuple[str, ...] | str]] = {
     "refit_error_median": ((*_NUM, type(None)), ()),
     "dsnot_cycles": ((int,), ()),
     "dsnot_threshold": (_NUM, ()),
+    "swap_rounds": ((int,), ()),
+    "refine_error_median": ((*_NUM, type(None)), ()),
     "nsamples": ((int,), ("prune", "structured")),
     "seqlen": ((int,), ("prune", "structured")),
     "seed": ((int,), ("prune", "structured")),

@@ -260,6 +260,7 @@ def result_row(kind: str, formula: str | None, settings: RunSettings, res: dict,
         "device": res.get("device"),
         "actual_sparsity": res.get("actual_sparsity"),
         "refit": res.get("refit") or 0,  # CG iterations of the least-squares refit
+        "refine": res.get("refine") or "none",  # the mask refinement (none, dsnot, swaps)
         "reference_key": _jsonable(settings.reference_key()),
         **extra,
     }
@@ -285,8 +286,8 @@ def matches_reference(ref: RunSettings | dict, kind: str, run: RunSettings | dic
     """Is ``ref`` — a queued run's settings or a results row — the ``kind`` reference ("dense",
     "wanda") for ``run`` (settings or a row)? Both must have the same model, data and evaluation
     (:meth:`RunSettings.reference_key`); a pruned reference also the same sparsity and the same
-    refit (a refitted Wanda for refitted runs). A row must be of ``kind``; the caller checks a
-    queued run's kind."""
+    refit and refinement (a refitted Wanda for refitted runs, swaps for swapped ones). A row must
+    be of ``kind``; the caller checks a queued run's kind."""
     if isinstance(ref, dict) and ref.get("kind") != kind:
         return False
     ref_key, *ref_pruned = _reference_fields(ref)
@@ -297,14 +298,17 @@ def matches_reference(ref: RunSettings | dict, kind: str, run: RunSettings | dic
 
 
 def _reference_fields(x: RunSettings | dict) -> tuple:
-    """(reference key as JSON would give it back, sparsity ratio, sparsity type, refit)."""
+    """(reference key as JSON would give it back, sparsity ratio, sparsity type, refit,
+    refinement)."""
     if isinstance(x, RunSettings):
-        return _jsonable(x.reference_key()), x.sparsity_ratio, x.sparsity_type, x.refit
+        key = _jsonable(x.reference_key())
+        return key, x.sparsity_ratio, x.sparsity_type, x.refit, x.refine
     return (
         list(x.get("reference_key") or ()),
         x.get("sparsity_ratio"),
         x.get("sparsity_type"),
         x.get("refit") or 0,
+        x.get("refine") or "none",
     )
 
 

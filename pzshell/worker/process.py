@@ -192,6 +192,7 @@ class Worker:
                 calib=calib,
                 eval=evaluation,
                 refit=s.refit,
+                refine=s.refine,
             )
             _, res = run_prune(pj, progress=progress, lm=lm)
         res.pop("layers", None)

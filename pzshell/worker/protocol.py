@@ -16,6 +16,13 @@ from ..search import SearchSettings
 # ---- settings ------------------------------------------------------------------------------
 
 
+def how_suffix(refine: str | None, refit: int | None) -> str:
+    """What was done beyond the metric's mask, for labels: '', ' + swaps', ' + refit',
+    ' + dsnot + refit'."""
+    out = f" + {refine}" if refine and refine != "none" else ""
+    return out + (" + refit" if refit else "")
+
+
 @dataclass(frozen=True)
 class RunSettings:
     """The settings of one prune-and-evaluate run (what the app's settings screen edits)."""
@@ -33,11 +40,13 @@ class RunSettings:
     seed: int = 0
     # least-squares refit of the kept weights (CG iterations; 0: none), for metric and Wanda runs
     refit: int = 0
+    # training-free mask refinement of metric and Wanda runs: none, dsnot or swaps
+    refine: str = "none"
 
     def label(self) -> str:
-        """A short description for tables: '50% unstructured', '50% 2:4 + refit'."""
-        return f"{self.sparsity_ratio:.0%} {self.sparsity_type}" + (
-            " + refit" if self.refit else ""
+        """A short description for tables: '50% unstructured', '50% 2:4 + swaps + refit'."""
+        return f"{self.sparsity_ratio:.0%} {self.sparsity_type}" + how_suffix(
+            self.refine, self.refit
         )
 
     def reference_key(self) -> tuple:

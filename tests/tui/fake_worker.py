@@ -57,6 +57,8 @@ def fake_results(kind: str, settings: p.RunSettings, ppl: float) -> dict:
     }
     if not dense and settings.refit:
         res.update(refit=settings.refit, refit_error_median=0.8)
+    if not dense and settings.refine != "none":
+        res.update(refine=settings.refine, refine_swaps=10)
     return validate(res, "fake worker results")
 
 

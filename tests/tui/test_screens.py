@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from textual.widgets import Input, OptionList
+from textual.widgets import Input, OptionList, Select
 
 from pzshell.lang import load_tree_file, to_infix
 from pzshell.tui.screens.confirm import ConfirmScreen
@@ -122,6 +122,11 @@ async def test_settings_screen_applies_and_persists(make_app, fake, tmp_path):
         errors = await _refused(pilot, app, screen)
         assert "least-squares refit must not be negative, got -3" in errors
         screen.query_one("#run-refit", Input).value = "30"
+        # least-squares swaps try every pattern of a group: 8:16 is refused, 2:4 taken
+        screen.query_one("#run-refine", Select).value = "swaps"
+        screen.query_one("#run-sparsity_type", Input).value = "8:16"
+        errors = await _refused(pilot, app, screen)
+        assert "8:16 has 12,870" in errors
         screen.query_one("#run-sparsity_type", Input).value = "2:4"
         screen.query_one("#run-eval_windows", Input).value = ""
         screen.query_one("#search-budget", Input).value = "40"
@@ -135,17 +140,19 @@ async def test_settings_screen_applies_and_persists(make_app, fake, tmp_path):
             "W * X",
             3.0,
         )
-        assert "60% 2:4 + refit" in app.sub_title and r.refit == 30
+        assert "60% 2:4 + swaps + refit" in app.sub_title and r.refit == 30
+        assert r.refine == "swaps"
         # runs now use them
         app.editor.set_formula("W")
         await pilot.press("ctrl+r")
         await wait_for(pilot, lambda: fake.jobs, what="the run")
         assert fake.jobs[0].settings.sparsity_type == "2:4"
-        assert fake.jobs[0].settings.refit == 30
+        assert fake.jobs[0].settings.refit == 30 and fake.jobs[0].settings.refine == "swaps"
     # and the next session starts with them
     app2 = make_app(home=home, client=FakeWorker())
     app2.settings = app2.store.load_settings()
     assert app2.settings.run.sparsity_ratio == 0.6 and app2.settings.run.refit == 30
+    assert app2.settings.run.refine == "swaps"
     assert app2.settings.search.budget == 40 and app2.settings.search.workers == 1
 
 

@@ -169,6 +169,17 @@ def test_one_rule_says_which_reference_row_matches_a_run():
     assert type_label(wanda_fit) == "unstructured + refit" and type_label(wanda) == "unstructured"
     assert "50% unstructured + refit" in result_summary(wanda_fit, {}).plain
     assert matches_reference(json.loads(json.dumps(wanda_fit)), "wanda", fitted)
+    # runs with a refined mask: Wanda only refined the same way; labels say how
+    swapped = replace(fitted, refine="swaps")
+    assert swapped.label() == "50% unstructured + swaps + refit"
+    wanda_swap = result_row("wanda", None, swapped, fake_results("wanda", swapped, 8.0))
+    assert wanda_swap["refine"] == "swaps" and wanda_fit["refine"] == "none"
+    assert matches_reference(wanda_swap, "wanda", swapped)
+    assert not matches_reference(wanda_fit, "wanda", swapped)
+    assert not matches_reference(wanda_swap, "wanda", fitted)
+    assert matches_reference(dense, "dense", swapped)
+    assert type_label(wanda_swap) == "unstructured + swaps + refit"
+    assert "50% unstructured + swaps + refit" in result_summary(wanda_swap, {}).plain
     # the store, the queue and the summary all ask it
     q = RunQueue()
     q.add(QueuedRun("wanda", None, s))

@@ -73,12 +73,14 @@ def test_runs_cancel_and_search_in_process(tmp_path):
         c = got[-1]
         assert not c.cancelled and "nope" in c.error
         # a refitted run: the worker's prune refits, the results say so
-        w.handle(p.PruneRequest("d", "wanda", None, dataclasses.replace(TINY, refit=4)))
+        refined = dataclasses.replace(TINY, refit=4, refine="swaps")
+        w.handle(p.PruneRequest("d", "wanda", None, refined))
         got = _until(events, lambda e: isinstance(e, (p.RunFinished, p.RunFailed)))
         d = got[-1]
         assert isinstance(d, p.RunFinished) and d.run_id == "d"
         assert d.results["method"] == "wanda+refit" and d.results["refit"] == 4
         assert 0 < d.results["refit_error_median"] < 1
+        assert d.results["refine"] == "swaps" and d.results["refine_swaps"] > 0
 
         # a search: started, candidates, pause / inject / stop obeyed
         fit = FitnessSettings(

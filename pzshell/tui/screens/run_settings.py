@@ -27,6 +27,7 @@ RUN_FIELDS = (
     ("eval_windows", "evaluation windows", "int?"),
     ("device", "device", ("auto", "cpu", "cuda")),
     ("seed", "seed", "int"),
+    ("refine", "mask refinement", ("none", "dsnot", "swaps")),
     ("refit", "least-squares refit", "int"),
 )
 SEARCH_FIELDS = (
@@ -55,6 +56,7 @@ HINTS = {
     "eval": "builtin, wikitext2, a file, or none",
     "seqlen": "blank: the model's default",
     "eval_windows": "blank: all",
+    "refine": "swaps: least-squares (runs only)",
     "refit": "CG iterations, 0: none (30: --refit)",
 }
 SEARCH_HINTS = {
@@ -95,13 +97,16 @@ def _parse(kind, raw: str, label: str):
 def validate(settings: AppSettings) -> list[str]:
     """Problems with ``settings`` (empty when it is usable)."""
     from ...engine.masks import parse_sparsity_type
+    from ...engine.refine import check_swaps
 
     errs = []
     r = settings.run
     if not 0 <= r.sparsity_ratio < 1:
         errs.append(f"sparsity ratio must be in [0, 1), got {r.sparsity_ratio}")
     try:
-        parse_sparsity_type(r.sparsity_type)
+        n, m = parse_sparsity_type(r.sparsity_type)
+        if r.refine == "swaps":
+            check_swaps(n, m)
     except Exception as e:
         errs.append(str(e))
     if r.nsamples < 1:

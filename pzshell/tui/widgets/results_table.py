@@ -10,6 +10,7 @@ from rich.text import Text
 from textual.binding import Binding
 from textual.widgets import DataTable
 
+from ...worker.protocol import how_suffix
 from ..messages import OpenFormula
 
 COLUMNS = (
@@ -44,12 +45,12 @@ def sort_value(row: dict, column: str):
 
 
 def type_label(row: dict) -> str:
-    """The type column: the sparsity pattern (``+ refit`` when the kept weights were refitted),
-    or "dense" for the dense reference (whose results record the pattern "unstructured" at
-    ratio 0, like every job's)."""
+    """The type column: the sparsity pattern (``+ swaps`` when the mask was refined, ``+ refit``
+    when the kept weights were refitted), or "dense" for the dense reference (whose results record
+    the pattern "unstructured" at ratio 0, like every job's)."""
     if row.get("kind") == "dense":
         return "dense"
-    return str(row.get("sparsity_type") or "") + (" + refit" if row.get("refit") else "")
+    return str(row.get("sparsity_type") or "") + how_suffix(row.get("refine"), row.get("refit"))
 
 
 def cells(row: dict) -> list:

@@ -14,6 +14,7 @@ from textual.containers import Vertical
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
+from ...worker.protocol import how_suffix
 from ..messages import CancelRequested
 from ..runs import QueuedRun, RunStatus
 
@@ -58,8 +59,8 @@ def result_summary(row: dict, references: dict[str, dict]) -> Text:
     text.append("✓ ", "bold green")
     text.append(row.get("formula") or "", "bold")
     ppl = row.get("ppl")
-    refit = " + refit" if row.get("refit") else ""
-    text.append(f"  {row['sparsity_ratio']:.0%} {row['sparsity_type']}{refit}\n  ")
+    how = how_suffix(row.get("refine"), row.get("refit"))
+    text.append(f"  {row['sparsity_ratio']:.0%} {row['sparsity_type']}{how}\n  ")
     text.append(f"ppl {ppl:.2f}" if ppl is not None else "no perplexity", "bold green")
     for kind, ref in references.items():
         if ref.get("ppl") is not None:

@@ -1,0 +1,241 @@
+"""Least-squares swaps benchmark: SmolLM2-135M at 50% unstructured and 2:4, masks refined by
+``--refine swaps`` (each row's exact output error on the calibration tokens lowered by swapping
+pruned and kept weights; the weights themselves unchanged) beside DSnoT, the metrics alone,
+SparseGPT and the refit. One command, one table, one JSON:
+
+    .venv/bin/python bench/swaps.py                  # ~50 min on a 2-core CPU
+    .venv/bin/python bench/swaps.py --types 2:4      # one setting
+
+Settings as bench/prune.py's and bench/refit.py's: calibration 32 windows x 512 tokens of
+``../shared/data/wikitext-2/valid.txt`` (seed 0); test on the first 8 x 1024 tokens of
+``../shared/data/wikitext-2-raw/wiki.test.raw``. SparseGPT (with and without a refit) is not
+pruned again: its rows are read from ``bench/results/refit.json`` (same settings, same code
+path), and every row here is compared with them window by window (the change in perplexity and
+its paired standard error). The rules: Wanda, the published Pruner-Zero tree, and the plain
+search benchmarks' picks (bench/results/search_50.json, search_24.json), as they were found.
+Every prune runs in this process, one after another; the JSON is rewritten after each row, so an
+interrupted run keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+from benchlib import (
+    CALIB,
+    EVAL,
+    RESULTS,
+    calib_spec,
+    eval_spec,
+    print_table,
+    require_data,
+    table,
+    write_json,
+)
+
+from pzshell.engine.refine import SWAP_ROUNDS
+from pzshell.engine.refit import REFIT_ITERS
+
+# the plain search benchmarks' picks, as they were found
+PICKS = {
+    "unstructured": ("search pick (50% plain)", "G * ((W * X)^2 * coln(rown(W)^2))"),
+    "2:4": ("search pick (2:4 plain)", "rown(W) * (W * (rown(W) + sqrt(X)) * tanh(tanh(tanh(G))))"),
+}
+
+
+def rows_for(sparsity_type: str) -> list[dict]:
+    pick_name, pick = PICKS[sparsity_type]
+    out = [
+        dict(name="Wanda", method="wanda"),
+        dict(name="Wanda", method="wanda", refine="dsnot"),
+        dict(name="Wanda", method="wanda", refine="swaps"),
+        dict(name="Pruner-Zero", method="pruner-zero", refine="swaps"),
+        dict(name=pick_name, method="metric", metric=pick),
+        dict(name=pick_name, method="metric", metric=pick, refine="swaps"),
+    ]
+    return [dict({"refine": "none", "refit": 0}, **r, sparsity_type=sparsity_type) for r in out]
+
+
+def sparsegpt_rows(path: Path) -> list[dict]:
+    """SparseGPT with and without a refit, from the refit benchmark's JSON."""
+    if not path.exists():
+        return []
+    prior = json.loads(path.read_text())
+    return [
+        dict(r, refine="none", source=str(path))
+        for r in prior["rows"]
+        if r["method"] == "sparsegpt" and r["refit"] in (0, REFIT_ITERS)
+    ]
+
+
+def _compare(rows: list[dict], refs: list[dict], paired_change) -> None:
+    def ref(setting: str, refit: int) -> dict | None:
+        return next(
+            (d for d in refs if d["refit"] == refit and d["sparsity_type"] == setting), None
+        )
+
+    for r in rows:
+        wanda = next(
+            (
+                d
+                for d in rows
+                if d["method"] == "wanda"
+                and d["refine"] == "none"
+                and not d["refit"]
+                and d["sparsity_type"] == r["sparsity_type"]
+            ),
+            None,
+        )
+        b0 = ref(r["sparsity_type"], 0)
+        bk = ref(r["sparsity_type"], REFIT_ITERS)
+        r["vs_wanda"] = (
+            paired_change(r["window_nll"], wanda["window_nll"])
+            if wanda and wanda is not r
+            else None
+        )
+        r["vs_sparsegpt"] = paired_change(r["window_nll"], b0["window_nll"]) if b0 else None
+        r["vs_sparsegpt_refit"] = (  # a refitted row against SparseGPT with the same refit
+            paired_change(r["window_nll"], bk["window_nll"]) if bk and r["refit"] else None
+        )
+
+
+def _fmt(c: dict | None) -> str:
+    return f"{c['change']:+.1%} ± {c['se']:.1%}" if c else "-"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--types", default="unstructured,2:4", help="sparsity types, comma-separated")
+    ap.add_argument("--grad-path", default="runs/grads_smollm2_valid_32x512_seed0.pth")
+    ap.add_argument("--refit-json", default=str(RESULTS / "refit.json"))
+    ap.add_argument("--out", default=str(RESULTS / "swaps.json"))
+    ap.add_argument(
+        "--from-json", action="store_true", help="print the table of the run in --out again"
+    )
+    args = ap.parse_args()
+    require_data(CALIB, EVAL)
+    types = [t.strip() for t in args.types.split(",")]
+    for t in types:
+        if t not in PICKS:
+            ap.error(f"--types: {t!r} is not one of {', '.join(PICKS)}")
+
+    import torch
+
+    from pzshell.jobs import ModelSpec, PruneJob, run_prune
+    from pzshell.lang import load_metric
+    from pzshell.search.ranking import paired_change
+
+    settings = {
+        "model": args.model,
+        "calib": str(CALIB),
+        "nsamples": 32,
+        "seqlen": 512,
+        "seed": 0,
+        "eval": str(EVAL),
+        "eval_seqlen": 1024,
+        "eval_windows": 8,
+        "sparsity_ratio": 0.5,
+        "swap_rounds": SWAP_ROUNDS,
+        "refit": REFIT_ITERS,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+    }
+    refs = [r for r in sparsegpt_rows(Path(args.refit_json)) if r["sparsity_type"] in types]
+    done: list[dict] = []
+    if args.from_json:
+        prior = json.loads(Path(args.out).read_text())
+        settings, done, refs = prior["settings"], prior["rows"], prior["sparsegpt"]
+    todo = [] if args.from_json else [r for t in types for r in rows_for(t)]
+    for spec in todo:
+        job = PruneJob(
+            method=spec["method"],
+            sparsity_ratio=0.5,
+            sparsity_type=spec["sparsity_type"],
+            metric=load_metric(spec["metric"]) if spec.get("metric") else None,
+            refine=spec["refine"],
+            refit=spec["refit"],
+            model=ModelSpec(args.model),
+            calib=calib_spec(32, 512, seed=0),
+            eval=eval_spec(1024, 8),
+            gradient_path=args.grad_path,
+        )
+        t = time.perf_counter()
+        _, res = run_prune(job)
+        row = dict(
+            spec,
+            label=res["method"] + ("" if spec["refine"] == "none" else f" + {spec['refine']}"),
+            metric=res.get("metric"),
+            ppl=res["ppl"],
+            window_nll=res["eval_window_nll"],
+            refine_swaps=res.get("refine_swaps"),
+            refine_error_median=res.get("refine_error_median"),
+            refit_error_median=res.get("refit_error_median"),
+            actual_sparsity=res["actual_sparsity"],
+            prune_seconds=round(res["prune_seconds"], 1),
+            seconds=round(time.perf_counter() - t, 1),
+        )
+        done.append(row)
+        print(
+            f"{spec['sparsity_type']} {row['name']} ({row['label']}): ppl {row['ppl']:.3f} "
+            f"[{row['seconds']:.0f} s]",
+            flush=True,
+        )
+        _compare(done, refs, paired_change)
+        write_json(args.out, {"settings": settings, "rows": done, "sparsegpt": refs})
+    _compare(done, refs, paired_change)
+
+    t = table(
+        f"Least-squares swaps: {args.model}, calib 32x512 of valid.txt (seed 0), test 8x1024 of "
+        f"wiki.test.raw, 50% sparsity; SparseGPT rows from {Path(args.refit_json).name}",
+        [
+            "setting",
+            "rule",
+            "mask",
+            "weights",
+            "test ppl",
+            "vs Wanda",
+            "vs SparseGPT",
+            "layer error",
+            "prune s",
+        ],
+        left=4,
+    )
+    for r in refs:
+        t.add_row(
+            r["sparsity_type"],
+            "SparseGPT",
+            "sparsegpt",
+            "update + refit" if r["refit"] else "SparseGPT update",
+            f"{r['ppl']:.3f}",
+            "-",
+            "-",
+            "-",
+            f"{r['prune_seconds']:.0f}",
+        )
+    for r in done:
+        t.add_row(
+            r["sparsity_type"],
+            r["name"] + (f"\n{r['metric']}" if r["method"] == "metric" else ""),
+            r["refine"] if r["refine"] != "none" else "metric",
+            "refit" if r["refit"] else "unchanged",
+            f"{r['ppl']:.3f}",
+            _fmt(r["vs_wanda"]),
+            _fmt(r["vs_sparsegpt"]),
+            f"{r['refine_error_median']:.3f}" if r.get("refine_error_median") else "-",
+            f"{r['prune_seconds']:.0f}",
+        )
+    print_table(t)
+    print("layer error: the median layer's output error after the swaps / before them")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
