@@ -233,63 +233,99 @@ def swaps(
     return mask, RefineReport(changed, done, before, after)
 
 
-def _swap_groups(W, H, mask, U, R, tol, n, m, rounds) -> tuple[int, int]:
+def _swap_groups(W, H, mask, U, R, tol, n, m, rounds, block: int = 32) -> tuple[int, int]:
+    """N:M passes. Two things keep them cheap: a row that no group of a pass changed is at its
+    optimum for good (rows are independent), so each pass takes only the rows the last one moved;
+    and the residual is brought up to date lazily, as SparseGPT's loop does with its weights:
+    inside a block of ``block`` groups only the block's own columns, the rest of ``R`` once per
+    block with one matrix product."""
     rows, cols = W.shape
     P = nm_patterns(n, m).to(W)  # (p, m)
-    ar = torch.arange(rows, device=W.device)
+    # f(v) = v H v + 2 v·s over the patterns v = w∘P, as two products: the quadratic part from
+    # the pairs of each pattern (PP), the linear part from P itself
+    PP = (P[:, :, None] * P[:, None, :]).reshape(len(P), m * m).T.contiguous()
+    Pt = P.T.contiguous()
+    lut = torch.full((2**m,), -1, dtype=torch.long, device=W.device)  # a mask's pattern index
+    bits = 2 ** torch.arange(m, device=W.device)
+    lut[(P.long() * bits).sum(dim=1)] = torch.arange(len(P), device=W.device)
+    width = cols - cols % m
+    live = torch.arange(rows, device=W.device)
     newly = 0
     done = 0
     for done in range(1, rounds + 1):  # noqa: B007 (the count is reported)
-        moved = 0
-        for g0 in range(0, cols - cols % m, m):
-            sl = slice(g0, g0 + m)
-            d = W[:, None, sl] * P - U[:, None, sl]  # (rows, p, m): each pattern's change
-            delta = 2 * (d * R[:, None, sl]).sum(-1) + ((d @ H[sl, sl]) * d).sum(-1)
-            best_delta, best = delta.min(dim=1)
-            ok = best_delta < -tol
-            if not bool(ok.any()):
-                continue
-            dd = torch.where(ok[:, None], d[ar, best], 0.0)
-            R.addmm_(dd, H[sl, :])
-            U[:, sl] += dd
-            new_mask = torch.where(ok[:, None], P[best] > 0, mask[:, sl])
-            newly += int((new_mask & ~mask[:, sl]).sum())
-            mask[:, sl] = new_mask
-            moved += int(ok.sum())
-        if not moved:
+        Wl, Ul, Rl, Ml, tl = W[live], U[live], R[live], mask[live], tol[live]
+        moved = torch.zeros(len(live), dtype=torch.bool, device=W.device)
+        for b0 in range(0, width, block * m):
+            b1 = min(b0 + block * m, width)
+            Rb = Rl[:, b0:b1].clone()  # the block's residual, kept current move by move
+            Db = torch.zeros_like(Rb)  # the block's changes of the pruned part
+            for g0 in range(b0, b1, m):
+                sl, lo = slice(g0, g0 + m), slice(g0 - b0, g0 - b0 + m)
+                wg, ug, Hg = Wl[:, sl], Ul[:, sl], H[sl, sl]
+                # a pattern's change of E is f(its v) - f(u) with s = r - u H_gg
+                sg = Rb[:, lo] - ug @ Hg
+                quad = ((wg[:, :, None] * wg[:, None, :]) * Hg).reshape(-1, m * m)
+                f = torch.addmm(quad @ PP, wg * sg, Pt, alpha=2)
+                cur = lut[(Ml[:, sl].long() * bits).sum(dim=1)]
+                f_best, best = f.min(dim=1)
+                ok = f_best - f.gather(1, cur[:, None]).squeeze(1) < -tl
+                if not bool(ok.any()):
+                    continue
+                Pb = P.index_select(0, best)
+                dd = torch.where(ok[:, None], wg * Pb - ug, 0.0)
+                Rb.addmm_(dd, H[sl, b0:b1])
+                Db[:, lo] = dd
+                Ul[:, sl] += dd
+                new_mask = torch.where(ok[:, None], Pb > 0, Ml[:, sl])
+                newly += int((new_mask & ~Ml[:, sl]).sum())
+                Ml[:, sl] = new_mask
+                moved |= ok
+            Rl.addmm_(Db, H[b0:b1, :])
+        U[live], R[live], mask[live] = Ul, Rl, Ml
+        live = live[moved]
+        if not len(live):
             break
     return newly, done
 
 
 def _swap_pairs(W, H, mask, R, tol, shortlist) -> tuple[int, int]:
+    """Unstructured steps. A row whose best swap is refused is done for good (nothing else in
+    its row changes), so the steps go on with the rows still moving, gathered anew whenever
+    fewer than half of those in hand moved."""
     rows, cols = W.shape
     hd = H.diagonal()
     t = max(1, min(shortlist, cols))
-    ar = torch.arange(rows, device=W.device)
-    active = mask.any(dim=1) & ~mask.all(dim=1)
-    W2 = W * W * hd
+    live = (mask.any(dim=1) & ~mask.all(dim=1)).nonzero().squeeze(1)
+    Wl, Rl, Ml, tl = W[live], R[live], mask[live], tol[live]
+    W2 = Wl * Wl * hd
     swapped = 0
     done = 0
     for done in range(1, cols + 1):  # noqa: B007 (the count is reported)
-        a = torch.where(mask, torch.inf, 2 * W * R + W2)  # pruning a kept weight
-        b = torch.where(mask, W2 - 2 * W * R, torch.inf)  # restoring a pruned weight
+        if not len(live):
+            break
+        a = torch.where(Ml, torch.inf, 2 * Wl * Rl + W2)  # pruning a kept weight
+        b = torch.where(Ml, W2 - 2 * Wl * Rl, torch.inf)  # restoring a pruned weight
         A, ka = a.topk(t, dim=1, largest=False)
         B, pb = b.topk(t, dim=1, largest=False)
         cross = (
-            W.gather(1, ka)[:, :, None]
-            * W.gather(1, pb)[:, None, :]
+            Wl.gather(1, ka)[:, :, None]
+            * Wl.gather(1, pb)[:, None, :]
             * H[ka[:, :, None], pb[:, None, :]]
         )
-        delta = (A[:, :, None] + B[:, None, :] - 2 * cross).reshape(rows, -1)
+        delta = (A[:, :, None] + B[:, None, :] - 2 * cross).reshape(len(live), -1)
         best_delta, best = delta.min(dim=1)
-        active = active & (best_delta < -tol)  # nan/inf (nothing to swap) compare False
-        if not bool(active.any()):
+        ok = best_delta < -tl  # nan/inf (nothing to swap) compare False
+        if not bool(ok.any()):
             break
-        idx = active.nonzero().squeeze(1)
-        k = ka[ar, best // t][idx]
-        p = pb[ar, best % t][idx]
-        R[idx] += W[idx, k].unsqueeze(1) * H[k] - W[idx, p].unsqueeze(1) * H[p]
-        mask[idx, k] = True
-        mask[idx, p] = False
+        idx = ok.nonzero().squeeze(1)
+        k = ka.gather(1, (best // t)[:, None]).squeeze(1)[idx]
+        p = pb.gather(1, (best % t)[:, None]).squeeze(1)[idx]
+        Rl[idx] += Wl[idx, k].unsqueeze(1) * H[k] - Wl[idx, p].unsqueeze(1) * H[p]
+        Ml[idx, k] = True
+        Ml[idx, p] = False
         swapped += len(idx)
+        if 2 * len(idx) < len(live):  # the refused rows are done: go on without them
+            mask[live] = Ml
+            live, Wl, Rl, Ml, tl, W2 = live[idx], Wl[idx], Rl[idx], Ml[idx], tl[idx], W2[idx]
+    mask[live] = Ml
     return swapped, done

@@ -65,6 +65,43 @@ def test_nm_swaps_reach_a_group_by_group_optimum(seed):
                 assert output_error_rows(W[i : i + 1], alt, H) >= after[i] - 1e-6 * after[i]
 
 
+def _naive_nm_swaps(W, mask, H, n, m, rounds):
+    """The N:M passes written plainly: every pattern of every group tried in turn, the whole
+    residual updated after each move (no blocks, every row in every pass)."""
+    W, H, mask = W.double(), H.double(), mask.clone()
+    pats = [torch.tensor(c) for c in itertools.combinations(range(m), n)]
+    for _ in range(rounds):
+        moved = False
+        for i in range(W.shape[0]):
+            for g0 in range(0, W.shape[1], m):
+                u = W[i] * mask[i]
+                r = u @ H
+                best, best_d = None, 0.0
+                for c in pats:
+                    v = u.clone()
+                    v[g0 : g0 + m] = 0
+                    v[g0 + c] = W[i, g0 + c]
+                    d = v - u
+                    delta = float(2 * d @ r + d @ H @ d)
+                    if delta < best_d - 1e-9 * float(u @ r):
+                        best, best_d = c, delta
+                if best is not None:
+                    mask[i, g0 : g0 + m] = False
+                    mask[i, g0 + best] = True
+                    moved = True
+        if not moved:
+            break
+    return mask
+
+
+def test_nm_swaps_equal_the_plain_algorithm_across_blocks():
+    # 320 columns: several of the lazy update's blocks of 32 groups, rows that stop early
+    W, H, _ = _problem(rows=6, cols=320, seed=4, tokens=800)
+    mask = _wanda(W, H, 2, 4)
+    new, _ = swaps(W, mask, H, n=2, m=4, rounds=4)
+    assert torch.equal(new, _naive_nm_swaps(W, mask, H, 2, 4, rounds=4))
+
+
 def test_nm_swaps_come_close_to_the_exhaustive_best():
     W, H, _ = _problem(rows=6, cols=12, seed=3)  # 6^3 masks per row: brute force is cheap
     new, _ = swaps(W, _wanda(W, H, 2, 4), H, n=2, m=4, rounds=50)
