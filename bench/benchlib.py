@@ -1,6 +1,7 @@
 """What every benchmark shares: where the data and the results live, the check that the data is
-there, the atomic JSON writer, the benchmark's calibration / evaluation settings as job specs,
-an independent copy of a loaded model, and the table every benchmark prints. Benchmarks run as
+there, the atomic JSON writer, the benchmark's calibration / evaluation settings as job specs
+(and as the settings block of the 50% mask benchmarks), an independent copy of a loaded model,
+and the table every benchmark prints. Benchmarks run as
 ``.venv/bin/python bench/<name>.py`` (the package is installed in the venv, so no path tricks
 are needed; this file is found beside the script). Heavy imports (torch, rich, the job layer)
 happen inside the helpers, so ``--help`` stays fast."""
@@ -54,6 +55,31 @@ def calib_spec(nsamples: int, seqlen: int, seed: int = 0, data: str | Path = CAL
     from pzshell.jobs import CalibSpec
 
     return CalibSpec(data=str(data), nsamples=nsamples, seqlen=seqlen, seed=seed)
+
+
+def mask_bench_settings(model: str, **extra) -> dict:
+    """The settings block of the benchmarks that prune at 50% with the pruning benchmark's data
+    (bench/refit.py, bench/swaps.py): calibration 32 x 512 tokens (seed 0), test 8 x 1024, and
+    the machine they ran on; ``extra`` adds a benchmark's own settings before the machine's."""
+    import platform
+
+    import torch
+
+    return {
+        "model": model,
+        "calib": str(CALIB),
+        "nsamples": 32,
+        "seqlen": 512,
+        "seed": 0,
+        "eval": str(EVAL),
+        "eval_seqlen": 1024,
+        "eval_windows": 8,
+        "sparsity_ratio": 0.5,
+        **extra,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+    }
 
 
 def eval_spec(seqlen: int, windows: int, data: str | Path = EVAL) -> EvalSpec:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from benchlib import (
     RESULTS,
     calib_spec,
     eval_spec,
+    mask_bench_settings,
     print_table,
     require_data,
     table,
@@ -117,26 +117,11 @@ def main() -> int:
         if t not in PICKS:
             ap.error(f"--types: {t!r} is not one of {', '.join(PICKS)}")
 
-    import torch
-
     from pzshell.jobs import ModelSpec, PruneJob, run_prune
     from pzshell.lang import load_metric
     from pzshell.search.ranking import paired_change
 
-    settings = {
-        "model": args.model,
-        "calib": str(CALIB),
-        "nsamples": 32,
-        "seqlen": 512,
-        "seed": 0,
-        "eval": str(EVAL),
-        "eval_seqlen": 1024,
-        "eval_windows": 8,
-        "sparsity_ratio": 0.5,
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
-    }
+    settings = mask_bench_settings(args.model)
     done: list[dict] = []
     if args.from_json:  # print the table of a finished run again (comparisons recomputed)
         prior = json.loads(Path(args.out).read_text())

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from benchlib import (
     RESULTS,
     calib_spec,
     eval_spec,
+    mask_bench_settings,
     print_table,
     require_data,
     table,
@@ -125,28 +125,11 @@ def main() -> int:
         if t not in PICKS:
             ap.error(f"--types: {t!r} is not one of {', '.join(PICKS)}")
 
-    import torch
-
     from pzshell.jobs import ModelSpec, PruneJob, run_prune
     from pzshell.lang import load_metric
     from pzshell.search.ranking import paired_change
 
-    settings = {
-        "model": args.model,
-        "calib": str(CALIB),
-        "nsamples": 32,
-        "seqlen": 512,
-        "seed": 0,
-        "eval": str(EVAL),
-        "eval_seqlen": 1024,
-        "eval_windows": 8,
-        "sparsity_ratio": 0.5,
-        "swap_rounds": SWAP_ROUNDS,
-        "refit": REFIT_ITERS,
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
-    }
+    settings = mask_bench_settings(args.model, swap_rounds=SWAP_ROUNDS, refit=REFIT_ITERS)
     refs = [r for r in sparsegpt_rows(Path(args.refit_json)) if r["sparsity_type"] in types]
     done: list[dict] = []
     if args.from_json:
@@ -190,6 +173,8 @@ def main() -> int:
         _compare(done, refs, paired_change)
         write_json(args.out, {"settings": settings, "rows": done, "sparsegpt": refs})
     _compare(done, refs, paired_change)
+    if args.from_json:  # the comparisons recomputed, as bench/refit.py does
+        write_json(args.out, {"settings": settings, "rows": done, "sparsegpt": refs})
 
     t = table(
         f"Least-squares swaps: {args.model}, calib 32x512 of valid.txt (seed 0), test 8x1024 of "
