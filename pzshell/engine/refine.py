@@ -58,6 +58,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .refit import output_error
+
 REFINEMENTS = ("none", "dsnot", "swaps")
 DSNOT_CYCLES = 50  # the published defaults (--max_cycle_time, --update_threshold,
 DSNOT_THRESHOLD = 0.1  # --pow_of_var_regrowing)
@@ -73,7 +75,7 @@ class RefineError(ValueError):
 
 @dataclass
 class RefineReport:
-    swaps: int  # weights regrown (= weights newly pruned)
+    swaps: int  # DSnoT: weights regrown (= newly pruned); swaps: weights newly pruned by a move
     cycles: int  # DSnoT: cycles; swaps: passes (N:M) or steps (unstructured)
     error_before: float  # DSnoT: sum over rows of |e_i|; swaps: the output error sum_i E_i
     error_after: float
@@ -194,12 +196,6 @@ def check_swaps(n: int, m: int) -> None:
         )
 
 
-def output_error_rows(weight: torch.Tensor, mask: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
-    """``E_i = u_i H u_iᵀ`` for every row, ``u`` the pruned part of the weight (float64)."""
-    U = weight.double() * mask
-    return (U * (U @ H.double())).sum(dim=1)
-
-
 @torch.no_grad()
 def swaps(
     weight: torch.Tensor,
@@ -229,7 +225,7 @@ def swaps(
         changed, done = _swap_groups(W, Hd, mask, U, R, tol, n, m, rounds)
     else:
         changed, done = _swap_pairs(W, Hd, mask, R, tol, shortlist)
-    after = float(output_error_rows(W, mask, Hd).sum())
+    after = output_error(W * mask, Hd)
     return mask, RefineReport(changed, done, before, after)
 
 

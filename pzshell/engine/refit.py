@@ -47,6 +47,13 @@ def output_error(D: torch.Tensor, H: torch.Tensor) -> float:
     return float(((D @ H) * D).sum())
 
 
+def output_error_rows(D: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    """:func:`output_error` row by row, in float64: ``d_i H d_iᵀ`` for every row ``d_i`` of ``D``
+    (for the pruned part of a weight, the least-squares swaps' ``E_i``)."""
+    D = D.double()
+    return ((D @ H.double()) * D).sum(dim=1)
+
+
 def least_squares_refit(
     W0: torch.Tensor,
     W: torch.Tensor,

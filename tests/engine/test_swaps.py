@@ -15,7 +15,8 @@ from pzshell.cli import main
 from pzshell.data import calibration_windows, load_text
 from pzshell.engine.masks import make_mask
 from pzshell.engine.prune import PruneConfig, PruneError, prune_model
-from pzshell.engine.refine import output_error_rows, swaps
+from pzshell.engine.refine import swaps
+from pzshell.engine.refit import output_error_rows
 from pzshell.models import count_block_params
 
 from ..conftest import shared_texts
@@ -42,7 +43,7 @@ def test_the_error_is_the_output_error_on_the_calibration_tokens():
     mask = _wanda(W, H)
     # pruning changes row i's outputs by x · u_i; its mean square (x2, the Hessian's scale) is E_i
     direct = 2 * ((x @ (W.double() * mask).T) ** 2).mean(dim=0)
-    torch.testing.assert_close(output_error_rows(W, mask, H), direct, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(output_error_rows(W * mask, H), direct, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -51,7 +52,7 @@ def test_nm_swaps_reach_a_group_by_group_optimum(seed):
     mask = _wanda(W, H, 2, 4)
     new, rep = swaps(W, mask, H, n=2, m=4, rounds=50)
     assert (new.reshape(W.shape[0], -1, 4).sum(dim=2) == 2).all()  # the pattern holds
-    before, after = output_error_rows(W, mask, H), output_error_rows(W, new, H)
+    before, after = output_error_rows(W * mask, H), output_error_rows(W * new, H)
     assert (after <= before + 1e-9).all() and after.sum() < 0.95 * before.sum()
     assert rep.swaps > 0 and rep.cycles < 50  # it stopped because nothing more helped
     assert rep.error_after == pytest.approx(float(after.sum()), rel=1e-9)
@@ -62,7 +63,7 @@ def test_nm_swaps_reach_a_group_by_group_optimum(seed):
                 alt = new[i : i + 1].clone()
                 alt[0, g0 : g0 + 4] = False
                 alt[0, [g0 + j for j in pruned]] = True
-                assert output_error_rows(W[i : i + 1], alt, H) >= after[i] - 1e-6 * after[i]
+                assert output_error_rows(W[i : i + 1] * alt, H) >= after[i] - 1e-6 * after[i]
 
 
 def _naive_nm_swaps(W, mask, H, n, m, rounds):
@@ -113,10 +114,10 @@ def test_nm_swaps_come_close_to_the_exhaustive_best():
             alt = torch.zeros(1, 12, dtype=torch.bool)
             for g, pr in enumerate(combo):
                 alt[0, [4 * g + j for j in pr]] = True
-            errs.append(float(output_error_rows(W[i : i + 1], alt, H)))
+            errs.append(float(output_error_rows(W[i : i + 1] * alt, H)))
         best.append(min(errs))
-    got = output_error_rows(W, new, H)
-    wanda = output_error_rows(W, _wanda(W, H, 2, 4), H)
+    got = output_error_rows(W * new, H)
+    wanda = output_error_rows(W * _wanda(W, H, 2, 4), H)
     gap_swaps = float(got.sum()) - sum(best)
     gap_wanda = float(wanda.sum()) - sum(best)
     assert gap_swaps >= -1e-6
@@ -130,7 +131,7 @@ def test_unstructured_swaps_keep_every_rows_count_and_end_one_swap_optimal(seed)
     # with the shortlist as long as the row, every 1-swap is tried: none may help at the end
     new, rep = swaps(W, mask, H, shortlist=W.shape[1])
     assert torch.equal(new.sum(dim=1), mask.sum(dim=1))
-    before, after = output_error_rows(W, mask, H), output_error_rows(W, new, H)
+    before, after = output_error_rows(W * mask, H), output_error_rows(W * new, H)
     assert (after <= before + 1e-9).all() and after.sum() < 0.9 * before.sum()
     # each 1-swap newly prunes one weight; a later swap may restore it
     assert rep.swaps >= int((new & ~mask).sum()) > 0
@@ -139,7 +140,7 @@ def test_unstructured_swaps_keep_every_rows_count_and_end_one_swap_optimal(seed)
             for p in new[i].nonzero().flatten().tolist():
                 alt = new[i : i + 1].clone()
                 alt[0, k], alt[0, p] = True, False
-                assert output_error_rows(W[i : i + 1], alt, H) >= after[i] - 1e-6 * after[i]
+                assert output_error_rows(W[i : i + 1] * alt, H) >= after[i] - 1e-6 * after[i]
 
 
 def test_the_default_shortlist_does_nearly_as_well_as_trying_every_swap():
@@ -147,9 +148,9 @@ def test_the_default_shortlist_does_nearly_as_well_as_trying_every_swap():
     mask = _wanda(W, H)
     short, _ = swaps(W, mask, H)
     full, _ = swaps(W, mask, H, shortlist=96)
-    e0 = float(output_error_rows(W, mask, H).sum())
-    e_short = float(output_error_rows(W, short, H).sum())
-    e_full = float(output_error_rows(W, full, H).sum())
+    e0 = float(output_error_rows(W * mask, H).sum())
+    e_short = float(output_error_rows(W * short, H).sum())
+    e_full = float(output_error_rows(W * full, H).sum())
     assert e_short < 0.8 * e0
     assert e_short <= 1.05 * e_full
 
