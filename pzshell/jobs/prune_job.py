@@ -79,6 +79,13 @@ class PruneJob:
         return self.config()
 
 
+def _median(values) -> float | None:
+    """The median (the upper one of an even count) of the values that are not None; None when
+    there are none: the layers' error ratios, summarised."""
+    xs = sorted(v for v in values if v is not None)
+    return xs[len(xs) // 2] if xs else None
+
+
 def run_prune(
     job: PruneJob, progress: ProgressFn | None = None, lm: LoadedModel | None = None
 ) -> tuple[LoadedModel, dict]:
@@ -138,8 +145,7 @@ def run_prune(
         "refit": cfg.refit,
     }
     if cfg.refit:
-        ratios = sorted(r.refit_error for r in pr.layers if r.refit_error is not None)
-        results["refit_error_median"] = ratios[len(ratios) // 2] if ratios else None
+        results["refit_error_median"] = _median(r.refit_error for r in pr.layers)
     if cfg.refine == "dsnot":
         results.update(
             refine_swaps=sum(r.swaps for r in pr.layers),
@@ -147,11 +153,10 @@ def run_prune(
             dsnot_threshold=cfg.dsnot_threshold,
         )
     if cfg.refine == "swaps":
-        ratios = sorted(r.refine_error for r in pr.layers if r.refine_error is not None)
         results.update(
             refine_swaps=sum(r.swaps for r in pr.layers),
             swap_rounds=cfg.swap_rounds,
-            refine_error_median=ratios[len(ratios) // 2] if ratios else None,
+            refine_error_median=_median(r.refine_error for r in pr.layers),
         )
     if pr.block_ratios is not None:
         zeros_by_block: dict[int, list[int]] = {}

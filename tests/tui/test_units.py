@@ -201,3 +201,11 @@ def test_chart_renders_points_and_best_line():
     assert "evaluations" in lines[-1]
     assert any(ch != " " and 0x2800 <= ord(ch) <= 0x28FF for ch in text.plain)
     assert "waiting" in render_chart([], 40, 8).plain
+
+
+def test_the_settings_screen_offers_every_refinement_the_engine_has():
+    from pzshell.engine.refine import REFINEMENTS
+    from pzshell.tui.screens.run_settings import RUN_FIELDS
+
+    choices = next(kind for name, _, kind in RUN_FIELDS if name == "refine")
+    assert choices == REFINEMENTS
