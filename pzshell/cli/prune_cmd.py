@@ -223,13 +223,29 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _method_text(res: dict) -> str:
+    """The method row: the method, its metric, and where they are not the default, the
+    allocation and the mask's refinement, so the table alone says how the mask was made."""
+    parts = [res["method"]]
+    if res.get("metric"):
+        parts.append(f"metric {res['metric']}")
+    if res.get("allocation", "uniform") != "uniform":
+        lam = f" (lambda {res['owl_lambda']:g})" if res.get("owl_lambda") is not None else ""
+        parts.append(f"allocation {res['allocation']}{lam}")
+    if res.get("refine") == "swaps":
+        parts.append(f"+ least-squares swaps (at most {res.get('swap_rounds')} rounds)")
+    elif res.get("refine", "none") != "none":
+        parts.append(f"+ {res['refine']}")
+    return "  ".join(parts)
+
+
 def print_summary(res: dict) -> None:
     t = Table(title="pzshell prune", show_header=False, title_justify="left")
     t.add_column("key", style="bold")
     t.add_column("value")
     rows = [
         ("model", f"{res['model']}  ({res['model_source']})"),
-        ("method", res["method"] + (f"  metric {res['metric']}" if res.get("metric") else "")),
+        ("method", _method_text(res)),
         (
             "sparsity",
             f"{res['sparsity_ratio']} {res['sparsity_type']}  "
@@ -266,8 +282,9 @@ def print_summary(res: dict) -> None:
     console.print(f"per-block sparsity: {spark}")
     if res.get("refine") == "swaps":
         console.print(
-            f"least-squares swaps: {res['refine_swaps']:,} weights swapped; the median layer's "
-            f"output error fell to {res['refine_error_median']:.3f} of the metric's mask's"
+            f"least-squares swaps: {res['refine_swaps']:,} swaps (a kept weight pruned, a pruned "
+            f"one restored; a weight may move more than once); the median layer's output error "
+            f"fell to {res['refine_error_median']:.3f} of the metric's mask's"
         )
     elif res.get("refine", "none") != "none":
         console.print(

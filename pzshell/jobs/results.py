@@ -227,6 +227,11 @@ def _nested_problems(results: dict) -> list[str]:
                 out.append(
                     f"field 'layers[{i}].sparsity': expected a number, got {row['sparsity']!r}"
                 )
+            for k in ("refine_error", "refit_error"):  # ratios, null where not refined/refitted
+                if row.get(k) is not None and not _is_num(row[k]):
+                    out.append(
+                        f"field 'layers[{i}].{k}': expected a number or null, got {row[k]!r}"
+                    )
             shape = row.get("shape")
             if shape is not None and not (
                 isinstance(shape, (list, tuple)) and all(isinstance(x, int) for x in shape)

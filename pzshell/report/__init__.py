@@ -7,6 +7,8 @@ object API on an Agg canvas (no pyplot state, no display needed):
 * perplexity per method at each sparsity (log y; dashed: after recovery fine-tuning), one figure
   per model and evaluation data, so every curve is comparable with its neighbours;
 * per-block sparsity (from the runs' ``layers``);
+* per layer, the output error that ``--refine swaps`` or ``--refit`` left, relative to before
+  them, one figure per run that has them;
 * zero-shot accuracy per task, with standard-error bars.
 """
 
@@ -15,7 +17,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import atomic
-from .plots import plot_allocation, plot_layers, plot_perplexity, plot_zero_shot
+from .plots import (
+    plot_allocation,
+    plot_layer_errors,
+    plot_layers,
+    plot_perplexity,
+    plot_zero_shot,
+)
 from .runs import ReportError, SavedRun, find_runs
 from .tables import COLUMNS, markdown_table, table_rows, zero_shot_table
 
@@ -30,7 +38,7 @@ def write_report(paths: list[str | Path], out_dir: str | Path) -> dict:
         )
     runs = find_runs(paths)
     out.mkdir(parents=True, exist_ok=True)
-    plots = plot_perplexity(runs, out) + plot_allocation(runs, out)
+    plots = plot_perplexity(runs, out) + plot_allocation(runs, out) + plot_layer_errors(runs, out)
     for extra in (plot_layers(runs, out), plot_zero_shot(runs, out)):
         if extra is not None:
             plots.append(extra)
@@ -63,6 +71,7 @@ __all__ = [
     "find_runs",
     "markdown_table",
     "plot_allocation",
+    "plot_layer_errors",
     "plot_layers",
     "plot_perplexity",
     "plot_zero_shot",

@@ -1,10 +1,12 @@
 """The report's PNG plots, drawn with matplotlib's object API on an Agg canvas (no pyplot state,
-no display): perplexity per method and sparsity, per-block sparsity, zero-shot accuracy."""
+no display): perplexity per method and sparsity, per-block sparsity, the per-layer output error
+left by the swaps or the refit, zero-shot accuracy."""
 
 from __future__ import annotations
 
 import math
 import re
+import statistics
 from pathlib import Path
 
 from .. import atomic
@@ -188,6 +190,98 @@ def plot_allocation(runs: list[SavedRun], out_dir: Path) -> list[Path]:
         ax.grid(True, axis="y", alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
         path = out_dir / f"allocation_{_slug(r.name)}.png"
+        with atomic.writing_file(path) as tmp:
+            fig.savefig(tmp)
+        paths.append(path)
+    return paths
+
+
+# what each per-layer error field measures, as the plot's legend and file name say it
+_LAYER_ERRORS = (
+    ("refine_error", "least-squares swaps", "after the swaps / the metric's mask"),
+    ("refit_error", "least-squares refit", "after the refit / before it"),
+)
+
+
+def _layer_errors(layers: list, field: str) -> dict[str, list[tuple[float, float]]]:
+    """Per linear name: (position, ratio) of every layer that has ``field``; the position is
+    the block plus the linear's place inside it, so a block's linears sit side by side."""
+    rows = [
+        row
+        for row in layers
+        if isinstance(row, dict)
+        and isinstance(row.get(field), (int, float))
+        and not isinstance(row.get(field), bool)
+        and isinstance(row.get("block"), int)
+        and row[field] > 0
+    ]
+    names = list(dict.fromkeys(str(row.get("linear", "?")) for row in rows))
+    out: dict[str, list[tuple[float, float]]] = {}
+    for row in rows:
+        name = str(row.get("linear", "?"))
+        pos = row["block"] + (names.index(name) + 0.5) / (len(names) + 1) - 0.5
+        out.setdefault(name, []).append((pos, float(row[field])))
+    return out
+
+
+def plot_layer_errors(runs: list[SavedRun], out_dir: Path) -> list[Path]:
+    """Per layer, the output error that the least-squares swaps or refit left, over the error
+    before them (``layers[].refine_error``, ``layers[].refit_error``): one PNG per run that has
+    them, one panel per field, one marker per linear kind, the median as a line. Where the
+    swaps or the refit do the most and the least is what the picture shows."""
+    paths = []
+    for r in runs:
+        layers = r.get("layers") or []
+        panels = [
+            (title, what, series)
+            for field, title, what in _LAYER_ERRORS
+            if (series := _layer_errors(layers, field))
+        ]
+        if r.is_dense or not panels:
+            continue
+        fig = _figure(8.5, 3.6 * len(panels))
+        markers = ("o", "s", "^", "v", "D", "x", "P", "*")
+        for k, (title, what, series) in enumerate(panels):
+            ax = fig.add_subplot(len(panels), 1, k + 1)
+            colors = iter(_palette())
+            values = [v for pts in series.values() for _, v in pts]
+            for j, (name, pts) in enumerate(series.items()):
+                ax.plot(
+                    *zip(*pts, strict=True),
+                    linestyle="none",
+                    marker=markers[j % len(markers)],
+                    markersize=4,
+                    color=next(colors),
+                    label=name,
+                )
+            median = statistics.median(values)
+            ax.axhline(median, color="black", linestyle=":", linewidth=1)
+            ax.axhline(1.0, color="grey", linewidth=0.8)
+            ax.set_yscale("log")
+            from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter
+
+            ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
+            _plain_log_ticks(ax.yaxis)
+            ax.yaxis.set_minor_formatter(NullFormatter())
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlabel("decoder block")
+            ax.set_ylabel(f"output error\n{what}")
+            ax.set_title(
+                f"{title}: median layer {median:.3f} over {len(values)} layers", fontsize=9
+            )
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        ppl = r.get("ppl")
+        ppl_text = f", ppl {ppl:.2f}" if isinstance(ppl, (int, float)) else ""
+        calib = (
+            f"calibration {r.get('nsamples')}x{r.get('seqlen')} tokens, seed {r.get('seed')}"
+            if r.get("nsamples")
+            else ""
+        )
+        fig.suptitle(
+            f"Per-layer output error: {r.model}, {r.label}{ppl_text}\n{calib}", fontsize=10
+        )
+        path = out_dir / f"layer_error_{_slug(r.name)}.png"
         with atomic.writing_file(path) as tmp:
             fig.savefig(tmp)
         paths.append(path)

@@ -54,7 +54,7 @@ def _ft_desc(r: SavedRun) -> str:
 
 
 def _method(r: SavedRun) -> str:
-    m = str(r.get("method", "?"))
+    m = str(r.get("method", "?")) + r.options  # ", owl", ", swaps": how the mask was made
     return m + (f" + {r.get('finetuned')}" if r.get("finetuned") else "")
 
 

@@ -179,6 +179,8 @@ def test_cli_report(runs_dir, tmp_path, capsys):
         ({"layers": [{"block": 0, "sparsity": "0.5", "shape": [8, 8]}]}, "layers[0].sparsity"),
         ({"layers": [{"block": "0", "shape": [8, 8]}]}, "layers[0].block"),
         ({"layers": [{"block": 0, "shape": "8x8"}]}, "layers[0].shape"),
+        ({"layers": [{"block": 0, "refine_error": "0.5"}]}, "layers[0].refine_error"),
+        ({"layers": [{"block": 0, "refit_error": [0.4]}]}, "layers[0].refit_error"),
         ({"zero_shot": {"tasks": {"t": {"acc": "0.5"}}, "mean_acc": 0.5}}, "tasks.t.acc"),
         ({"zero_shot": {"tasks": {}, "mean_acc": "high"}}, "zero_shot.mean_acc"),
         # an old structured file (before the schema) with a string perplexity
@@ -245,3 +247,54 @@ def test_allocation_and_refinement_are_their_own_curves_with_block_bars(tmp_path
     assert sorted(p.name for p in bars) == ["allocation_owl60.png", "allocation_owl70.png"]
     assert all(p.read_bytes()[:8] == PNG for p in bars)
     assert "allocation_owl70" in rep["report"].read_text()
+
+
+def _refined_layers(blocks: int, field: str, ratio) -> list[dict]:
+    rows = _layers(blocks, 0.5)
+    for k, row in enumerate(rows):
+        row[field] = ratio(k)
+    return rows
+
+
+def test_layer_error_plot_of_swapped_and_refitted_runs(tmp_path):
+    """A run whose layers carry the swaps' or the refit's error ratios gets its per-layer
+    picture (one panel per field); a run without them, and the dense one, get none; the table's
+    method names the refinement."""
+    from pzshell.report.plots import _layer_errors
+
+    swapped = _refined_layers(3, "refine_error", lambda k: 0.4 + 0.05 * k)
+    _run(tmp_path, "swaps24", sparsity_type="2:4", refine="swaps", layers=swapped, ppl=150.0)
+    both = _refined_layers(3, "refit_error", lambda k: 0.3)
+    for row in both:
+        row["refine_error"] = 0.5
+    _run(tmp_path, "both", method="wanda+refit", refine="swaps", layers=both, ppl=80.0)
+    _run(tmp_path, "plain", ppl=210.0)  # no ratios: no picture
+    _run(
+        tmp_path,
+        "dense",
+        method="dense",
+        sparsity_ratio=0.0,
+        layers=_refined_layers(3, "refit_error", lambda k: 0.5),
+        ppl=29.0,
+    )
+    rep = write_report([tmp_path / "runs"], tmp_path / "rep")
+    pics = sorted(p.name for p in rep["plots"] if p.name.startswith("layer_error_"))
+    assert pics == ["layer_error_both.png", "layer_error_swaps24.png"]
+    for name in pics:
+        assert (tmp_path / "rep" / name).read_bytes()[:8] == PNG
+        assert f"![{name[:-4]}]({name})" in rep["report"].read_text()
+    assert "wanda, swaps" in rep["table"]
+
+    # what is plotted: per linear, each block's ratio, the linears of a block side by side
+    series = _layer_errors(
+        swapped + [{"block": 3, "linear": "q_proj", "refine_error": None}], "refine_error"
+    )
+    assert list(series) == ["q_proj", "down_proj"]
+    assert [v for _, v in series["q_proj"]] == pytest.approx([0.4, 0.5, 0.6])
+    assert [v for _, v in series["down_proj"]] == pytest.approx([0.45, 0.55, 0.65])
+    for name, pts in series.items():
+        assert [round(x) for x, _ in pts] == [0, 1, 2], name
+        assert all(abs(x - round(x)) < 0.5 for x, _ in pts)
+    q, d = series["q_proj"][0][0], series["down_proj"][0][0]
+    assert q < d  # the block's first linear left of its last
+    assert _layer_errors(swapped, "refit_error") == {}
