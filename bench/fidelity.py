@@ -7,14 +7,19 @@ and each configuration's Spearman rank correlation with it. One command, one tab
 
 Configurations (``FitnessSettings`` fields):
 
-* ``before`` — dense-model X, calibration from the text's first 90%, 4 held-out windows of 256
-  tokens (the search's fitness before this benchmark existed);
-* ``now`` — the defaults: X as Wanda's layer-sequential prune sees it per setting, the prune
-  jobs' own calibration windows, 2 held-out windows of 1024 tokens clear of them.
+* ``every token`` — the search's defaults: X as Wanda's layer-sequential prune sees it per
+  setting, the prune jobs' own calibration windows, 2 held-out windows of 1024 tokens clear of
+  them, every held-out token scored;
+* ``skip <unk>`` — the same, with ``heldout_skip="<unk>"``: the tokens of WikiText's ``<unk>``
+  placeholder (with SmolLM2, 5% of the full stage's 2x1024 held-out tokens of valid.txt, 18% of
+  the finals' 8x1024; the raw test text has none) are read as context but not scored.
 
-The test perplexities are read from bench/results/search*.json and prune.json where those hold
-the same rule, setting and protocol (calibration 32x512 of valid.txt, seed 0; first 8x1024 tokens
-of wiki.test.raw), else pruned here (about 90 s each on 2 cores).
+The metrics: a fixed set of hand-made and earlier-found rules at both settings, plus, at each
+setting, the top rules of that setting's search benchmark (bench/results/search_50.json,
+search_24.json) — the close rules a search has to tell apart. The test perplexities are read
+from bench/results/search*.json and prune.json where those hold the same rule, setting and
+protocol (calibration 32x512 of valid.txt, seed 0; first 8x1024 tokens of wiki.test.raw), else
+pruned here (about 90 s each on 2 cores).
 """
 
 from __future__ import annotations
@@ -50,7 +55,24 @@ FORMULAS = (
     "tanh(W) * (W * X)",
     "tanh(W) * sqrt(X)",
 )
+# the searches' top rules, each at its own setting only
+EXTRA = {
+    "0.5 unstructured": (
+        "G * ((W * X)^2 * coln(rown(W)^2))",
+        "(G + W) * ((W * X)^2 * coln(W^2))",
+        "coln(rown(W)^2) * ((W * X)^2 * coln(G + W))",
+    ),
+    "2:4": (
+        "rown(W) * (W * (rown(W) + sqrt(X)) * tanh(tanh(tanh(G))))",
+        "tanh(tanh(W)) * (W * (rown(W) + sqrt(X)) * tanh(tanh(tanh(G))))",
+        "tanh(W) * (W * (rown(W) + sqrt(X)) * tanh(tanh(tanh(G))))",
+        "tanh(tanh(W)) * (W * (rown(W) + sqrt(X)) * tanh(G))",
+        "tanh(tanh(W)) * (W * sqrt(X) * tanh(tanh(G)))",
+        "tanh(tanh(W)) * (W * sqrt(X) * tanh(G))",
+    ),
+}
 METHOD_OF = {"W * sqrt(X)": "wanda", "abs(W * W) * mms(G)": "pruner-zero"}
+SKIP = "<unk>"
 
 
 def main() -> int:
@@ -68,19 +90,22 @@ def main() -> int:
     from pzshell.search.ranking import spearman
 
     formulas = args.formula or list(FORMULAS)
-    now = FitnessSettings(model=args.model, calib=str(CALIB), sparsity_type=args.types)
-    before = dataclasses.replace(
-        now, statistics="dense", calib_windows="head", heldout_windows=4, heldout_seqlen=256
+    now = FitnessSettings(
+        model=args.model, calib=str(CALIB), sparsity_type=args.types, heldout_skip=""
     )
-    configs = {"before": before, "now": now}
+    configs = {"every token": now, f"skip {SKIP}": dataclasses.replace(now, heldout_skip=SKIP)}
     pairs = now.settings()
+    extra = {} if args.formula else {p.label: list(EXTRA.get(p.label, ())) for p in pairs}
+
+    def rules(label: str) -> list[str]:
+        return formulas + [f for f in extra.get(label, []) if f not in formulas]
 
     # ---- the truth: the full layer-sequential prune on the test set ----------------------------
     known = _known_test_ppl()
     grad_path = ROOT / "runs" / f"grads_{args.model}_valid_32x512_seed0.pth"
     truth: dict = {}
-    for f in formulas:
-        for p in pairs:
+    for p in pairs:
+        for f in rules(p.label):
             key = (str(load_metric(f)), p.label)
             if key in known:
                 truth[key] = known[key]
@@ -111,25 +136,31 @@ def main() -> int:
         ev = Evaluator(fs)
         setup = time.perf_counter() - t
         t = time.perf_counter()
-        for f in formulas:
+        every = list(dict.fromkeys(f for p in pairs for f in rules(p.label)))
+        for f in every:
             res = ev.run(load_metric(f), None)
             for p in pairs:
                 fitness[(name, str(load_metric(f)), p.label)] = res["settings"][p.label]["full"]
         seconds[name] = {
             "setup": round(setup, 1),
-            "per_candidate": round((time.perf_counter() - t) / len(formulas), 2),
+            "per_candidate": round((time.perf_counter() - t) / len(every), 2),
         }
         del ev
 
     # ---- the table ---------------------------------------------------------------------------
     rows, corr = [], {}
     for p in pairs:
-        keys = [str(load_metric(f)) for f in formulas]
+        keys = [str(load_metric(f)) for f in rules(p.label)]
         test = [truth[(k, p.label)]["ppl"] for k in keys]
         for name in configs:
             vals = [fitness[(name, k, p.label)] for k in keys]
             corr[f"{name} {p.label}"] = spearman(vals, test)
-        for f, k, tv in zip(formulas, keys, test, strict=True):
+            if extra.get(p.label):  # the close rules alone, with the reference rule
+                close = [0] + [keys.index(str(load_metric(f))) for f in extra[p.label]]
+                corr[f"{name} {p.label} (top rules and Wanda)"] = spearman(
+                    [vals[i] for i in close], [test[i] for i in close]
+                )
+        for f, k, tv in zip(rules(p.label), keys, test, strict=True):
             rows.append(
                 {
                     "formula": f,
@@ -139,30 +170,29 @@ def main() -> int:
                     "test_source": truth[(k, p.label)].get("source"),
                 }
             )
+    names = list(configs)
     t = table(
         f"search fitness vs the real prune: {args.model}, calibration {CALIB.name} 32x512 seed 0, "
         f"test = wiki.test.raw 8x1024 after the layer-sequential prune",
-        ("setting", "formula", "test ppl", "fitness before", "fitness now"),
+        ("setting", "formula", "test ppl", *(f"fitness, {n}" for n in names)),
         left=2,
     )
     for r in rows:
-        t.add_row(
-            r["setting"], r["formula"], f"{r['test']:.3f}", f"{r['before']:.3f}", f"{r['now']:.3f}"
-        )
+        t.add_row(r["setting"], r["formula"], f"{r['test']:.3f}", *(f"{r[n]:.3f}" for n in names))
     for p in pairs:
-        t.add_row(
-            p.label,
-            "Spearman with test",
-            "",
-            f"{corr[f'before {p.label}']:.3f}",
-            f"{corr[f'now {p.label}']:.3f}",
-        )
+        for what in ("", " (top rules and Wanda)"):
+            if f"{names[0]} {p.label}{what}" in corr:
+                t.add_row(
+                    p.label,
+                    f"Spearman with test{what}",
+                    "",
+                    *(f"{corr[f'{n} {p.label}{what}']:.3f}" for n in names),
+                )
     t.add_row(
         "",
         "seconds per candidate (both settings)",
         "",
-        f"{seconds['before']['per_candidate']}",
-        f"{seconds['now']['per_candidate']}",
+        *(f"{seconds[n]['per_candidate']}" for n in names),
     )
     print_table(t)
     write_json(

@@ -67,6 +67,16 @@ def register(sub) -> None:
         help="full-stage held-out window length (default 1024, the evaluation protocol's)",
     )
     p.add_argument(
+        "--heldout_skip",
+        "--heldout-skip",
+        dest="heldout_skip",
+        metavar="TEXT",
+        type=lambda v: "" if v.strip().lower() == "none" else v,
+        help="text pieces, comma-separated, whose tokens every held-out perplexity reads as "
+        "context but does not score, e.g. '<unk>', WikiText's placeholder for a word outside "
+        "its vocabulary; 'none' scores every token (default: none)",
+    )
+    p.add_argument(
         "--proxy_rows",
         type=int,
         help="rows per linear of the proxy stage, the layer output error from cached second "

@@ -40,7 +40,6 @@ from .. import atomic
 from ..engine.alloc_formula import AllocationFormulaError, parse_allocation, spread
 from ..engine.layer_ratios import OWL_LAMBDA, block_statistics, fit_to_target
 from ..engine.prune import PruneConfig, prune_model
-from ..evaluate.perplexity import perplexity
 from ..lang import Node, load_metric
 from .fitness import WORST, Evaluator, FitnessSettings, mean_log, round_fitness
 from .settings import SearchError
@@ -401,8 +400,7 @@ class AllocationSearch:
             for p in self.ev.pairs:
                 try:
                     self.ev.apply_masks(self.tree, p, self.memo, ratios=ratios[p.label])
-                    held = self.ev.heldout  # batched as the metric search batches it
-                    ppl = perplexity(self.ev.lm.model, held, batch_size=len(held)).ppl
+                    ppl = self.ev.heldout_perplexity("full")  # as the metric search scores
                 finally:
                     self.ev.restore()
                 v = round_fitness(ppl)
@@ -438,8 +436,7 @@ class AllocationSearch:
                     prune_model(
                         self.ev.lm.model, cfg, self.ev.calib_ids, self.ev.G, block_ratios=given
                     )
-                    held = self.ev.heldout
-                    v = round_fitness(perplexity(self.ev.lm.model, held, batch_size=len(held)).ppl)
+                    v = round_fitness(self.ev.heldout_perplexity("full"))
                 finally:
                     self.ev.restore()
                 per[p.label] = v

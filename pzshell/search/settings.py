@@ -184,7 +184,7 @@ class SearchSettings:
         _known_keys(d, cls)
         _known_keys(d["fitness"], FitnessSettings)
         # a run saved before the setting existed used the dense model's statistics
-        old = {"statistics": "dense", "calib_windows": "head"}
+        old = {"statistics": "dense", "calib_windows": "head", "heldout_skip": ""}
         d["fitness"] = FitnessSettings(**{**old, **d["fitness"]})
         formulas = d.get("seed_formulas", ())
         if not isinstance(formulas, (list, tuple)):
@@ -204,6 +204,8 @@ class SearchSettings:
             del d["fitness"]["reconstruct"]
         if d["fitness"]["refit"] == 0:  # likewise
             del d["fitness"]["refit"]
+        if d["fitness"]["heldout_skip"] == "":  # likewise
+            del d["fitness"]["heldout_skip"]
         return d
 
     def digest(self) -> str:

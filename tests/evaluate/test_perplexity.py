@@ -44,7 +44,9 @@ def test_perplexity_takes_the_chunked_path_for_a_plain_head_and_agrees(tiny, mon
     calls = []
     chunked = ppl_mod._nll_sum_chunked
     monkeypatch.setattr(
-        ppl_mod, "_nll_sum_chunked", lambda m, ids: calls.append(ids.shape) or chunked(m, ids)
+        ppl_mod,
+        "_nll_sum_chunked",
+        lambda m, ids, **kw: calls.append(ids.shape) or chunked(m, ids, **kw),
     )
     res = perplexity(tiny.model, w, batch_size=3)
     assert calls == [(3, 32), (1, 32)]
@@ -72,4 +74,58 @@ def test_chunked_perplexity_on_smollm2_equals_the_full_logits(smollm2_lm):
     assert ppl_mod._plain_head(smollm2_lm.model)
     assert perplexity(smollm2_lm.model, w, batch_size=2).nll * w[:, 1:].numel() == pytest.approx(
         full, rel=1e-6
+    )
+
+
+def test_skipped_tokens_are_read_but_not_scored(tiny):
+    """``skip``: the perplexity over the other tokens only, each window's mean over its own
+    counted tokens; the skipped tokens still condition the ones after them."""
+    w = _windows(tiny, 3, 32)
+    skip = torch.zeros_like(w, dtype=torch.bool)
+    skip[0, 5:9] = skip[2, 20:] = True
+    skip[1, 0] = True  # the first token is never predicted: skipping it changes nothing
+    with torch.no_grad():
+        logits = tiny.model(input_ids=w, use_cache=False).logits[:, :-1]
+    nll = F.cross_entropy(logits.transpose(1, 2), w[:, 1:], reduction="none")  # (3, 31)
+    keep = ~skip[:, 1:]
+    want = math.exp(float(nll[keep].mean()))
+    batched = perplexity(tiny.model, w, batch_size=3, skip=skip)
+    assert batched.ppl == pytest.approx(want, rel=1e-5)
+    assert batched.predicted == int(keep.sum()) == 3 * 31 - 4 - 12
+    one = perplexity(tiny.model, w, skip=skip)  # window by window
+    assert one.ppl == pytest.approx(want, rel=1e-5)
+    for k in range(3):
+        assert one.window_nll[k] == pytest.approx(float(nll[k][keep[k]].mean()), rel=1e-5)
+    assert perplexity(tiny.model, w, skip=torch.zeros_like(skip)).ppl == pytest.approx(
+        perplexity(tiny.model, w).ppl, rel=1e-6
+    )
+    with pytest.raises(ValueError, match="skip has shape"):
+        perplexity(tiny.model, w, skip=skip[:, :10])
+
+
+@pytest.mark.parametrize("lm_name", ["tiny", "smollm2"])
+def test_placeholder_tokens_mark_every_token_of_each_occurrence(lm_name, request):
+    """WikiText's ``<unk>`` at a line start and after a space: exactly its tokens are marked,
+    across window boundaries too; other text, and an empty piece list, mark nothing."""
+    from pzshell.evaluate.perplexity import placeholder_tokens
+
+    if lm_name == "smollm2":
+        request.applymarker(pytest.mark.smollm2)
+    lm = request.getfixturevalue("tiny" if lm_name == "tiny" else "smollm2_lm")
+    tok = lm.tokenizer
+    text = "<unk> is a <unk> lobster , unknown <unk>\n<unk> = unk > < here\n the end ."
+    ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"])
+    n = ids.numel() - ids.numel() % 4
+    windows = ids[:n].reshape(4, -1)  # occurrences may straddle two windows' boundary
+    assert "<unk> = unk > < here" in tok.decode(windows.reshape(-1).tolist())
+    marked = placeholder_tokens(windows, tok, "<unk>")
+    assert marked.shape == windows.shape and marked.dtype == torch.bool
+    flat, m = windows.reshape(-1), marked.reshape(-1)
+    assert tok.decode(flat[m].tolist()).replace(" ", "") == "<unk>" * 4
+    rest = tok.decode(flat[~m].tolist())
+    assert "<unk>" not in rest and "unknown" in rest and "unk > <" in rest
+    assert not placeholder_tokens(windows, tok, "").any()
+    assert torch.equal(
+        placeholder_tokens(windows, tok, "<unk>, lobster"),
+        marked | (placeholder_tokens(windows, tok, "lobster")),
     )

@@ -833,3 +833,63 @@ def test_refit_search_from_the_cli_runs_with_s_and_no_proxy(tmp_path):
     recs = RunLog(out).read()[0]
     assert recs and all(r["fitness"] is not None and r["reason"] is None for r in recs)
     assert any("S" in load_metric(r["formula"]).terminals for r in recs)
+
+
+# ---- held-out placeholder tokens (--heldout-skip) ------------------------------------------------
+def test_heldout_skip_scores_every_stage_without_the_placeholders_tokens(ev, tmp_path, capsys):
+    """With ``heldout_skip`` the cheap, full and final stages (and the allocation search, which
+    shares the Evaluator's held-out perplexity) leave the pieces' tokens out of the mean; the
+    setting is in the fitness digest, a run saved before it existed reads as "" (every token
+    scored) and keeps its digest, and the CLI takes it, with ``none`` for "" ."""
+    from pzshell.engine.prune import PruneConfig, prune_model
+    from pzshell.evaluate.perplexity import perplexity, placeholder_tokens
+    from pzshell.search.fitness import round_fitness
+    from pzshell.search.settings import SearchSettings
+
+    piece = "e"  # common in any English text, so the tiny held-out windows hold many
+    sk = Evaluator(dataclasses.replace(FIT, heldout_skip=piece), threads=1)
+    marks = placeholder_tokens(sk.heldout, sk.lm.tokenizer, piece)
+    assert torch.equal(sk.heldout_skip, marks) and 0 < int(marks[:, 1:].sum()) < marks.numel() // 2
+    assert ev.heldout_skip is None and torch.equal(sk.heldout, ev.heldout)
+    wanda = load_metric("W * sqrt(X)")
+    res, plain = sk.run(wanda, None), ev.run(wanda, None)
+    p = sk.pairs[0]
+    try:
+        sk.apply_masks(wanda, p, {})
+        direct = perplexity(sk.lm.model, sk.heldout, batch_size=len(sk.heldout), skip=marks)
+        every = perplexity(sk.lm.model, sk.heldout, batch_size=len(sk.heldout))
+        cheap = perplexity(sk.lm.model, sk.cheap, skip=sk.cheap_skip)
+    finally:
+        sk.restore()
+    assert res["full"] == round_fitness(direct.ppl) != plain["full"] == round_fitness(every.ppl)
+    assert res["cheap"] == round_fitness(cheap.ppl)
+    fin = sk.final_fitness(wanda)
+    try:
+        prune_model(sk.lm.model, PruneConfig("metric", p.ratio, p.sparsity_type, metric=wanda),
+                    sk.calib_ids, sk.G)  # fmt: skip
+        on_final = perplexity(sk.lm.model, sk.final_heldout, skip=sk.final_skip)
+    finally:
+        sk.restore()
+    assert fin["final"] == round_fitness(on_final.ppl)
+    (per,) = fin["settings"].values()
+    assert per["window_nll"] == [round(x, 6) for x in on_final.window_nll]
+    # the digest: a new value is a new fitness; "" is the fitness every earlier run had
+    assert sk.settings.digest() != FIT.digest()
+    d = dataclasses.asdict(FIT)
+    assert d.pop("heldout_skip") == ""
+    del d["final_windows"], d["reconstruct"], d["owl_lambda"], d["refit"]
+    assert FIT.digest() == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+    saved = settings().to_dict()
+    del saved["fitness"]["heldout_skip"]
+    assert SearchSettings.from_dict(saved).fitness.heldout_skip == ""
+    assert SearchSettings.from_dict(saved).digest() == settings().digest()
+    # the CLI
+    for flag, want in (("<unk>", "<unk>"), ("none", "")):
+        out = tmp_path / f"cli-{want or 'none'}"
+        argv = ["search", "--model", "tiny", "--heldout-skip", flag, "--nsamples", "4"]
+        argv += ["--grad_samples", "2", "--seqlen", "64", "--heldout_windows", "2"]
+        argv += ["--heldout_seqlen", "64", "--population", "4", "--budget", "4"]
+        argv += ["--final-top", "0", "--out", str(out)]
+        assert main(argv) == 0
+        saved = json.loads((out / "settings.json").read_text())["settings"]["fitness"]
+        assert saved["heldout_skip"] == want
