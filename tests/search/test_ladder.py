@@ -518,6 +518,7 @@ def test_the_search_spreads_a_fixed_allocation_by_its_owl_lambda(tmp_path):
     del saved["final_windows"]  # nor is final_windows (never in the digest)
     del saved["reconstruct"]  # nor reconstruct (newer still)
     del saved["refit"]  # nor refit (newer again)
+    del saved["heldout_skip"]  # nor heldout_skip (newest)
     old_digest = hashlib.sha256(json.dumps(saved, sort_keys=True).encode()).hexdigest()[:16]
     assert base.digest() == old_digest  # the earlier code's digest of the same settings
     with pytest.raises(SearchError, match="with --allocation uniform it would change nothing"):
@@ -674,7 +675,7 @@ def test_iterative_search_runs_resumes_and_keeps_old_digests(tmp_path, capsys):
     assert "reconstruct" not in plain.identity()["fitness"]
     d = dataclasses.asdict(plain.fitness)
     del d["final_windows"], d["reconstruct"], d["owl_lambda"]  # owl_lambda: its default
-    del d["refit"]  # newer than the digest this run was saved with
+    del d["refit"], d["heldout_skip"]  # newer than the digest this run was saved with
     old = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
     assert plain.fitness.digest() == old
     # the CLI flag, and a clear refusal of anything else
