@@ -78,6 +78,15 @@ def startup_of(ev: Evaluator) -> dict:
         "model_fingerprint": ev.fingerprint,
         "heldout_fingerprint": token_fingerprint(ev.heldout),
         "final_fingerprint": token_fingerprint(ev.final_heldout),
+        # --heldout-skip: how many held-out tokens it leaves out (full stage, finals)
+        **(
+            {
+                "heldout_skipped": [int(ev.heldout_skip[:, 1:].sum()), ev.heldout[:, 1:].numel()],
+                "final_skipped": [int(ev.final_skip[:, 1:].sum()), ev.final_heldout[:, 1:].numel()],
+            }
+            if ev.heldout_skip is not None
+            else {}
+        ),
         "versions": runtime_versions(),
     }
 

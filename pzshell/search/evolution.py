@@ -209,6 +209,22 @@ class Search:
         child = mutate(rng, a["_tree"], s.max_depth, s.op_names, s.p_const, s.terminal_names)
         return child, "mutation", [a["id"]]
 
+    def _skip_message(self, startup: dict) -> SearchMessage:
+        """What ``--heldout-skip`` leaves out of the held-out perplexities; a warning when it
+        matches no held-out token (a typo in the piece changes nothing, silently otherwise)."""
+        pieces = self.s.fitness.heldout_skip
+        (a, n), (b, m) = startup["heldout_skipped"], startup["final_skipped"]
+        if not a and not b:
+            return SearchMessage(
+                f"--heldout-skip {pieces!r} matches no held-out token of {self.s.fitness.calib}: "
+                f"every token is scored (is the piece written as the text writes it?)",
+                "warning",
+            )
+        return SearchMessage(
+            f"--heldout-skip {pieces!r}: {a:,} of {n:,} held-out tokens ({a / n:.1%}) and {b:,} "
+            f"of the finals' {m:,} ({b / m:.1%}) are read as context but not scored"
+        )
+
     # ---- the run --------------------------------------------------------------------------------
     def run(self) -> SearchFinished:
         s = self.s
@@ -244,6 +260,8 @@ class Search:
                     topic="statistics",
                 )
             )
+        if "heldout_skipped" in self.startup:
+            self.on_event(self._skip_message(self.startup))
         try:
             # the backend is up (model, text, statistics): the run directory can be written
             self.log.create()

@@ -885,7 +885,12 @@ def test_heldout_skip_scores_every_stage_without_the_placeholders_tokens(ev, tmp
     assert SearchSettings.from_dict(saved).fitness.heldout_skip == ""
     assert SearchSettings.from_dict(saved).digest() == settings().digest()
     # the CLI
-    for flag, want in (("<unk>", "<unk>"), ("none", "")):
+    says = {
+        "<unk>": "--heldout-skip '<unk>' matches no held-out token",  # none in tiny's text
+        "none": None,
+        "e": "are read as context but not scored",
+    }
+    for flag, want in (("<unk>", "<unk>"), ("none", ""), ("e", "e")):
         out = tmp_path / f"cli-{want or 'none'}"
         argv = ["search", "--model", "tiny", "--heldout-skip", flag, "--nsamples", "4"]
         argv += ["--grad_samples", "2", "--seqlen", "64", "--heldout_windows", "2"]
@@ -894,3 +899,11 @@ def test_heldout_skip_scores_every_stage_without_the_placeholders_tokens(ev, tmp
         assert main(argv) == 0
         saved = json.loads((out / "settings.json").read_text())["settings"]["fitness"]
         assert saved["heldout_skip"] == want
+        printed = " ".join("".join(capsys.readouterr()).split())
+        summary = json.loads((out / "summary.json").read_text())
+        if says[flag] is None:
+            assert "--heldout-skip" not in printed and "heldout_skipped" not in summary
+        else:
+            assert says[flag] in printed, printed[-600:]
+            skipped, total = summary["heldout_skipped"]
+            assert total == 2 * 63 and (skipped > 0) == (flag == "e")
