@@ -5,6 +5,7 @@ SparseGPT and the refit. One command, one table, one JSON:
 
     .venv/bin/python bench/swaps.py                  # ~50 min on a 2-core CPU
     .venv/bin/python bench/swaps.py --types 2:4      # one setting
+    .venv/bin/python bench/swaps.py --knobs          # the defaults against more work, ~17 min
 
 Settings as bench/prune.py's and bench/refit.py's: calibration 32 windows x 512 tokens of
 ``../shared/data/wikitext-2/valid.txt`` (seed 0); test on the first 8 x 1024 tokens of
@@ -15,6 +16,10 @@ its paired standard error). The rules: Wanda, the published Pruner-Zero tree, an
 search benchmarks' picks (bench/results/search_50.json, search_24.json), as they were found.
 Every prune runs in this process, one after another; the JSON is rewritten after each row, so an
 interrupted run keeps what it measured.
+
+``--knobs`` measures the swaps' defaults instead (``bench/results/swaps_knobs.json``): Wanda +
+swaps with the default shortlist (unstructured) and rounds (N:M), against a longer shortlist and
+more rounds, each compared window by window with the default.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from benchlib import (
     write_json,
 )
 
-from pzshell.engine.refine import SWAP_ROUNDS
+from pzshell.engine.refine import SWAP_ROUNDS, SWAP_SHORTLIST
 from pzshell.engine.refit import REFIT_ITERS
 
 # the plain search benchmarks' picks, as they were found
@@ -59,6 +64,54 @@ def rows_for(sparsity_type: str) -> list[dict]:
         dict(name=pick_name, method="metric", metric=pick, refine="swaps"),
     ]
     return [dict({"refine": "none", "refit": 0}, **r, sparsity_type=sparsity_type) for r in out]
+
+
+# the swaps' knobs against their defaults: (setting, knob, value)
+KNOBS = (
+    ("unstructured", "swap_shortlist", SWAP_SHORTLIST),
+    ("unstructured", "swap_shortlist", 48),
+    ("2:4", "swap_rounds", SWAP_ROUNDS),
+    ("2:4", "swap_rounds", 8),
+)
+
+
+def knob_rows(types: list[str]) -> list[dict]:
+    return [
+        dict(
+            name="Wanda",
+            method="wanda",
+            refine="swaps",
+            refit=0,
+            sparsity_type=t,
+            knob=k,
+            value=v,
+            default=v == (SWAP_SHORTLIST if k == "swap_shortlist" else SWAP_ROUNDS),
+        )
+        for t, k, v in KNOBS
+        if t in types
+    ]
+
+
+def knob_table(rows: list[dict], paired_change, model: str) -> None:
+    t = table(
+        f"Least-squares swaps' knobs: {model}, Wanda + swaps, calib 32x512 of valid.txt (seed 0), "
+        f"test 8x1024 of wiki.test.raw, 50% sparsity",
+        ["setting", "knob", "test ppl", "vs default", "swaps", "layer error", "prune s"],
+        left=2,
+    )
+    for r in rows:
+        base = next(d for d in rows if d["default"] and d["sparsity_type"] == r["sparsity_type"])
+        r["vs_default"] = None if r is base else paired_change(r["window_nll"], base["window_nll"])
+        t.add_row(
+            r["sparsity_type"],
+            f"{r['knob']} {r['value']}" + (" (default)" if r["default"] else ""),
+            f"{r['ppl']:.3f}",
+            _fmt(r["vs_default"]),
+            f"{r['refine_swaps']:,}",
+            f"{r['refine_error_median']:.3f}",
+            f"{r['prune_seconds']:.0f}",
+        )
+    print_table(t)
 
 
 def sparsegpt_rows(path: Path) -> list[dict]:
@@ -118,7 +171,15 @@ def main() -> int:
     ap.add_argument(
         "--from-json", action="store_true", help="print the table of the run in --out again"
     )
+    ap.add_argument(
+        "--knobs",
+        action="store_true",
+        help="measure the swaps' defaults against a longer shortlist and more rounds "
+        "(default --out: bench/results/swaps_knobs.json)",
+    )
     args = ap.parse_args()
+    if args.knobs and args.out == str(RESULTS / "swaps.json"):
+        args.out = str(RESULTS / "swaps_knobs.json")
     require_data(CALIB, EVAL)
     types = [t.strip() for t in args.types.split(",")]
     for t in types:
@@ -129,13 +190,23 @@ def main() -> int:
     from pzshell.lang import load_metric
     from pzshell.search.ranking import paired_change
 
-    settings = mask_bench_settings(args.model, swap_rounds=SWAP_ROUNDS, refit=REFIT_ITERS)
+    settings = mask_bench_settings(
+        args.model, swap_rounds=SWAP_ROUNDS, swap_shortlist=SWAP_SHORTLIST, refit=REFIT_ITERS
+    )
     refs = [r for r in sparsegpt_rows(Path(args.refit_json)) if r["sparsity_type"] in types]
     done: list[dict] = []
     if args.from_json:
         prior = json.loads(Path(args.out).read_text())
         settings, done, refs = prior["settings"], prior["rows"], prior["sparsegpt"]
-    todo = [] if args.from_json else [r for t in types for r in rows_for(t)]
+    if args.knobs:
+        refs = []
+    todo = (
+        []
+        if args.from_json
+        else knob_rows(types)
+        if args.knobs
+        else [r for t in types for r in rows_for(t)]
+    )
     for spec in todo:
         job = PruneJob(
             method=spec["method"],
@@ -148,6 +219,7 @@ def main() -> int:
             calib=calib_spec(32, 512, seed=0),
             eval=eval_spec(1024, 8),
             gradient_path=args.grad_path,
+            **({spec["knob"]: spec["value"]} if "knob" in spec else {}),
         )
         t = time.perf_counter()
         _, res = run_prune(job)
@@ -170,8 +242,14 @@ def main() -> int:
             f"[{row['seconds']:.0f} s]",
             flush=True,
         )
-        _compare(done, refs, paired_change)
+        if not args.knobs:
+            _compare(done, refs, paired_change)
         write_json(args.out, {"settings": settings, "rows": done, "sparsegpt": refs})
+    if args.knobs or (done and "knob" in done[0]):
+        knob_table(done, paired_change, args.model)
+        write_json(args.out, {"settings": settings, "rows": done, "sparsegpt": refs})
+        print(f"wrote {args.out}")
+        return 0
     _compare(done, refs, paired_change)
     if args.from_json:  # the comparisons recomputed, as bench/refit.py does
         write_json(args.out, {"settings": settings, "rows": done, "sparsegpt": refs})

@@ -9,7 +9,13 @@ from rich.table import Table
 
 from ..engine.layer_ratios import OWL_LAMBDA, OWL_M
 from ..engine.prune import METHOD_ALIASES, METHODS
-from ..engine.refine import DSNOT_CYCLES, DSNOT_THRESHOLD, REFINEMENTS, SWAP_ROUNDS
+from ..engine.refine import (
+    DSNOT_CYCLES,
+    DSNOT_THRESHOLD,
+    REFINEMENTS,
+    SWAP_ROUNDS,
+    SWAP_SHORTLIST,
+)
 from ..engine.refit import REFIT_ITERS
 from ..errors import PzError
 from ..jobs import PruneJob, run_prune
@@ -118,6 +124,14 @@ def register(sub) -> None:
         f"(default {SWAP_ROUNDS}); unstructured runs until no swap helps",
     )
     p.add_argument(
+        "--swap_shortlist",
+        type=int,
+        default=SWAP_SHORTLIST,
+        help=f"least-squares swaps, unstructured: each step tries the best this many kept and "
+        f"pruned weights of a row against each other (default {SWAP_SHORTLIST}; more is slower "
+        f"and, on SmolLM2, no measurably better)",
+    )
+    p.add_argument(
         "--dsnot_cycles",
         type=int,
         default=DSNOT_CYCLES,
@@ -197,6 +211,7 @@ def job_from_args(args: argparse.Namespace) -> PruneJob:
         dsnot_cycles=args.dsnot_cycles,
         dsnot_threshold=args.dsnot_threshold,
         swap_rounds=args.swap_rounds,
+        swap_shortlist=args.swap_shortlist,
         refit=refit,
         zero_shot=zero_shot_spec(args),
         finetune=finetune_spec(args) if args.finetune else None,
@@ -233,7 +248,12 @@ def _method_text(res: dict) -> str:
         lam = f" (lambda {res['owl_lambda']:g})" if res.get("owl_lambda") is not None else ""
         parts.append(f"allocation {res['allocation']}{lam}")
     if res.get("refine") == "swaps":
-        parts.append(f"+ least-squares swaps (at most {res.get('swap_rounds')} rounds)")
+        how = (
+            f"at most {res.get('swap_rounds')} rounds"
+            if res.get("sparsity_type", "unstructured") != "unstructured"
+            else f"shortlist {res.get('swap_shortlist', SWAP_SHORTLIST)}"
+        )
+        parts.append(f"+ least-squares swaps ({how})")
     elif res.get("refine", "none") != "none":
         parts.append(f"+ {res['refine']}")
     return "  ".join(parts)

@@ -34,6 +34,7 @@ from .refine import (
     DSNOT_THRESHOLD,
     REFINEMENTS,
     SWAP_ROUNDS,
+    SWAP_SHORTLIST,
     RefineError,
     RefineReport,
     check_swaps,
@@ -104,6 +105,7 @@ class PruneConfig:
     dsnot_cycles: int = DSNOT_CYCLES
     dsnot_threshold: float = DSNOT_THRESHOLD
     swap_rounds: int = SWAP_ROUNDS  # least-squares swaps: N:M passes over the groups
+    swap_shortlist: int = SWAP_SHORTLIST  # least-squares swaps, unstructured: 1-swap candidates
     # least-squares refit of the kept weights after the mask (and any update): CG iterations,
     # 0 = none (.refit)
     refit: int = 0
@@ -170,6 +172,11 @@ class PruneConfig:
             )
         if not (isinstance(self.swap_rounds, int) and self.swap_rounds >= 1):
             raise PruneError(f"least-squares swaps need at least 1 round, got {self.swap_rounds!r}")
+        if not (isinstance(self.swap_shortlist, int) and self.swap_shortlist >= 1):
+            raise PruneError(
+                f"--swap_shortlist takes the number of candidates on each side of a swap (>= 1), "
+                f"got {self.swap_shortlist!r}"
+            )
         if self.refine == "swaps":
             try:
                 check_swaps(self.n, self.m)
@@ -369,7 +376,15 @@ def prune_linear(
         elif cfg.refine == "swaps":
             if H is None:
                 raise PruneError(f"least-squares swaps need the Hessian of {where}")
-            mask, report = swaps(weight, mask, H, n=cfg.n, m=cfg.m, rounds=cfg.swap_rounds)
+            mask, report = swaps(
+                weight,
+                mask,
+                H,
+                n=cfg.n,
+                m=cfg.m,
+                rounds=cfg.swap_rounds,
+                shortlist=cfg.swap_shortlist,
+            )
     if cfg.uses_sparsegpt:
         if H is None:
             raise PruneError(f"SparseGPT update needs the Hessian of {where}")

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..data import calibration_windows, load_text
 from ..engine.layer_ratios import OWL_LAMBDA, OWL_M
 from ..engine.prune import PruneConfig, prune_model
-from ..engine.refine import DSNOT_CYCLES, DSNOT_THRESHOLD, SWAP_ROUNDS
+from ..engine.refine import DSNOT_CYCLES, DSNOT_THRESHOLD, SWAP_ROUNDS, SWAP_SHORTLIST
 from ..engine.stats import compute_gradients, load_gradients, save_gradients
 from ..evaluate.zeroshot import prepare_tasks
 from ..lang import Node, to_infix
@@ -43,6 +43,7 @@ class PruneJob:
     dsnot_cycles: int = DSNOT_CYCLES
     dsnot_threshold: float = DSNOT_THRESHOLD
     swap_rounds: int = SWAP_ROUNDS
+    swap_shortlist: int = SWAP_SHORTLIST
     refit: int = 0
     zero_shot: ZeroShotSpec | None = None
     finetune: FinetuneSpec | None = None
@@ -65,6 +66,7 @@ class PruneJob:
             dsnot_cycles=self.dsnot_cycles,
             dsnot_threshold=self.dsnot_threshold,
             swap_rounds=self.swap_rounds,
+            swap_shortlist=self.swap_shortlist,
             refit=self.refit,
         )
 
@@ -156,6 +158,7 @@ def run_prune(
         results.update(
             refine_swaps=sum(r.swaps for r in pr.layers),
             swap_rounds=cfg.swap_rounds,
+            swap_shortlist=cfg.swap_shortlist,
             refine_error_median=_median(r.refine_error for r in pr.layers),
         )
     if pr.block_ratios is not None:

@@ -75,6 +75,7 @@ FIELDS: dict[str, tuple[tuple[type, ...], tuple[str, ...] | str]] = {
     "dsnot_cycles": ((int,), ()),
     "dsnot_threshold": (_NUM, ()),
     "swap_rounds": ((int,), ()),
+    "swap_shortlist": ((int,), ()),
     "refine_error_median": ((*_NUM, type(None)), ()),
     "nsamples": ((int,), ("prune", "structured")),
     "seqlen": ((int,), ("prune", "structured")),

@@ -174,6 +174,8 @@ def test_refusals():
         PruneConfig("wanda", 0.5, "8:16", refine="swaps")
     with pytest.raises(PruneError, match="at least 1 round"):
         PruneConfig("wanda", 0.5, refine="swaps", swap_rounds=0)
+    with pytest.raises(PruneError, match="--swap_shortlist takes the number of candidates"):
+        PruneConfig("wanda", 0.5, refine="swaps", swap_shortlist=0)
     cfg = PruneConfig("wanda", 0.5, "4:8", refine="swaps")  # C(8, 4) = 70 patterns: fine
     assert cfg.needs_hessian and cfg.needs_calibration
 
@@ -225,3 +227,28 @@ def test_smollm2_wanda_swaps_at_2_4(tmp_path):
     swapped = res["swaps"]
     assert swapped["refine_error_median"] < 0.8
     assert math.isfinite(swapped["ppl"]) and swapped["ppl"] < 0.95 * res["none"]["ppl"]
+
+
+def test_the_shortlist_reaches_the_swaps_from_the_cli(tmp_path, capsys, monkeypatch):
+    """``--swap_shortlist`` is what every layer's swaps are given, and what results.json and the
+    summary's method row say; the default is SWAP_SHORTLIST."""
+    import pzshell.engine.prune as prune_mod
+    from pzshell.engine.refine import SWAP_SHORTLIST
+
+    seen = []
+
+    def spy(*a, **kw):
+        seen.append(kw["shortlist"])
+        return swaps(*a, **kw)
+
+    monkeypatch.setattr(prune_mod, "swaps", spy)
+    argv = "prune --model tiny --prune_method wanda --refine swaps --nsamples 4 --seqlen 64"
+    for flags, want in (([], SWAP_SHORTLIST), (["--swap_shortlist", "5"], 5)):
+        out = tmp_path / str(want)
+        seen.clear()
+        assert main([*argv.split(), *flags, "--eval-windows", "1", "--save", str(out)]) == 0
+        assert seen and set(seen) == {want}
+        res = json.loads((out / "results.json").read_text())
+        assert res["swap_shortlist"] == want
+        err = " ".join(capsys.readouterr().err.split())
+        assert "+ least-squares swaps (shortlist" in err  # the row may wrap before the number
