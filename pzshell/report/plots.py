@@ -206,14 +206,9 @@ _LAYER_ERRORS = (
 def _layer_errors(layers: list, field: str) -> dict[str, list[tuple[float, float]]]:
     """Per linear name: (position, ratio) of every layer that has ``field``; the position is
     the block plus the linear's place inside it, so a block's linears sit side by side."""
+    # the rows' types were checked when the run was read (jobs.results); null: not refined
     rows = [
-        row
-        for row in layers
-        if isinstance(row, dict)
-        and isinstance(row.get(field), (int, float))
-        and not isinstance(row.get(field), bool)
-        and isinstance(row.get("block"), int)
-        and row[field] > 0
+        row for row in layers if row.get(field) is not None and "block" in row and row[field] > 0
     ]
     names = list(dict.fromkeys(str(row.get("linear", "?")) for row in rows))
     out: dict[str, list[tuple[float, float]]] = {}

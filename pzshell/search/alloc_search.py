@@ -400,7 +400,7 @@ class AllocationSearch:
             for p in self.ev.pairs:
                 try:
                     self.ev.apply_masks(self.tree, p, self.memo, ratios=ratios[p.label])
-                    ppl = self.ev.heldout_perplexity("full")  # as the metric search scores
+                    ppl = self.ev.heldout_perplexity("full").ppl  # as the metric search scores
                 finally:
                     self.ev.restore()
                 v = round_fitness(ppl)
@@ -436,7 +436,7 @@ class AllocationSearch:
                     prune_model(
                         self.ev.lm.model, cfg, self.ev.calib_ids, self.ev.G, block_ratios=given
                     )
-                    v = round_fitness(self.ev.heldout_perplexity("full"))
+                    v = round_fitness(self.ev.heldout_perplexity("full").ppl)
                 finally:
                     self.ev.restore()
                 per[p.label] = v

@@ -70,7 +70,7 @@ from ..engine.prune import PruneConfig, prune_model
 from ..engine.refit import least_squares_refit, output_error
 from ..engine.sparsegpt import column_curvature, hinv_factor, sparsegpt_prune
 from ..engine.stats import activation_stats, compute_gradients, stat_key
-from ..evaluate.perplexity import perplexity, placeholder_tokens
+from ..evaluate.perplexity import PerplexityResult, perplexity, placeholder_tokens
 from ..lang import DegenerateMetric, MetricError, Node, evaluate
 from ..models import LoadedModel, block_linears, load_model
 from ..paths import cache_dir
@@ -329,18 +329,17 @@ class Evaluator:
             return None
         return placeholder_tokens(windows, self.lm.tokenizer, pieces)
 
-    def heldout_perplexity(self, stage: str = "full") -> float:
+    def heldout_perplexity(self, stage: str = "full") -> PerplexityResult:
         """The perplexity of the model as it is now on a stage's held-out windows (``cheap``,
-        ``full``: one batch; ``final``: window by window), leaving out the placeholder tokens
-        of ``heldout_skip``; the :class:`PerplexityResult` for ``final``."""
+        ``full``: one batch; ``final``: window by window, for its ``window_nll``), leaving out
+        the placeholder tokens of ``heldout_skip``."""
         windows, skip = {
             "cheap": (self.cheap, self.cheap_skip),
             "full": (self.heldout, self.heldout_skip),
             "final": (self.final_heldout, self.final_skip),
         }[stage]
-        if stage == "final":
-            return perplexity(self.lm.model, windows, skip=skip)
-        return perplexity(self.lm.model, windows, batch_size=len(windows), skip=skip).ppl
+        batch = 1 if stage == "final" else len(windows)
+        return perplexity(self.lm.model, windows, batch_size=batch, skip=skip)
 
     def _allocate(self) -> dict[str, list[float]]:
         """Each setting's per-block ratios (one pass over the dense model for a non-uniform
@@ -638,7 +637,7 @@ class Evaluator:
                 for p in self.pairs:
                     try:
                         self.apply_masks(tree, p, memo)
-                        v = round_fitness(self.heldout_perplexity(stage))
+                        v = round_fitness(self.heldout_perplexity(stage).ppl)
                     finally:
                         self.restore()
                     if not math.isfinite(v):
