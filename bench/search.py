@@ -30,10 +30,13 @@ weights as updated so far (`+ iterative`, `pzshell prune --method metric+iterati
 beside the targets.
 
 The test rows use bench/prune.py's settings: calibration 32x512 of valid.txt, seed 0, the first
-8x1024 tokens of wiki.test.raw. The baselines (Wanda, Pruner-Zero, SparseGPT) are read from
-bench/results/prune.json or a search benchmark's JSON when one holds them with these settings
-*and* was measured in this environment (the same `model_fingerprint`, which hashes every tensor
-and the tokenizer, and the same library `versions`), else pruned here. `--test-only` reuses
+8x1024 tokens of wiki.test.raw, and the G the search scored every candidate with (the run's
+grads.pth: 16x512 windows by default; `--grad-path` for another file). A stored row whose rule
+reads G is reused only when its `gradient_fingerprint` is that G's. The baselines (Wanda,
+Pruner-Zero, SparseGPT) are read from bench/results/prune.json or a search benchmark's JSON when
+one holds them with these settings *and* was measured in this environment (the same
+`model_fingerprint`, which hashes every tensor and the tokenizer, and the same library
+`versions`), else pruned here. `--test-only` reuses
 the JSON's own test rows under the same condition, and reads the run's summary, top and finals
 from the JSON when the run directory is gone.
 """
@@ -44,6 +47,7 @@ import argparse
 import dataclasses
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -117,7 +121,12 @@ def main() -> int:
     ap.add_argument(
         "--workers", type=int, default=None, help="worker processes (default: the CLI's)"
     )
-    ap.add_argument("--grad-path", default=None, help="gradient file for the test-set prunes")
+    ap.add_argument(
+        "--grad-path",
+        default=None,
+        help="gradient file for the test-set prunes (default: the run's grads.pth, the G the "
+        "search scored with)",
+    )
     ap.add_argument("--json", default=None, help="default bench/results/search[_random].json")
     args = ap.parse_args()
     require_data()
@@ -188,11 +197,22 @@ def main() -> int:
     # with --test-only, test prunes already in the JSON (same rule, setting, reconstruct, in this
     # environment: fingerprint and versions, with per-window NLL) are reused, not recomputed
     here = _environment(args.model)
+    # the test prunes read the G the search scored every candidate with (the run's grads.pth):
+    # rules with tanh(G) or G + W depend on G's scale, which grows with its windows
+    grad_path = args.grad_path or (
+        str(out / "grads.pth")
+        if (out / "grads.pth").exists()
+        else str(out.parent / "grads_smollm2_valid_32x512_seed0.pth")
+    )
+    from pzshell.engine.stats import gradient_fingerprint, load_gradients
+
+    here_g = gradient_fingerprint(load_gradients(grad_path)) if Path(grad_path).exists() else None
+    console.print(f"test prunes read G from {grad_path} (fingerprint {here_g or 'to be made'})")
     done = {}
     prior = json.loads(json_path.read_text()) if args.test_only and json_path.exists() else {}
     for r in prior.get("test", []):
         if r.get("formula"):
-            why = _not_reusable(r, here)
+            why = _not_reusable(r, here, here_g)
             if why:
                 console.print(
                     f"{r['name']} at {r['setting']} in {json_path.name}: {why}: pruned again"
@@ -232,9 +252,8 @@ def main() -> int:
 
     # ---- the test set ---------------------------------------------------------------------------
     pairs = fit.settings()
-    grad_path = args.grad_path or str(out.parent / "grads_smollm2_valid_32x512_seed0.pth")
     common = {"model": ModelSpec(args.model), "calib": calib_spec(32, 512, seed=0)}
-    known = _known_baselines(here, {(p.sparsity_type, p.ratio) for p in pairs}, console)
+    known = _known_baselines(here, here_g, {(p.sparsity_type, p.ratio) for p in pairs}, console)
     rows = []
 
     # a run with --refit: every rule is pruned with its refit, as the search scored it
@@ -511,9 +530,19 @@ def _environment(model: str) -> dict:
     }
 
 
-def _not_reusable(row: dict, here: dict) -> str:
+def _reads_g(row: dict) -> bool:
+    """Whether the row's method reads the gradient statistic G (the Pruner-Zero tree, a rule
+    with the terminal G)."""
+    if row.get("method") == "pruner-zero":
+        return True
+    metric = row.get("formula") or row.get("metric") or ""
+    return "G" in re.findall(r"[A-Za-z_]+", metric)
+
+
+def _not_reusable(row: dict, here: dict, here_g: str | None) -> str:
     """Why a stored test row cannot stand beside this run's, in words ('' when it can): it was
-    measured in another environment (the keys of ``here`` in which it differs), or it lacks the
+    measured in another environment (the keys of ``here`` in which it differs), with another G
+    (``here_g``, the test prunes' gradient fingerprint) where its rule reads G, or it lacks the
     per-window NLL the paired comparison with Wanda needs."""
     then = {"model_fingerprint": row.get("model_fingerprint"), **(row.get("versions") or {})}
     keys = [k for k in here if then.get(k) != here[k]]
@@ -521,10 +550,15 @@ def _not_reusable(row: dict, here: dict) -> str:
         return "measured with another " + ", ".join(
             f"{k} {then.get(k) or 'not recorded'} (here {here[k]})" for k in keys
         )
+    if _reads_g(row) and row.get("gradient_fingerprint") != here_g:
+        return (
+            f"its rule reads G, and its G ({row.get('gradient_fingerprint') or 'not recorded'}) "
+            f"is not this run's ({here_g})"
+        )
     return "" if row.get("eval_window_nll") else "no per-window NLL (for the paired comparison)"
 
 
-def _known_baselines(here: dict, wanted: set, console) -> dict:
+def _known_baselines(here: dict, here_g: str | None, wanted: set, console) -> dict:
     """Baselines already measured with the test settings in this environment: the rows of
     bench/results/prune.json and of every search benchmark's JSON (their baseline rows) whose
     weights and versions match ``here``. Any other row is pruned again (and said, for the
@@ -546,7 +580,7 @@ def _known_baselines(here: dict, wanted: set, console) -> dict:
                 continue
             ratio = 0.5 if r["sparsity_type"] != "unstructured" else r["sparsity_ratio"]
             key = (r["method"], r["sparsity_type"], ratio)
-            if _not_reusable(r, here):
+            if _not_reusable(r, here, here_g):
                 stale.append((key, f"{r['method']} at {r['sparsity_type']} ({path.name})"))
             elif key not in found:
                 found[key] = dict(r, source=str(path.relative_to(ROOT)))

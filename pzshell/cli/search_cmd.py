@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
+import shlex
 import time
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from ..errors import PzError
 from ..search import FitnessSettings, Search, SearchSettings
 from ..search.backends import local_backend
 from ..search.events import CandidateDone, SearchFinished, SearchMessage, SearchProgress
-from ..search.runlog import check_run_dir, load_settings
+from ..search.runlog import GRADIENTS_NAME, check_run_dir, load_settings
 from ..search.settings import reference_rule
 from .common import console
 
@@ -580,7 +582,35 @@ def run(args: argparse.Namespace) -> int:
     )
     if fin.verdict:
         console.print(f"  {escape(fin.verdict)}", soft_wrap=True)
+    how = prune_command(settings, out, fin.best_formula)
+    if how:
+        console.print(f"  prune with it: {escape(how)}", soft_wrap=True)
     return 0
+
+
+def prune_command(settings, out: Path, formula: str) -> str | None:
+    """The ``pzshell prune`` command that makes the masks the search scored for ``formula``:
+    its calibration windows and, where the rule reads G, the run's ``grads.pth`` (the G the
+    search scored with; G's scale grows with its windows). None without a formula."""
+    if not formula or formula == "-":
+        return None
+    f = settings.fitness
+    s = f.settings()[0]
+    parts = ["pzshell prune", f"--model {shlex.quote(f.model)}", f"--metric {shlex.quote(formula)}"]
+    parts.append(f"--sparsity_type {s.sparsity_type}")
+    if not s.n:
+        parts.append(f"--sparsity_ratio {s.ratio:g}")
+    if f.allocation != "uniform":
+        parts.append(f"--allocation {shlex.quote(f.allocation)}")
+    parts.append(f"--calib {shlex.quote(f.calib)} --nsamples {f.nsamples} --seqlen {f.seqlen}")
+    parts.append(f"--seed {f.seed}")
+    if f.reconstruct == "iterative":
+        parts.append("--method metric+iterative")
+    if f.refit:
+        parts.append(f"--refit {f.refit}")
+    if "G" in re.findall(r"[A-Za-z_]+", formula) and (out / GRADIENTS_NAME).exists():
+        parts.append(f"--gradient_path {shlex.quote(str(out / GRADIENTS_NAME))}")
+    return " ".join(parts)
 
 
 def _run_allocation_search(args: argparse.Namespace) -> int:

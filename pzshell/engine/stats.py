@@ -35,6 +35,7 @@ keeping each as it always was keeps every result bit-identical to the earlier co
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -365,6 +366,20 @@ def _why_unreadable(path: Path, e: Exception) -> str:
     return f"a damaged or truncated torch.save archive: {first[:160]}"
 
 
+def gradient_fingerprint(grads: dict[str, torch.Tensor]) -> str:
+    """A short hash of a gradient statistic (every entry's name, shape and 4,096 values spread
+    over it, as the model fingerprint samples the weights): two prunes with the same one used
+    the same ``G``. Rules with ``tanh(G)`` or ``G + W`` depend on ``G``'s scale, which grows
+    with the number of windows it sums over, so the windows matter, not only the file format."""
+    h = hashlib.sha256()
+    for k in sorted(grads):
+        flat = grads[k].detach().flatten()
+        h.update(k.encode())
+        h.update(str(tuple(grads[k].shape)).encode())
+        h.update(flat[:: max(1, flat.numel() // 4096)].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def load_gradients(path: str | Path, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
     """Load a gradient file (ours or the original code's); check it against ``model``."""
     path = Path(path)
@@ -401,6 +416,7 @@ __all__ = [
     "activation_stats",
     "compute_gradients",
     "forward_windows",
+    "gradient_fingerprint",
     "gradient_stats",
     "load_gradients",
     "model_linears",

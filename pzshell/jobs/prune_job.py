@@ -12,7 +12,12 @@ from ..data import calibration_windows, load_text
 from ..engine.layer_ratios import OWL_LAMBDA, OWL_M
 from ..engine.prune import PruneConfig, prune_model
 from ..engine.refine import DSNOT_CYCLES, DSNOT_THRESHOLD, SWAP_ROUNDS, SWAP_SHORTLIST
-from ..engine.stats import compute_gradients, load_gradients, save_gradients
+from ..engine.stats import (
+    compute_gradients,
+    gradient_fingerprint,
+    load_gradients,
+    save_gradients,
+)
 from ..evaluate.zeroshot import prepare_tasks
 from ..lang import Node, to_infix
 from ..models import LoadedModel, count_block_params, load_model, token_fingerprint
@@ -138,6 +143,7 @@ def run_prune(
         "calib_data": calib_text.name if calib_text is not None else None,
         "calib_fingerprint": token_fingerprint(calib_ids) if calib_ids is not None else None,
         "gradient_path": job.gradient_path,
+        "gradient_fingerprint": gradient_fingerprint(grads) if grads is not None else None,
         "grad_seconds": grad_seconds,
         "prune_seconds": pr.seconds,
         "load_seconds": load_seconds,

@@ -83,6 +83,7 @@ FIELDS: dict[str, tuple[tuple[type, ...], tuple[str, ...] | str]] = {
     "calib_data": ((str, type(None)), ("prune", "structured")),
     "calib_fingerprint": ((str, type(None)), ()),
     "gradient_path": ((str, type(None)), ()),
+    "gradient_fingerprint": ((str, type(None)), ()),
     "grad_seconds": (_NUM, ()),
     "prune_seconds": (_NUM, ("prune", "structured")),
     "stats_seconds": (_NUM, ()),

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_for_connections
 
+from ..engine.stats import gradient_fingerprint
 from ..errors import PzError
 from ..lang import Node
 from ..models import token_fingerprint
@@ -78,6 +79,8 @@ def startup_of(ev: Evaluator) -> dict:
         "model_fingerprint": ev.fingerprint,
         "heldout_fingerprint": token_fingerprint(ev.heldout),
         "final_fingerprint": token_fingerprint(ev.final_heldout),
+        # the G every candidate is scored with (the run directory's grads.pth)
+        "gradient_fingerprint": gradient_fingerprint(ev.G),
         # --heldout-skip: how many held-out tokens it leaves out (full stage, finals)
         **(
             {
@@ -99,6 +102,7 @@ class InProcessBackend:
     ):
         self.ev = Evaluator(settings, device=device, threads=threads)
         self.startup = startup_of(self.ev)
+        self.gradients = self.ev.G  # for the run directory's grads.pth
         self.workers = 1
 
     def map_unordered(self, tasks: list[Task]) -> Iterator[dict]:
@@ -171,8 +175,11 @@ class ProcessBackend:
         device: str | None = "cpu",
         threads: int | None = None,
     ):
-        # statistics are computed once here and cached on disk before the workers start
-        self.startup = startup_of(Evaluator(settings, device=device, threads=threads))
+        # statistics are computed once here and cached on disk before the workers start; G is
+        # kept for the run directory's grads.pth (the search writes it, then drops it)
+        ev = Evaluator(settings, device=device, threads=threads)
+        self.startup, self.gradients = startup_of(ev), ev.G
+        del ev
         self.workers = workers
         per = threads or max(1, (os.cpu_count() or 1) // workers)
         ctx = mp.get_context("spawn")
@@ -283,8 +290,10 @@ class RayBackend:
                     ignore_reinit_error=True,
                     log_to_driver=False,
                 )
-        # fill the statistics cache once
-        self.startup = startup_of(Evaluator(settings, device=device, threads=threads))
+        # fill the statistics cache once (G kept for the run directory's grads.pth)
+        ev = Evaluator(settings, device=device, threads=threads)
+        self.startup, self.gradients = startup_of(ev), ev.G
+        del ev
         per = threads or max(1, (os.cpu_count() or 1) // workers)
         gpus = 1 if device not in (None, "cpu") and str(device).startswith("cuda") else 0
 

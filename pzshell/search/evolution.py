@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..engine.stats import save_gradients
 from ..lang import Node, load_metric, to_infix, to_json_obj
 from ..lang.algebra import canonical, simplify
 from ..lang.random_trees import ramped_half_and_half, random_tree
@@ -55,6 +56,7 @@ from .ranking import (
     spearman,
 )
 from .runlog import (
+    GRADIENTS_NAME,
     LOG_NAME,
     SETTINGS_NAME,
     STATE_NAME,
@@ -269,9 +271,21 @@ class Search:
                 SETTINGS_NAME,
                 {"settings": s.to_dict(), "digest": s.digest(), "options": self.options()},
             )
+            self._write_gradients(backend)
             return self._run(backend, state, records, logged, final_logged)
         finally:
             backend.close()
+
+    def _write_gradients(self, backend) -> None:
+        """The G every candidate is scored with, as ``grads.pth`` in the run directory (the
+        published gradient file format): a rule that reads G is pruned with this file to get the
+        masks the search scored (G's scale grows with its windows, and ``tanh(G)`` or ``G + W``
+        see that). Rewritten on resume: it is the G of the statistics this session uses."""
+        grads = getattr(backend, "gradients", None)
+        if grads is None:
+            return
+        save_gradients(grads, self.out_dir / GRADIENTS_NAME)
+        backend.gradients = None  # the backend's workers hold their own
 
     def _run(self, backend, state, records, logged, final_logged) -> SearchFinished:
         s = self.s
@@ -924,6 +938,7 @@ class Search:
             "screened_per_hour": round(new / hours, 1) if hours else None,
             "full_per_hour": round(new_full / hours, 1) if hours else None,
             **getattr(self, "startup", {}),
+            **self._gradient_summary(),
             "final_seconds": round(getattr(self, "final_seconds", 0.0), 1),
             "stopped": stopped,
             "finals": finals,
@@ -936,6 +951,21 @@ class Search:
                 }
                 for r in pareto_records(history)
             ],
+        }
+
+    def _gradient_summary(self) -> dict:
+        """Where the G of the candidates' fitness is (``grads.pth``) and what windows it sums."""
+        if not (self.out_dir / GRADIENTS_NAME).exists():
+            return {}
+        f = self.s.fitness
+        return {
+            "gradient_file": GRADIENTS_NAME,
+            "gradient_windows": {
+                "calib": f.calib,
+                "windows": f.grad_samples,
+                "seqlen": f.seqlen,
+                "seed": f.seed,
+            },
         }
 
     def _result(self, best, verdict, finals, evaluated, stopped, **kw) -> SearchFinished:

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 LOG_NAME = "candidates.jsonl"
 STATE_NAME = "state.json"
 SETTINGS_NAME = "settings.json"
+GRADIENTS_NAME = "grads.pth"  # the G the candidates are scored with, in the published format
 
 _REPLAY = (
     f"remove {STATE_NAME} to replay the search from its seed (the candidates in {LOG_NAME} are "
