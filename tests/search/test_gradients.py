@@ -55,7 +55,12 @@ def test_the_run_directory_holds_the_g_every_candidate_was_scored_with(tmp_path)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["gradient_file"] == "grads.pth"
     assert summary["gradient_fingerprint"] == gradient_fingerprint(saved)
-    assert summary["gradient_windows"] == {"calib": "builtin", "windows": 2, "seqlen": 64, "seed": 3}
+    assert summary["gradient_windows"] == {
+        "calib": "builtin",
+        "windows": 2,
+        "seqlen": 64,
+        "seed": 3,
+    }
     # the worker processes score with the same G, and the run directory says so alike
     procs = tmp_path / "procs"
     Search(settings(), procs, backend="processes", workers=2, threads=1).run()

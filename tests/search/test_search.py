@@ -307,10 +307,12 @@ def test_cli_plain_progress_when_not_a_terminal(tmp_path):
     assert counters and "/10" in counters[-1] and " best " in counters[-1], done.stderr
     assert any(x.startswith("finals: 1 layer-sequential prune") for x in lines), done.stderr
     # the result is the final's value, and says what it was measured on
-    assert lines[-2].startswith("best: "), done.stderr
-    assert "on 192 held-out tokens after a layer-sequential prune" in lines[-2], done.stderr
+    assert lines[-3].startswith("best: "), done.stderr
+    assert "on 192 held-out tokens after a layer-sequential prune" in lines[-3], done.stderr
     # then how it compares with the reference (Wanda) on the finals' windows
-    assert "W * sqrt(X)" in lines[-1] and "standard error" in lines[-1], done.stderr
+    assert "W * sqrt(X)" in lines[-2] and "standard error" in lines[-2], done.stderr
+    # and the prune that makes the masks it scored
+    assert lines[-1].startswith("  prune with it: pzshell prune --model tiny --metric"), lines[-1]
 
 
 def test_default_workers_are_two_processes_on_a_multicore_cpu(monkeypatch):
