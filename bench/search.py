@@ -587,7 +587,7 @@ def _known_baselines(here: dict, here_g: str | None, wanted: set, console) -> di
     left = sorted({said for key, said in stale if key not in found and key[1:] in wanted})
     if left:
         console.print(
-            "measured with other weights or versions, not reused: "
+            "measured with other weights, versions or G, not reused: "
             + "; ".join(left[:6])
             + (f" and {len(left) - 6} more" if len(left) > 6 else "")
         )
