@@ -17,26 +17,19 @@ import torch
 from pzshell.cli import main
 from pzshell.cli.search_cmd import prune_command
 from pzshell.engine.stats import gradient_fingerprint, load_gradients
-from pzshell.search import FitnessSettings, Search, SearchSettings
+from pzshell.search import Search, SearchSettings
 from pzshell.search.fitness import Evaluator
 
+from .test_search import FIT as SEARCH_FIT
+from .test_search import settings as search_settings
+
 ROOT = Path(__file__).resolve().parents[2]
-FIT = FitnessSettings(
-    model="tiny",
-    nsamples=4,
-    grad_samples=2,
-    seqlen=64,
-    heldout_windows=2,
-    heldout_seqlen=64,
-    cheap_windows=0,
-)
+FIT = dataclasses.replace(SEARCH_FIT, cheap_windows=0)
 
 
 def settings(**kw) -> SearchSettings:
-    base = dict(fitness=FIT, population=4, budget=6, batch=4, seed=3, final_top=1)
-    base.update(kw)
-    base["fitness"] = dataclasses.replace(base["fitness"], seed=base["seed"])
-    return SearchSettings(**base)
+    base = dict(fitness=FIT, population=4, budget=6, final_top=1)
+    return search_settings(**{**base, **kw})
 
 
 @pytest.fixture(autouse=True)
