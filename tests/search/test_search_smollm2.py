@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from pzshell.engine.stats import gradient_fingerprint, load_gradients
 from pzshell.lang import load_metric
 from pzshell.lang.algebra import canonical
 from pzshell.search import FitnessSettings, Search, SearchSettings
@@ -59,6 +60,10 @@ def test_short_search_on_smollm2(tmp_path):
     assert canonical(best).key in keys
     summary = json.loads((out / "summary.json").read_text())
     assert summary["evaluations"] == 6 and summary["best"]
+    # the G every candidate was scored with, for the user's prune: SmolLM2's 210 linears
+    grads = load_gradients(out / "grads.pth")
+    assert len(grads) == 210 and gradient_fingerprint(grads) == summary["gradient_fingerprint"]
+    assert summary["gradient_windows"]["windows"] == 1
 
 
 def test_iterative_fitness_on_smollm2(tmp_path, monkeypatch):
