@@ -47,7 +47,6 @@ import argparse
 import dataclasses
 import json
 import math
-import re
 import sys
 import time
 from pathlib import Path
@@ -535,8 +534,10 @@ def _reads_g(row: dict) -> bool:
     with the terminal G)."""
     if row.get("method") == "pruner-zero":
         return True
-    metric = row.get("formula") or row.get("metric") or ""
-    return "G" in re.findall(r"[A-Za-z_]+", metric)
+    from pzshell.lang import load_metric
+
+    metric = row.get("formula") or row.get("metric")
+    return metric is not None and "G" in load_metric(metric).terminals
 
 
 def _not_reusable(row: dict, here: dict, here_g: str | None) -> str:

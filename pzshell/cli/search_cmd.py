@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import re
 import shlex
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from rich.text import Text
 
 from ..engine.refit import REFIT_ITERS
 from ..errors import PzError
+from ..lang import load_metric
 from ..search import FitnessSettings, Search, SearchSettings
 from ..search.backends import local_backend
 from ..search.events import CandidateDone, SearchFinished, SearchMessage, SearchProgress
@@ -608,7 +608,7 @@ def prune_command(settings, out: Path, formula: str) -> str | None:
         parts.append("--method metric+iterative")
     if f.refit:
         parts.append(f"--refit {f.refit}")
-    if "G" in re.findall(r"[A-Za-z_]+", formula) and (out / GRADIENTS_NAME).exists():
+    if "G" in load_metric(formula).terminals and (out / GRADIENTS_NAME).exists():
         parts.append(f"--gradient_path {shlex.quote(str(out / GRADIENTS_NAME))}")
     return " ".join(parts)
 

@@ -46,6 +46,7 @@ from torch import nn
 from .. import atomic
 from ..errors import PzError
 from ..models.arch import block_linears
+from ..models.load import hash_tensor_sample
 from ..progress import ProgressFn, emit
 
 G_SCALE = 100.0  # G = sqrt(sum_s (G_SCALE * dL_s/dw)^2), as in the Pruner-Zero code
@@ -373,10 +374,7 @@ def gradient_fingerprint(grads: dict[str, torch.Tensor]) -> str:
     with the number of windows it sums over, so the windows matter, not only the file format."""
     h = hashlib.sha256()
     for k in sorted(grads):
-        flat = grads[k].detach().flatten()
-        h.update(k.encode())
-        h.update(str(tuple(grads[k].shape)).encode())
-        h.update(flat[:: max(1, flat.numel() // 4096)].float().cpu().numpy().tobytes())
+        hash_tensor_sample(h, k, grads[k])
     return h.hexdigest()[:16]
 
 

@@ -58,12 +58,18 @@ class LoadedModel:
         and rules, so that the same text gives the same token ids)."""
         h = hashlib.sha256(self.name.encode())
         for n, p in self.model.named_parameters():
-            flat = p.detach().flatten()
-            h.update(n.encode())
-            h.update(str(tuple(p.shape)).encode())
-            h.update(flat[:: max(1, flat.numel() // 4096)].float().cpu().numpy().tobytes())
+            hash_tensor_sample(h, n, p)
         h.update(tokenizer_fingerprint(self.tokenizer).encode())
         return h.hexdigest()[:16]
+
+
+def hash_tensor_sample(h, name: str, tensor: torch.Tensor) -> None:
+    """Feed ``h`` (a hashlib object) a tensor's name, shape and 4,096 of its values spread over
+    it: enough that a change anywhere in the tensor changes the hash, cheap on large ones."""
+    flat = tensor.detach().flatten()
+    h.update(name.encode())
+    h.update(str(tuple(tensor.shape)).encode())
+    h.update(flat[:: max(1, flat.numel() // 4096)].float().cpu().numpy().tobytes())
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
