@@ -259,6 +259,17 @@ def _method_text(res: dict) -> str:
     return "  ".join(parts)
 
 
+def _gradient_text(res: dict) -> str:
+    """Where the G the metric read came from, and its fingerprint (a search's summary.json
+    names the fingerprint of the G it scored with)."""
+    path = res.get("gradient_path")
+    if res.get("grad_seconds"):
+        where = "computed from the calibration windows" + (f", saved to {path}" if path else "")
+    else:
+        where = f"read from {path}"
+    return f"G {where} (fingerprint {res['gradient_fingerprint']})"
+
+
 def print_summary(res: dict) -> None:
     t = Table(title="pzshell prune", show_header=False, title_justify="left")
     t.add_column("key", style="bold")
@@ -277,6 +288,7 @@ def print_summary(res: dict) -> None:
             if res["calib_data"]
             else "none needed",
         ),
+        *([("gradients", _gradient_text(res))] if res.get("gradient_fingerprint") else []),
         (
             "prune time",
             f"{res['prune_seconds']:.1f} s"

@@ -100,12 +100,31 @@ def test_prune_command_follows_the_fitness_settings(tmp_path):
     assert prune_command(s, tmp_path, "-") is None
 
 
-def test_results_name_the_g_a_prune_read(tmp_path):
+def test_results_name_the_g_a_prune_read(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # short paths: the summary table wraps long ones
     for method, reads in (("wanda", False), ("pruner-zero", True)):
         argv = f"prune --model tiny --method {method} --nsamples 2 --seqlen 32 --eval-windows 1"
         assert main([*argv.split(), "--save", str(tmp_path / method)]) == 0
         res = json.loads((tmp_path / method / "results.json").read_text())
         assert (res["gradient_fingerprint"] is not None) == reads
+        got = capsys.readouterr()
+        text = " ".join((got.out + got.err).replace("│", " ").split())
+        if reads:  # the summary says where G came from, with the fingerprint
+            fp = res["gradient_fingerprint"]
+            assert f"gradients G computed from the calibration windows (fingerprint {fp})" in text
+        else:
+            assert "gradients G" not in text
+    argv = "prune --model tiny --method pruner-zero --nsamples 2 --seqlen 32 --eval-windows 1"
+    argv += " --gradient_path g.pth --save p"
+    assert main(argv.split()) == 0  # computed and saved
+    fp = json.loads((tmp_path / "p" / "results.json").read_text())["gradient_fingerprint"]
+    got = capsys.readouterr()
+    text = " ".join((got.out + got.err).replace("│", " ").split())
+    assert f"G computed from the calibration windows, saved to g.pth (fingerprint {fp})" in text
+    assert main(argv.split()) == 0  # then read back: the same G
+    got = capsys.readouterr()
+    text = " ".join((got.out + got.err).replace("│", " ").split())
+    assert f"gradients G read from g.pth (fingerprint {fp})" in text
 
 
 def _bench_search():
